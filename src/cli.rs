@@ -1,0 +1,31 @@
+//! Command-line definitions. `try_main` parses flags and dispatches to one top-level function
+//! per command in `crate::commands`.
+
+use anyhow::Result;
+use clap::{Parser, Subcommand};
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "fl-lab",
+    version,
+    about = "Reproduce the analyses of 'Focal Loss for Dense Object Detection' with small RetinaNets",
+    propagate_version = true
+)]
+pub struct Cli {
+    /// Hide progress bars (results and errors are still printed).
+    #[arg(long, global = true)]
+    pub quiet: bool,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {}
+
+/// Parses the command line and runs the chosen command.
+#[allow(unreachable_code, unused_variables)] // until the first command lands
+pub fn try_main() -> Result<()> {
+    let cli = Cli::parse();
+    let _quiet = cli.quiet;
+    match cli.command {}
+}

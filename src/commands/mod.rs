@@ -1,0 +1,1 @@
+//! One module per subcommand: its flags (`Args`) and its top-level function (`run`).

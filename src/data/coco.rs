@@ -1,0 +1,241 @@
+//! COCO instances JSON (`images`, `annotations`, `categories`): load with validation, save atomically.
+//!
+//! `area` is kept exactly as given, because COCO evaluation decides small/medium/large by it (for COCO
+//! itself it is the mask area, not the box area). Annotations without `area` get the box area.
+
+use anyhow::{bail, Context, Result};
+use serde::{Deserialize, Serialize};
+use std::collections::{HashMap, HashSet};
+use std::path::Path;
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct CocoImage {
+    pub id: i64,
+    pub file_name: String,
+    pub width: u32,
+    pub height: u32,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct CocoAnnotation {
+    pub id: i64,
+    pub image_id: i64,
+    pub category_id: i64,
+    /// [x, y, width, height] in pixels, continuous coordinates.
+    pub bbox: [f64; 4],
+    #[serde(default = "missing_area")]
+    pub area: f64,
+    #[serde(default)]
+    pub iscrowd: u8,
+}
+
+fn missing_area() -> f64 {
+    f64::NAN
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct CocoCategory {
+    pub id: i64,
+    pub name: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub supercategory: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
+pub struct CocoDataset {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub info: Option<serde_json::Value>,
+    pub images: Vec<CocoImage>,
+    #[serde(default)]
+    pub annotations: Vec<CocoAnnotation>,
+    pub categories: Vec<CocoCategory>,
+}
+
+impl CocoDataset {
+    /// Reads and validates a COCO instances file. Errors name the file and the offending field.
+    pub fn load(path: &Path) -> Result<Self> {
+        let text = std::fs::read_to_string(path)
+            .with_context(|| format!("cannot read COCO file {}", path.display()))?;
+        let mut ds: CocoDataset = serde_json::from_str(&text)
+            .with_context(|| format!("{} is not a valid COCO instances file", path.display()))?;
+        ds.fill_missing_area();
+        ds.validate()
+            .with_context(|| format!("invalid COCO file {}", path.display()))?;
+        Ok(ds)
+    }
+
+    /// Writes the dataset as JSON through a temporary file and a rename.
+    pub fn save(&self, path: &Path) -> Result<()> {
+        let bytes = serde_json::to_vec(self)?;
+        crate::util::write_atomic(path, &bytes)
+    }
+
+    fn fill_missing_area(&mut self) {
+        for a in &mut self.annotations {
+            if a.area.is_nan() {
+                a.area = a.bbox[2] * a.bbox[3];
+            }
+        }
+    }
+
+    /// Checks ids are unique, references resolve, and boxes are finite with positive size.
+    pub fn validate(&self) -> Result<()> {
+        let mut image_ids = HashSet::new();
+        for img in &self.images {
+            if !image_ids.insert(img.id) {
+                bail!("images: duplicate image id {}", img.id);
+            }
+            if img.width == 0 || img.height == 0 {
+                bail!(
+                    "images: image id {} ('{}') has zero width or height",
+                    img.id,
+                    img.file_name
+                );
+            }
+        }
+        let mut cat_ids = HashSet::new();
+        for c in &self.categories {
+            if !cat_ids.insert(c.id) {
+                bail!("categories: duplicate category id {}", c.id);
+            }
+        }
+        let mut ann_ids = HashSet::new();
+        for a in &self.annotations {
+            if !ann_ids.insert(a.id) {
+                bail!("annotations: duplicate annotation id {}", a.id);
+            }
+            if !image_ids.contains(&a.image_id) {
+                bail!(
+                    "annotations: annotation id {} refers to unknown image_id {}",
+                    a.id,
+                    a.image_id
+                );
+            }
+            if !cat_ids.contains(&a.category_id) {
+                bail!(
+                    "annotations: annotation id {} refers to unknown category_id {}",
+                    a.id,
+                    a.category_id
+                );
+            }
+            if a.bbox.iter().any(|v| !v.is_finite()) || !a.area.is_finite() {
+                bail!(
+                    "annotations: annotation id {} has a non-finite bbox or area",
+                    a.id
+                );
+            }
+            if a.bbox[2] <= 0.0 || a.bbox[3] <= 0.0 {
+                bail!(
+                    "annotations: annotation id {} has bbox {:?} with non-positive width or height",
+                    a.id,
+                    a.bbox
+                );
+            }
+        }
+        Ok(())
+    }
+
+    /// Maps category ids (sorted ascending) to contiguous class indices 0..K and back.
+    pub fn category_map(&self) -> CategoryMap {
+        CategoryMap::new(self.categories.iter().map(|c| c.id))
+    }
+
+    /// Annotations grouped by image id, in file order.
+    pub fn annotations_by_image(&self) -> HashMap<i64, Vec<&CocoAnnotation>> {
+        let mut m: HashMap<i64, Vec<&CocoAnnotation>> = HashMap::new();
+        for a in &self.annotations {
+            m.entry(a.image_id).or_default().push(a);
+        }
+        m
+    }
+}
+
+/// Category id <-> contiguous class index (0-based; loss labels use index + 1, 0 being background).
+#[derive(Debug, Clone, PartialEq)]
+pub struct CategoryMap {
+    ids: Vec<i64>,
+    index: HashMap<i64, usize>,
+}
+
+impl CategoryMap {
+    pub fn new(ids: impl IntoIterator<Item = i64>) -> Self {
+        let mut ids: Vec<i64> = ids.into_iter().collect();
+        ids.sort_unstable();
+        ids.dedup();
+        let index = ids.iter().enumerate().map(|(i, &id)| (id, i)).collect();
+        Self { ids, index }
+    }
+    pub fn num_classes(&self) -> usize {
+        self.ids.len()
+    }
+    pub fn index_of(&self, category_id: i64) -> Option<usize> {
+        self.index.get(&category_id).copied()
+    }
+    pub fn category_id(&self, index: usize) -> Option<i64> {
+        self.ids.get(index).copied()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sample() -> CocoDataset {
+        CocoDataset {
+            info: None,
+            images: vec![CocoImage {
+                id: 3,
+                file_name: "a.png".into(),
+                width: 10,
+                height: 8,
+            }],
+            annotations: vec![CocoAnnotation {
+                id: 1,
+                image_id: 3,
+                category_id: 7,
+                bbox: [1.0, 2.0, 3.0, 4.0],
+                area: 10.5,
+                iscrowd: 0,
+            }],
+            categories: vec![
+                CocoCategory {
+                    id: 7,
+                    name: "b".into(),
+                    supercategory: None,
+                },
+                CocoCategory {
+                    id: 2,
+                    name: "a".into(),
+                    supercategory: None,
+                },
+            ],
+        }
+    }
+
+    #[test]
+    fn round_trip_keeps_everything() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("x.json");
+        let ds = sample();
+        ds.save(&p).unwrap();
+        assert_eq!(CocoDataset::load(&p).unwrap(), ds);
+    }
+
+    #[test]
+    fn category_map_is_sorted_and_contiguous() {
+        let m = sample().category_map();
+        assert_eq!(m.num_classes(), 2);
+        assert_eq!(m.index_of(2), Some(0));
+        assert_eq!(m.index_of(7), Some(1));
+        assert_eq!(m.category_id(1), Some(7));
+        assert_eq!(m.index_of(5), None);
+    }
+
+    #[test]
+    fn unknown_category_is_named() {
+        let mut ds = sample();
+        ds.annotations[0].category_id = 99;
+        let e = format!("{:#}", ds.validate().unwrap_err());
+        assert!(e.contains("category_id 99"), "{e}");
+    }
+}

@@ -1,0 +1,3 @@
+//! Datasets: COCO-format I/O, image decoding, the built-in generators and batching.
+
+pub mod coco;

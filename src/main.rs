@@ -1,0 +1,13 @@
+//! The `fl-lab` binary: parse flags, run one command, turn an error into a message and exit code 2.
+
+use std::process::ExitCode;
+
+fn main() -> ExitCode {
+    match fl_lab::cli::try_main() {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!("error: {err:#}");
+            ExitCode::from(2)
+        }
+    }
+}

@@ -1,0 +1,4 @@
+//! Output: CSV tables and PNG figures. Computes no statistics itself.
+
+pub mod font;
+pub mod plot;
