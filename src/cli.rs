@@ -20,12 +20,16 @@ pub struct Cli {
 }
 
 #[derive(Debug, Subcommand)]
-pub enum Command {}
+pub enum Command {
+    /// The paper's Figure 4: CDFs of the normalized focal loss over positive and negative samples.
+    LossCdf(crate::commands::loss_cdf::Args),
+}
 
 /// Parses the command line and runs the chosen command.
-#[allow(unreachable_code, unused_variables)] // until the first command lands
 pub fn try_main() -> Result<()> {
     let cli = Cli::parse();
-    let _quiet = cli.quiet;
-    match cli.command {}
+    let quiet = cli.quiet;
+    match cli.command {
+        Command::LossCdf(args) => crate::commands::loss_cdf::run(args, quiet),
+    }
 }

@@ -1,6 +1,7 @@
 //! fl-lab: reproduces the analyses of *Focal Loss for Dense Object Detection* (Lin et al., 2017)
 //! by training small RetinaNets with candle. See README.md and the module table in DESIGN.md.
 
+pub mod analysis;
 pub mod cli;
 pub mod commands;
 pub mod data;

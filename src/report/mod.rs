@@ -1,4 +1,5 @@
 //! Output: CSV tables and PNG figures. Computes no statistics itself.
 
 pub mod font;
+pub mod loss_cdf;
 pub mod plot;
