@@ -1,0 +1,743 @@
+//! Experiment configuration: serde structs for the model, anchors, matcher, loss, schedule and data,
+//! loaded from TOML presets (`experiments/*.toml`) with `--set key.sub=value` overrides, validated
+//! with errors that name the offending key, and hashed for provenance.
+//!
+//! Every field has a default (the paper's value where the paper gives one), so a preset only names
+//! what it changes. Unknown keys and wrong types are rejected before deserialization by comparing the
+//! user's table with the serialized defaults, which gives messages such as
+//! "unknown key `model.widht`" instead of serde's position-only errors.
+
+use anyhow::{bail, Context, Result};
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+use std::path::Path;
+
+/// The whole resolved configuration of one training run.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    /// Seeds parameter init, data order and augmentation.
+    pub seed: u64,
+    /// `cpu`, `cuda` or `cuda:N`.
+    pub device: String,
+    pub model: ModelConfig,
+    pub anchors: AnchorsConfig,
+    pub matcher: MatcherConfig,
+    pub loss: LossConfig,
+    pub schedule: ScheduleConfig,
+    pub data: DataConfig,
+    pub train: TrainConfig,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            seed: 0,
+            device: "cpu".into(),
+            model: ModelConfig::default(),
+            anchors: AnchorsConfig::default(),
+            matcher: MatcherConfig::default(),
+            loss: LossConfig::default(),
+            schedule: ScheduleConfig::default(),
+            data: DataConfig::default(),
+            train: TrainConfig::default(),
+        }
+    }
+}
+
+/// Residual block type of the backbone.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum BlockKind {
+    /// Two 3x3 convs (ResNet-18/34).
+    Basic,
+    /// 1x1 - 3x3 - 1x1 with 4x expansion (ResNet-50+).
+    Bottleneck,
+}
+
+/// Normalization layer of the backbone.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum NormKind {
+    /// GroupNorm: independent of batch size, the default for training from scratch on small batches.
+    Gn,
+    /// BatchNorm: batch statistics in training, running statistics in evaluation.
+    Bn,
+}
+
+/// RetinaNet architecture.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ModelConfig {
+    /// Named ResNet-style variant: `r10` (1,1,1,1 basic), `r18` (2,2,2,2 basic), `r34` (3,4,6,3 basic),
+    /// `r50` (3,4,6,3 bottleneck) or `custom` (then `block` and `depths` decide).
+    pub backbone: String,
+    /// Block type for `backbone = "custom"`.
+    pub block: BlockKind,
+    /// Blocks per stage (four stages, strides 4, 8, 16, 32) for `backbone = "custom"`.
+    pub depths: Vec<usize>,
+    /// Multiplier on ResNet's stage widths 64, 128, 256, 512 (and the stem's 64).
+    pub width: f64,
+    pub norm: NormKind,
+    /// GroupNorm groups; a layer with fewer or indivisible channels uses gcd(groups, channels).
+    pub gn_groups: usize,
+    /// FPN output channels (paper: 256).
+    pub fpn_channels: usize,
+    /// 3x3 conv + ReLU layers in each subnet before the predictor (paper: 4).
+    pub head_convs: usize,
+    /// Subnet width; 0 means `fpn_channels` (paper: C = 256 = FPN width).
+    pub head_channels: usize,
+    /// Number of object classes K (no background class: sigmoid outputs).
+    pub num_classes: usize,
+    /// Initialize the class predictor's bias to -log((1-pi)/pi) (paper §3.3); false gives bias 0.
+    pub prior_init: bool,
+    /// The prior pi.
+    pub prior_prob: f64,
+}
+
+impl Default for ModelConfig {
+    fn default() -> Self {
+        ModelConfig {
+            backbone: "r18".into(),
+            block: BlockKind::Basic,
+            depths: vec![2, 2, 2, 2],
+            width: 0.25,
+            norm: NormKind::Gn,
+            gn_groups: 8,
+            fpn_channels: 64,
+            head_convs: 4,
+            head_channels: 0,
+            num_classes: 10,
+            prior_init: true,
+            prior_prob: 0.01,
+        }
+    }
+}
+
+impl ModelConfig {
+    /// The block type and per-stage depths after resolving the named variant.
+    pub fn resolved_blocks(&self) -> Result<(BlockKind, Vec<usize>)> {
+        Ok(match self.backbone.as_str() {
+            "r10" => (BlockKind::Basic, vec![1, 1, 1, 1]),
+            "r18" => (BlockKind::Basic, vec![2, 2, 2, 2]),
+            "r34" => (BlockKind::Basic, vec![3, 4, 6, 3]),
+            "r50" => (BlockKind::Bottleneck, vec![3, 4, 6, 3]),
+            "custom" => (self.block, self.depths.clone()),
+            other => bail!(
+                "model.backbone: unknown variant '{other}'; expected r10, r18, r34, r50 or custom"
+            ),
+        })
+    }
+
+    /// Channels of the stem and of the four stages' outputs.
+    pub fn stage_channels(&self) -> Result<(usize, [usize; 4])> {
+        let (block, _) = self.resolved_blocks()?;
+        let scale = |c: f64| ((c * self.width).round() as usize).max(4);
+        let expansion = if block == BlockKind::Bottleneck { 4 } else { 1 };
+        let mut out = [0; 4];
+        for (i, o) in out.iter_mut().enumerate() {
+            *o = scale(64.0 * (1 << i) as f64) * expansion;
+        }
+        Ok((scale(64.0), out))
+    }
+
+    pub fn head_width(&self) -> usize {
+        if self.head_channels == 0 {
+            self.fpn_channels
+        } else {
+            self.head_channels
+        }
+    }
+}
+
+/// Anchor layout (paper §4, Detectron's `ANCHOR_SCALE`, `SCALES_PER_OCTAVE`, `ASPECT_RATIOS`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AnchorsConfig {
+    /// Lowest pyramid level (stride 2^min_level); the paper uses P3.
+    pub min_level: usize,
+    /// Highest pyramid level; the paper uses P7.
+    pub max_level: usize,
+    /// Anchor size = stride x anchor_scale x octave scale.
+    pub anchor_scale: f64,
+    pub scales_per_octave: usize,
+    /// Height / width ratios.
+    pub aspect_ratios: Vec<f64>,
+}
+
+impl Default for AnchorsConfig {
+    fn default() -> Self {
+        AnchorsConfig {
+            min_level: 3,
+            max_level: 7,
+            anchor_scale: 4.0,
+            scales_per_octave: 3,
+            aspect_ratios: vec![0.5, 1.0, 2.0],
+        }
+    }
+}
+
+impl AnchorsConfig {
+    /// Anchors per location, A.
+    pub fn per_location(&self) -> usize {
+        self.scales_per_octave * self.aspect_ratios.len()
+    }
+}
+
+/// Which anchors are forced positive when their best IoU is below `fg_iou`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LowQualityKind {
+    /// The paper: no extra positives.
+    None,
+    /// Detectron: the best anchor for each box, only if its IoU is at least `bg_iou`.
+    Detectron,
+    /// detectron2 / torchvision: the best anchor(s) for each box at any IoU.
+    All,
+}
+
+/// Anchor-to-box assignment (paper §4: IoU >= 0.5 object, < 0.4 background, between ignored).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct MatcherConfig {
+    pub fg_iou: f64,
+    pub bg_iou: f64,
+    pub low_quality: LowQualityKind,
+}
+
+impl Default for MatcherConfig {
+    fn default() -> Self {
+        MatcherConfig {
+            fg_iou: 0.5,
+            bg_iou: 0.4,
+            low_quality: LowQualityKind::Detectron,
+        }
+    }
+}
+
+/// Classification loss.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LossKind {
+    /// alpha-balanced focal loss (alpha, gamma).
+    Focal,
+    /// alpha-balanced cross entropy (alpha; gamma ignored).
+    Ce,
+    /// FL* of Appendix A (gamma, beta; alpha-balanced).
+    FlStar,
+    /// Cross entropy on the anchors selected by online hard example mining.
+    Ohem,
+}
+
+/// How the summed losses are normalized.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum NormalizerKind {
+    /// max(1, positive anchors in the minibatch): the paper.
+    Positives,
+    /// detectron2: an exponential moving average of the positive count.
+    Ema,
+}
+
+/// Loss settings.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LossConfig {
+    pub kind: LossKind,
+    pub gamma: f64,
+    pub alpha: f64,
+    /// FL* shift beta.
+    pub beta: f64,
+    /// OHEM: anchors kept per image.
+    pub ohem_batch: usize,
+    /// OHEM: IoU threshold of the NMS over scored anchors.
+    pub ohem_nms: f64,
+    /// OHEM: negatives per positive (3 for SSD's 1:3); 0 means no ratio constraint.
+    pub ohem_ratio: usize,
+    /// Smooth L1 transition point (Detectron: 0.11); 0 gives L1.
+    pub box_beta: f64,
+    /// Weight of the box loss in the total.
+    pub box_weight: f64,
+    pub normalizer: NormalizerKind,
+    /// EMA momentum of the `ema` normalizer (detectron2: 0.9).
+    pub ema_momentum: f64,
+}
+
+impl Default for LossConfig {
+    fn default() -> Self {
+        LossConfig {
+            kind: LossKind::Focal,
+            gamma: 2.0,
+            alpha: 0.25,
+            beta: 1.0,
+            ohem_batch: 128,
+            ohem_nms: 0.7,
+            ohem_ratio: 0,
+            box_beta: 0.11,
+            box_weight: 1.0,
+            normalizer: NormalizerKind::Positives,
+            ema_momentum: 0.9,
+        }
+    }
+}
+
+/// SGD and learning-rate schedule (detectron2 semantics).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ScheduleConfig {
+    pub iterations: usize,
+    /// Images per minibatch.
+    pub batch_size: usize,
+    pub lr: f64,
+    pub momentum: f64,
+    pub weight_decay: f64,
+    /// Weight decay of normalization scales and shifts (detectron2: 0).
+    pub weight_decay_norm: f64,
+    /// Linear warm-up length in iterations (0 disables).
+    pub warmup_iters: usize,
+    /// The warm-up starts at lr x warmup_factor.
+    pub warmup_factor: f64,
+    /// Iterations at which the lr is multiplied by `decay`.
+    pub steps: Vec<usize>,
+    pub decay: f64,
+}
+
+impl Default for ScheduleConfig {
+    fn default() -> Self {
+        ScheduleConfig {
+            iterations: 2000,
+            batch_size: 8,
+            lr: 0.01,
+            momentum: 0.9,
+            weight_decay: 1e-4,
+            weight_decay_norm: 0.0,
+            warmup_iters: 100,
+            warmup_factor: 1.0 / 3.0,
+            steps: vec![1500, 1800],
+            decay: 0.1,
+        }
+    }
+}
+
+/// Training data.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DataConfig {
+    /// `builtin` (the synthetic dataset) or a path to a COCO-format annotation JSON.
+    pub source: String,
+    /// Image directory for a COCO source ("" = beside the JSON).
+    pub images: String,
+    /// Square input side in pixels; a multiple of 32.
+    pub input_size: usize,
+    /// Images in the built-in synthetic dataset.
+    pub builtin_images: usize,
+    /// Random horizontal flip (the paper's only augmentation).
+    pub flip: bool,
+}
+
+impl Default for DataConfig {
+    fn default() -> Self {
+        DataConfig {
+            source: "builtin".into(),
+            images: String::new(),
+            input_size: 128,
+            builtin_images: 512,
+            flip: true,
+        }
+    }
+}
+
+/// Bookkeeping of the training loop.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TrainConfig {
+    /// Write a resumable checkpoint every this many iterations (0: only at the end).
+    pub checkpoint_every: usize,
+    /// Append a metrics row every this many iterations.
+    pub log_every: usize,
+}
+
+impl Default for TrainConfig {
+    fn default() -> Self {
+        TrainConfig {
+            checkpoint_every: 500,
+            log_every: 1,
+        }
+    }
+}
+
+impl Config {
+    /// Loads a preset file and applies `key.sub=value` overrides, then validates.
+    pub fn load(path: &Path, overrides: &[String]) -> Result<Config> {
+        let text = std::fs::read_to_string(path)
+            .with_context(|| format!("cannot read config {}", path.display()))?;
+        Self::from_toml_str(&text, overrides)
+            .with_context(|| format!("invalid config {}", path.display()))
+    }
+
+    /// Parses TOML text, applies overrides and validates.
+    pub fn from_toml_str(text: &str, overrides: &[String]) -> Result<Config> {
+        let mut table: toml::Table = text.parse().context("TOML syntax error")?;
+        for o in overrides {
+            apply_override(&mut table, o)?;
+        }
+        Self::from_table(table)
+    }
+
+    /// Builds a config from a parsed table: schema check, deserialization, validation.
+    pub fn from_table(table: toml::Table) -> Result<Config> {
+        let schema = toml::Table::try_from(Config::default()).context("serializing defaults")?;
+        check_schema(&table, &schema, "")?;
+        // Types were checked above; what serde can still reject is an enum value. Deserialize
+        // section by section first so the message names the section.
+        for (key, value) in &table {
+            let section = key.as_str();
+            let r = match section {
+                "model" => value.clone().try_into::<ModelConfig>().map(|_| ()),
+                "anchors" => value.clone().try_into::<AnchorsConfig>().map(|_| ()),
+                "matcher" => value.clone().try_into::<MatcherConfig>().map(|_| ()),
+                "loss" => value.clone().try_into::<LossConfig>().map(|_| ()),
+                "schedule" => value.clone().try_into::<ScheduleConfig>().map(|_| ()),
+                "data" => value.clone().try_into::<DataConfig>().map(|_| ()),
+                "train" => value.clone().try_into::<TrainConfig>().map(|_| ()),
+                _ => Ok(()),
+            };
+            r.with_context(|| format!("invalid value in section [{section}]"))?;
+        }
+        let cfg: Config = toml::Value::Table(table)
+            .try_into()
+            .context("config does not match its schema")?;
+        cfg.validate()?;
+        Ok(cfg)
+    }
+
+    /// The resolved configuration as TOML (every field, declaration order).
+    pub fn to_toml(&self) -> Result<String> {
+        toml::to_string(self).context("serializing config")
+    }
+
+    /// A stable 16-hex-digit hash of the resolved config (SHA-256 of its TOML).
+    pub fn hash(&self) -> Result<String> {
+        let digest = Sha256::digest(self.to_toml()?.as_bytes());
+        Ok(digest[..8].iter().map(|b| format!("{b:02x}")).collect())
+    }
+
+    /// Checks values that types alone cannot; each error names its key.
+    pub fn validate(&self) -> Result<()> {
+        let m = &self.model;
+        let (_, depths) = m.resolved_blocks()?;
+        if depths.len() != 4 {
+            bail!(
+                "model.depths: expected 4 stages, got {} ({depths:?})",
+                depths.len()
+            );
+        }
+        if depths.iter().any(|&d| d == 0) {
+            bail!("model.depths: every stage needs at least one block, got {depths:?}");
+        }
+        positive("model.width", m.width)?;
+        nonzero("model.gn_groups", m.gn_groups)?;
+        nonzero("model.fpn_channels", m.fpn_channels)?;
+        nonzero("model.num_classes", m.num_classes)?;
+        if !(m.prior_prob > 0.0 && m.prior_prob < 1.0) {
+            bail!("model.prior_prob must lie in (0, 1), got {}", m.prior_prob);
+        }
+        let a = &self.anchors;
+        if a.min_level > a.max_level {
+            bail!(
+                "anchors.min_level ({}) > anchors.max_level ({}): zero pyramid levels",
+                a.min_level,
+                a.max_level
+            );
+        }
+        if !(2..=5).contains(&a.min_level) {
+            bail!(
+                "anchors.min_level must be between 2 and 5 (backbone levels C2-C5), got {}",
+                a.min_level
+            );
+        }
+        if !(5..=7).contains(&a.max_level) {
+            bail!(
+                "anchors.max_level must be between 5 and 7 (P5 to P7), got {}",
+                a.max_level
+            );
+        }
+        positive("anchors.anchor_scale", a.anchor_scale)?;
+        nonzero("anchors.scales_per_octave", a.scales_per_octave)?;
+        if a.aspect_ratios.is_empty() {
+            bail!("anchors.aspect_ratios must not be empty");
+        }
+        for r in &a.aspect_ratios {
+            positive("anchors.aspect_ratios", *r)?;
+        }
+        let mt = &self.matcher;
+        if !(mt.bg_iou > 0.0 && mt.bg_iou <= mt.fg_iou && mt.fg_iou <= 1.0) {
+            bail!(
+                "matcher: need 0 < bg_iou <= fg_iou <= 1, got bg_iou = {} and fg_iou = {}",
+                mt.bg_iou,
+                mt.fg_iou
+            );
+        }
+        let l = &self.loss;
+        if !(l.gamma >= 0.0 && l.gamma.is_finite()) {
+            bail!("loss.gamma must be >= 0, got {}", l.gamma);
+        }
+        if l.kind == LossKind::FlStar && l.gamma <= 0.0 {
+            bail!(
+                "loss.gamma must be > 0 for fl_star (FL* divides by gamma), got {}",
+                l.gamma
+            );
+        }
+        if !(0.0..=1.0).contains(&l.alpha) {
+            bail!("loss.alpha must lie in [0, 1], got {}", l.alpha);
+        }
+        finite("loss.beta", l.beta)?;
+        nonzero("loss.ohem_batch", l.ohem_batch)?;
+        if !(l.ohem_nms > 0.0 && l.ohem_nms <= 1.0) {
+            bail!("loss.ohem_nms must lie in (0, 1], got {}", l.ohem_nms);
+        }
+        if !(l.box_beta >= 0.0 && l.box_beta.is_finite()) {
+            bail!("loss.box_beta must be >= 0, got {}", l.box_beta);
+        }
+        if !(l.box_weight >= 0.0 && l.box_weight.is_finite()) {
+            bail!("loss.box_weight must be >= 0, got {}", l.box_weight);
+        }
+        if !(l.ema_momentum >= 0.0 && l.ema_momentum < 1.0) {
+            bail!(
+                "loss.ema_momentum must lie in [0, 1), got {}",
+                l.ema_momentum
+            );
+        }
+        let s = &self.schedule;
+        nonzero("schedule.iterations", s.iterations)?;
+        nonzero("schedule.batch_size", s.batch_size)?;
+        positive("schedule.lr", s.lr)?;
+        if !(0.0..1.0).contains(&s.momentum) {
+            bail!("schedule.momentum must lie in [0, 1), got {}", s.momentum);
+        }
+        if !(s.weight_decay >= 0.0 && s.weight_decay.is_finite()) {
+            bail!("schedule.weight_decay must be >= 0, got {}", s.weight_decay);
+        }
+        if !(s.weight_decay_norm >= 0.0 && s.weight_decay_norm.is_finite()) {
+            bail!(
+                "schedule.weight_decay_norm must be >= 0, got {}",
+                s.weight_decay_norm
+            );
+        }
+        if !(s.warmup_factor > 0.0 && s.warmup_factor <= 1.0) {
+            bail!(
+                "schedule.warmup_factor must lie in (0, 1], got {}",
+                s.warmup_factor
+            );
+        }
+        if s.steps.windows(2).any(|w| w[0] >= w[1]) {
+            bail!(
+                "schedule.steps must be strictly increasing, got {:?}",
+                s.steps
+            );
+        }
+        positive("schedule.decay", s.decay)?;
+        let d = &self.data;
+        if d.source.is_empty() {
+            bail!("data.source must be 'builtin' or a path to a COCO JSON file");
+        }
+        let stride = 1usize << 5;
+        if d.input_size == 0 || d.input_size % stride != 0 {
+            bail!(
+                "data.input_size must be a positive multiple of {stride} (the C5 stride), got {}",
+                d.input_size
+            );
+        }
+        if d.source == "builtin" {
+            nonzero("data.builtin_images", d.builtin_images)?;
+        }
+        nonzero("train.log_every", self.train.log_every)?;
+        if self.device.trim().is_empty() {
+            bail!("device must be cpu, cuda or cuda:N");
+        }
+        Ok(())
+    }
+}
+
+fn positive(key: &str, v: f64) -> Result<()> {
+    if !(v > 0.0 && v.is_finite()) {
+        bail!("{key} must be a positive number, got {v}");
+    }
+    Ok(())
+}
+
+fn finite(key: &str, v: f64) -> Result<()> {
+    if !v.is_finite() {
+        bail!("{key} must be finite, got {v}");
+    }
+    Ok(())
+}
+
+fn nonzero(key: &str, v: usize) -> Result<()> {
+    if v == 0 {
+        bail!("{key} must be at least 1, got 0");
+    }
+    Ok(())
+}
+
+/// Applies one `key.sub=value` override. The value is parsed as TOML (`1e-3`, `true`, `[1, 2]`,
+/// `"x"`); if that fails it is taken as a bare string, so `loss.kind=focal` works unquoted.
+pub fn apply_override(table: &mut toml::Table, spec: &str) -> Result<()> {
+    let (key, raw) = spec
+        .split_once('=')
+        .with_context(|| format!("--set '{spec}': expected key.sub=value"))?;
+    let key = key.trim();
+    let raw = raw.trim();
+    if key.is_empty() || key.split('.').any(|p| p.is_empty()) {
+        bail!("--set '{spec}': empty key");
+    }
+    let value = match format!("v = {raw}").parse::<toml::Table>() {
+        Ok(mut t) => t
+            .remove("v")
+            .unwrap_or_else(|| toml::Value::String(raw.into())),
+        Err(_) => toml::Value::String(raw.to_string()),
+    };
+    let parts: Vec<&str> = key.split('.').collect();
+    let mut cur = table;
+    for (i, p) in parts[..parts.len() - 1].iter().enumerate() {
+        let entry = cur
+            .entry(p.to_string())
+            .or_insert_with(|| toml::Value::Table(toml::Table::new()));
+        cur = match entry {
+            toml::Value::Table(t) => t,
+            _ => bail!(
+                "--set {key}: `{}` is a value, not a table",
+                parts[..=i].join(".")
+            ),
+        };
+    }
+    cur.insert(parts[parts.len() - 1].to_string(), value);
+    Ok(())
+}
+
+fn type_name(v: &toml::Value) -> &'static str {
+    match v {
+        toml::Value::String(_) => "a string",
+        toml::Value::Integer(_) => "an integer",
+        toml::Value::Float(_) => "a float",
+        toml::Value::Boolean(_) => "a boolean",
+        toml::Value::Datetime(_) => "a datetime",
+        toml::Value::Array(_) => "an array",
+        toml::Value::Table(_) => "a table",
+    }
+}
+
+/// Types agree, except that an integer may stand for a float (`lr = 1`).
+fn compatible(user: &toml::Value, schema: &toml::Value) -> bool {
+    use toml::Value as V;
+    matches!(
+        (user, schema),
+        (V::String(_), V::String(_))
+            | (V::Integer(_), V::Integer(_))
+            | (V::Integer(_), V::Float(_))
+            | (V::Float(_), V::Float(_))
+            | (V::Boolean(_), V::Boolean(_))
+            | (V::Array(_), V::Array(_))
+            | (V::Table(_), V::Table(_))
+    )
+}
+
+/// Rejects keys the schema does not have and values of the wrong type, naming the full key.
+fn check_schema(user: &toml::Table, schema: &toml::Table, prefix: &str) -> Result<()> {
+    for (k, v) in user {
+        let full = if prefix.is_empty() {
+            k.clone()
+        } else {
+            format!("{prefix}.{k}")
+        };
+        let Some(s) = schema.get(k) else {
+            let known: Vec<&str> = schema.keys().map(|s| s.as_str()).collect();
+            bail!("unknown key `{full}` (known here: {})", known.join(", "));
+        };
+        if !compatible(v, s) {
+            bail!(
+                "`{full}` must be {}, got {} ({v})",
+                type_name(s),
+                type_name(v)
+            );
+        }
+        match (v, s) {
+            (toml::Value::Table(ut), toml::Value::Table(st)) => check_schema(ut, st, &full)?,
+            (toml::Value::Array(ua), toml::Value::Array(sa)) => {
+                if let Some(s0) = sa.first() {
+                    for (i, e) in ua.iter().enumerate() {
+                        if !compatible(e, s0) {
+                            bail!(
+                                "`{full}[{i}]` must be {}, got {} ({e})",
+                                type_name(s0),
+                                type_name(e)
+                            );
+                        }
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn err(text: &str, sets: &[&str]) -> String {
+        let sets: Vec<String> = sets.iter().map(|s| s.to_string()).collect();
+        format!("{:#}", Config::from_toml_str(text, &sets).unwrap_err())
+    }
+
+    #[test]
+    fn defaults_validate_and_round_trip() {
+        let c = Config::default();
+        c.validate().unwrap();
+        let back = Config::from_toml_str(&c.to_toml().unwrap(), &[]).unwrap();
+        assert_eq!(c, back);
+        assert_eq!(c.hash().unwrap(), back.hash().unwrap());
+        assert_eq!(c.hash().unwrap().len(), 16);
+    }
+
+    #[test]
+    fn overrides_parse_values_as_toml() {
+        let sets = [
+            "schedule.lr=1e-3",
+            "loss.kind=fl_star",
+            "anchors.aspect_ratios=[1.0]",
+            "model.prior_init=false",
+            "schedule.lr=2", // an integer is accepted where a float is expected
+        ];
+        let sets: Vec<String> = sets.iter().map(|s| s.to_string()).collect();
+        let c = Config::from_toml_str("seed = 3\n[model]\nwidth = 0.5\n", &sets).unwrap();
+        assert_eq!(c.schedule.lr, 2.0);
+        assert_eq!(c.loss.kind, LossKind::FlStar);
+        assert_eq!(c.anchors.aspect_ratios, vec![1.0]);
+        assert!(!c.model.prior_init);
+        assert_eq!(c.model.width, 0.5);
+        assert_eq!(c.seed, 3);
+        assert_ne!(c.hash().unwrap(), Config::default().hash().unwrap());
+    }
+
+    #[test]
+    fn bad_configs_name_the_key() {
+        assert!(err("[model]\nwidht = 0.5\n", &[]).contains("model.widht"));
+        assert!(err("", &["schedule.foo=1"]).contains("schedule.foo"));
+        assert!(err("[schedule]\nlr = \"fast\"\n", &[]).contains("schedule.lr"));
+        assert!(err("", &["schedule.lr=-0.1"]).contains("schedule.lr"));
+        assert!(err("", &["anchors.min_level=5", "anchors.max_level=4"])
+            .contains("zero pyramid levels"));
+        assert!(err("", &["anchors.min_level=6"]).contains("anchors.min_level"));
+        assert!(err("", &["loss.kind=hinge"]).contains("hinge"));
+        assert!(err("", &["model.backbone=r99"]).contains("model.backbone"));
+        assert!(err("", &["data.input_size=100"]).contains("data.input_size"));
+        assert!(
+            err("", &["model.depths=[1, \"a\"]", "model.backbone=custom"])
+                .contains("model.depths[1]")
+        );
+        assert!(err("seed = ", &[]).contains("TOML"));
+        assert!(err("", &["model.width.x=1"]).contains("model.width"));
+    }
+}
