@@ -7,6 +7,7 @@ pub mod commands;
 pub mod config;
 pub mod data;
 pub mod device;
+pub mod experiments;
 pub mod loss;
 pub mod ops;
 pub mod report;

@@ -3,3 +3,5 @@
 pub mod font;
 pub mod loss_cdf;
 pub mod plot;
+pub mod progress;
+pub mod sweep;
