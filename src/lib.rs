@@ -6,6 +6,7 @@ pub mod commands;
 pub mod data;
 pub mod device;
 pub mod geometry;
+pub mod infer;
 pub mod loss;
 pub mod ops;
 pub mod report;
