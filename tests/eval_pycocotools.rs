@@ -126,3 +126,89 @@ fn detection_order_within_ties_is_what_matters() {
     let c = evaluate(&gt, &rev).unwrap();
     assert_ne!(a.stats, c.stats);
 }
+
+#[test]
+fn cli_prints_the_pycocotools_summary_and_writes_outputs() {
+    let dir = case_dir("mixed");
+    let out = tempfile::tempdir().unwrap();
+    let o = std::process::Command::new(env!("CARGO_BIN_EXE_fl-lab"))
+        .args(["--quiet", "eval", "--gt"])
+        .arg(dir.join("gt.json"))
+        .arg("--dets")
+        .arg(dir.join("dets.json"))
+        .arg("--out")
+        .arg(out.path())
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let want: Expected =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("expected.json")).unwrap()).unwrap();
+    let stdout = String::from_utf8(o.stdout).unwrap();
+    assert_eq!(stdout.lines().collect::<Vec<_>>(), want.summary_lines);
+    for f in [
+        "metrics.json",
+        "metrics.csv",
+        "per_category.csv",
+        "pr_curves.csv",
+        "pr_curves.png",
+    ] {
+        assert!(out.path().join(f).is_file(), "{f} missing");
+    }
+    let m: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out.path().join("metrics.json")).unwrap())
+            .unwrap();
+    assert_eq!(
+        m["stats"]["AP"].as_f64().unwrap().to_bits(),
+        want.stats_bits[0]
+    );
+    // Category 40 has no ground truth: its AP is undefined (null), not 0.
+    let cat40 = m["per_category"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["category_id"] == 40)
+        .unwrap();
+    assert!(cat40["AP"].is_null());
+}
+
+#[test]
+fn cli_rejects_bad_results_with_a_named_record() {
+    let gt = case_dir("mixed").join("gt.json");
+    let tmp = tempfile::tempdir().unwrap();
+    let cases = [
+        (
+            r#"[{"image_id":99999,"category_id":1,"bbox":[0,0,1,1],"score":0.5}]"#,
+            "image_id 99999",
+        ),
+        (
+            r#"[{"image_id":5,"category_id":2,"bbox":[0,0,1,1],"score":0.5}]"#,
+            "category_id 2",
+        ),
+        (
+            r#"[{"image_id":5,"category_id":1,"bbox":[0,0,1,1],"score":0.5},
+                {"image_id":5,"category_id":1,"bbox":[0,0,1],"score":0.5}]"#,
+            "record 1 (0-based): bbox has 3 numbers",
+        ),
+        (
+            r#"[{"image_id":5,"category_id":1,"bbox":[0,0,1,1],"score":NaN}]"#,
+            "record 0 (0-based): score is NaN",
+        ),
+    ];
+    for (i, (text, needle)) in cases.iter().enumerate() {
+        let p = tmp.path().join(format!("r{i}.json"));
+        std::fs::write(&p, text).unwrap();
+        let o = std::process::Command::new(env!("CARGO_BIN_EXE_fl-lab"))
+            .args(["eval", "--gt"])
+            .arg(&gt)
+            .arg("--dets")
+            .arg(&p)
+            .arg("--out")
+            .arg(tmp.path().join("out"))
+            .output()
+            .unwrap();
+        assert_eq!(o.status.code(), Some(2));
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert!(err.contains(needle), "case {i}: {err}");
+        assert!(!tmp.path().join("out").exists(), "case {i} wrote outputs");
+    }
+}

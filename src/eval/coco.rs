@@ -138,23 +138,39 @@ impl CocoEval {
             .collect()
     }
 
-    /// Precision at the 101 recall thresholds for IoU index `t`, averaged over the categories
-    /// that have ground truth (area all, 100 detections); `None` if no category has any.
-    pub fn mean_pr_curve(&self, t: usize) -> Option<Vec<f64>> {
-        let ks: Vec<usize> = (0..self.num_categories())
-            .filter(|&k| self.precision_at(t, 0, k, 0, NUM_MAXDET - 1) > -1.0)
-            .collect();
-        if ks.is_empty() {
+    /// A precision-recall curve: precision at the 101 recall thresholds (area all, 100
+    /// detections), averaged over the IoU thresholds `ts`, for category `k` (`None` if it has no
+    /// ground truth).
+    pub fn category_pr_curve(&self, k: usize, ts: std::ops::Range<usize>) -> Option<Vec<f64>> {
+        if self.precision_at(0, 0, k, 0, NUM_MAXDET - 1) <= -1.0 || ts.is_empty() {
             return None;
         }
+        let n = ts.len() as f64;
         Some(
             (0..NUM_REC)
                 .map(|r| {
-                    ks.iter()
-                        .map(|&k| self.precision_at(t, r, k, 0, NUM_MAXDET - 1))
+                    ts.clone()
+                        .map(|t| self.precision_at(t, r, k, 0, NUM_MAXDET - 1))
                         .sum::<f64>()
-                        / ks.len() as f64
+                        / n
                 })
+                .collect(),
+        )
+    }
+
+    /// The curve averaged over the categories with ground truth (the curve whose mean is AP for
+    /// `ts` = all thresholds); `None` if no category has ground truth.
+    pub fn mean_pr_curve(&self, ts: std::ops::Range<usize>) -> Option<Vec<f64>> {
+        let curves: Vec<Vec<f64>> = (0..self.num_categories())
+            .filter_map(|k| self.category_pr_curve(k, ts.clone()))
+            .collect();
+        if curves.is_empty() {
+            return None;
+        }
+        let n = curves.len() as f64;
+        Some(
+            (0..NUM_REC)
+                .map(|r| curves.iter().map(|c| c[r]).sum::<f64>() / n)
                 .collect(),
         )
     }

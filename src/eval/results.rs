@@ -366,9 +366,11 @@ impl<'a> Scanner<'a> {
                                             v[n] = x;
                                         }
                                     }
-                                    Num::NonFinite(name) => return Err(rec(format!(
+                                    Num::NonFinite(name) => {
+                                        return Err(rec(format!(
                                         "bbox value {n} is {name}; box coordinates must be finite"
-                                    ))),
+                                    )))
+                                    }
                                 }
                                 n += 1;
                                 self.ws();
