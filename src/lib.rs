@@ -5,6 +5,7 @@ pub mod cli;
 pub mod commands;
 pub mod data;
 pub mod device;
+pub mod eval;
 pub mod geometry;
 pub mod infer;
 pub mod loss;
