@@ -20,12 +20,16 @@ pub struct Cli {
 }
 
 #[derive(Debug, Subcommand)]
-pub enum Command {}
+pub enum Command {
+    /// Write the paper's loss curves (Figures 1, 5 and 6) as CSV and PNG.
+    LossCurves(crate::commands::loss_curves::Args),
+}
 
 /// Parses the command line and runs the chosen command.
-#[allow(unreachable_code, unused_variables)] // until the first command lands
 pub fn try_main() -> Result<()> {
     let cli = Cli::parse();
-    let _quiet = cli.quiet;
-    match cli.command {}
+    let quiet = cli.quiet;
+    match cli.command {
+        Command::LossCurves(args) => crate::commands::loss_curves::run(args, quiet),
+    }
 }
