@@ -1,2 +1,4 @@
 //! One module per subcommand: its flags (`Args`) and its top-level function (`run`).
+
 pub mod eval;
+pub mod loss_curves;
