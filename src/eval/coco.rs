@@ -663,7 +663,6 @@ fn accumulate_category(
                 .copied()
                 .filter(|&i| (pos[i as usize] as usize) < max_det),
         );
-        let nd = sel.len();
         for a in 0..NUM_AREA {
             // pycocotools: no non-ignored GT -> the category is skipped (stays -1).
             if npig[a] == 0 {
