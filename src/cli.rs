@@ -23,6 +23,10 @@ pub struct Cli {
 pub enum Command {
     /// The paper's Figure 4: CDFs of the normalized focal loss over positive and negative samples.
     LossCdf(crate::commands::loss_cdf::Args),
+    /// Evaluate COCO detection results against ground truth, exactly as pycocotools does.
+    Eval(crate::commands::eval::Args),
+    /// Write the paper's loss curves (Figures 1, 5 and 6) as CSV and PNG.
+    LossCurves(crate::commands::loss_curves::Args),
 }
 
 /// Parses the command line and runs the chosen command.
@@ -31,5 +35,7 @@ pub fn try_main() -> Result<()> {
     let quiet = cli.quiet;
     match cli.command {
         Command::LossCdf(args) => crate::commands::loss_cdf::run(args, quiet),
+        Command::Eval(args) => crate::commands::eval::run(args, quiet),
+        Command::LossCurves(args) => crate::commands::loss_curves::run(args, quiet),
     }
 }

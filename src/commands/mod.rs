@@ -1,2 +1,5 @@
 //! One module per subcommand: its flags (`Args`) and its top-level function (`run`).
+
+pub mod eval;
 pub mod loss_cdf;
+pub mod loss_curves;

@@ -3,5 +3,6 @@
 pub mod font;
 pub mod loss_cdf;
 pub mod plot;
+pub mod pr_curve;
 pub mod progress;
 pub mod sweep;
