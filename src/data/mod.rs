@@ -1,3 +1,9 @@
 //! Datasets: COCO-format I/O, image decoding, the built-in generators and batching.
 
 pub mod coco;
+pub mod generate;
+pub mod image_io;
+pub mod scene;
+pub mod shapes;
+
+pub use generate::{ensure_builtin, resolve, DataSource, Split};
