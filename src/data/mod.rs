@@ -3,6 +3,7 @@
 pub mod coco;
 pub mod generate;
 pub mod image_io;
+pub mod loader;
 pub mod scene;
 pub mod shapes;
 
