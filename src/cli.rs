@@ -20,12 +20,16 @@ pub struct Cli {
 }
 
 #[derive(Debug, Subcommand)]
-pub enum Command {}
+pub enum Command {
+    /// Generate, describe and draw datasets (the built-in benchmark, Fashion-MNIST scenes, COCO files).
+    Data(crate::commands::data::Args),
+}
 
 /// Parses the command line and runs the chosen command.
-#[allow(unreachable_code, unused_variables)] // until the first command lands
 pub fn try_main() -> Result<()> {
     let cli = Cli::parse();
-    let _quiet = cli.quiet;
-    match cli.command {}
+    let quiet = cli.quiet;
+    match cli.command {
+        Command::Data(args) => crate::commands::data::run(args, quiet),
+    }
 }

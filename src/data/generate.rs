@@ -21,7 +21,7 @@ use std::path::{Path, PathBuf};
 /// Bumped whenever the generators' output changes, so cached datasets are regenerated.
 pub const GENERATOR_VERSION: u32 = 1;
 /// Name of the built-in benchmark under the data root.
-pub const BUILTIN_NAME: &str = "shapes";
+pub const BUILTIN_NAME: &str = "builtin";
 pub const BUILTIN_SEED: u64 = 0;
 pub const BUILTIN_TRAIN: usize = 2000;
 pub const BUILTIN_VAL: usize = 500;

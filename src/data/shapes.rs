@@ -202,17 +202,20 @@ fn render_shape(
 }
 
 /// An amorphous blob: a star-convex outline with a few random harmonics.
-fn render_blob(size: f32, colour: [f32; 3], rng: &mut impl Rng) -> Option<Sprite> {
-    let n = (size.ceil() as usize).max(3) + 2;
-    let harm: Vec<(f32, f32)> = (2..5)
-        .map(|_| {
+pub(crate) fn render_blob(size: f32, colour: [f32; 3], rng: &mut impl Rng) -> Option<Sprite> {
+    // Mostly an elongated, lumpy oval: a strong 2nd harmonic and weak higher ones, so that a blob in a
+    // class colour does not mimic that class's triangle, square or star. r(theta) <= 1.66 r0 < n / 2.
+    let harm: Vec<(f32, f32)> = (2..6)
+        .map(|k| {
+            let amp = if k == 2 { 0.1..0.3 } else { 0.0..0.12 };
             (
-                rng.gen_range(0.0..0.25),
+                rng.gen_range(amp),
                 rng.gen_range(0.0..std::f32::consts::TAU),
             )
         })
         .collect();
-    let r0 = size / 2.0 * 0.75;
+    let r0 = size / 2.0 * 0.7;
+    let n = (size * 1.2).ceil() as usize + 3;
     let shade: f32 = rng.gen_range(0.7..1.1);
     let mut mask = vec![false; n * n];
     let mut rgb = vec![[0u8; 3]; n * n];
@@ -242,7 +245,7 @@ fn render_blob(size: f32, colour: [f32; 3], rng: &mut impl Rng) -> Option<Sprite
     .trimmed()
 }
 
-fn log_uniform(lo: f32, hi: f32, rng: &mut impl Rng) -> f32 {
+pub(crate) fn log_uniform(lo: f32, hi: f32, rng: &mut impl Rng) -> f32 {
     if hi <= lo {
         return lo;
     }

@@ -1,0 +1,515 @@
+//! `fl-lab data`: generate the benchmarks (`gen`), describe a dataset (`stats`), draw one image with
+//! its boxes (`show`).
+
+use crate::data::coco::CocoDataset;
+use crate::data::fashion::{self, FashionConfig};
+use crate::data::generate::{self, Split};
+use crate::data::loader::{CachePolicy, Dataset, LoaderConfig};
+use crate::data::shapes::ShapesConfig;
+use crate::data::stats::{box_stats, BoxStats, SIZE_EDGES};
+use anyhow::{bail, Context, Result};
+use clap::{Subcommand, ValueEnum};
+use std::fmt::Write as _;
+use std::path::{Path, PathBuf};
+
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    #[command(subcommand)]
+    pub command: DataCommand,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum DataCommand {
+    /// Generate a benchmark (PNG images plus COCO train.json / val.json) under data/<name>/.
+    Gen(GenArgs),
+    /// Objects per image, box sizes and classes of a dataset, as text and CSV.
+    Stats(StatsArgs),
+    /// Draw one image with its boxes and class names into a PNG.
+    Show(ShowArgs),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Kind {
+    /// Procedural coloured shapes with distractors (needs nothing installed).
+    Shapes,
+    /// Fashion-MNIST products pasted on textured canvases (needs the dataset-fashion-mnist package).
+    FashionMnist,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum SplitArg {
+    Train,
+    Val,
+}
+
+impl From<SplitArg> for Split {
+    fn from(s: SplitArg) -> Split {
+        match s {
+            SplitArg::Train => Split::Train,
+            SplitArg::Val => Split::Val,
+        }
+    }
+}
+
+/// Parses `MIN-MAX` (or a single number N, meaning N-N).
+fn parse_range(s: &str) -> std::result::Result<(usize, usize), String> {
+    let parse = |t: &str| {
+        t.trim()
+            .parse::<usize>()
+            .map_err(|_| format!("'{s}' is not MIN-MAX (e.g. 1-6) or a single count"))
+    };
+    match s.split_once('-') {
+        Some((a, b)) => {
+            let (a, b) = (parse(a)?, parse(b)?);
+            if a > b {
+                return Err(format!("'{s}': MIN must not exceed MAX"));
+            }
+            Ok((a, b))
+        }
+        None => parse(s).map(|n| (n, n)),
+    }
+}
+
+#[derive(Debug, clap::Args)]
+pub struct GenArgs {
+    #[arg(long, value_enum, default_value = "shapes")]
+    pub kind: Kind,
+    /// Dataset name: written to <root>/<name>/ (default: the kind's name).
+    #[arg(long)]
+    pub name: Option<String>,
+    /// Data root (default: $FL_LAB_DATA, else ./data).
+    #[arg(long)]
+    pub root: Option<PathBuf>,
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    /// Number of training images.
+    #[arg(long, default_value_t = generate::BUILTIN_TRAIN)]
+    pub train: usize,
+    /// Number of validation images.
+    #[arg(long, default_value_t = generate::BUILTIN_VAL)]
+    pub val: usize,
+    /// Canvas side in pixels; object sizes stay fixed, so a larger canvas adds background.
+    #[arg(long, default_value_t = 128)]
+    pub size: usize,
+    /// Number of classes K (shapes: 1..=80, shape x colour combinations; fashion-mnist: always 10).
+    #[arg(long)]
+    pub classes: Option<usize>,
+    /// Objects per image, MIN-MAX.
+    #[arg(long, value_parser = parse_range)]
+    pub objects: Option<(usize, usize)>,
+    /// Distractors (hard negatives) per image, MIN-MAX.
+    #[arg(long, value_parser = parse_range)]
+    pub distractors: Option<(usize, usize)>,
+    /// Smallest object size in pixels (square root of its box area).
+    #[arg(long)]
+    pub min_size: Option<f32>,
+    /// Largest object size in pixels.
+    #[arg(long)]
+    pub max_size: Option<f32>,
+    /// Fashion-MNIST IDX directory.
+    #[arg(long, default_value = fashion::DEFAULT_SOURCE)]
+    pub source: PathBuf,
+    /// Regenerate even if the same dataset is already there.
+    #[arg(long)]
+    pub force: bool,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct DataSel {
+    /// A dataset directory (with train.json / val.json) or a COCO JSON file; default: the built-in
+    /// benchmark (generated once).
+    #[arg(long)]
+    pub data: Option<PathBuf>,
+    /// Directory the COCO `file_name`s are relative to (default: images/ beside the JSON, else its
+    /// directory).
+    #[arg(long)]
+    pub images: Option<PathBuf>,
+    /// Which split, when --data is a directory.
+    #[arg(long, value_enum, default_value = "train")]
+    pub split: SplitArg,
+    /// Model input size (square); boxes are measured after resizing to it.
+    #[arg(long, default_value_t = 128)]
+    pub input_size: usize,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct StatsArgs {
+    #[command(flatten)]
+    pub sel: DataSel,
+    /// Directory for the CSV files.
+    #[arg(long, default_value = "plots/data-stats")]
+    pub out: PathBuf,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct ShowArgs {
+    #[command(flatten)]
+    pub sel: DataSel,
+    /// Image id (default: the first image).
+    #[arg(long)]
+    pub image: Option<i64>,
+    /// Output PNG.
+    #[arg(long, default_value = "show.png")]
+    pub out: PathBuf,
+    /// Upscaling factor (default: so the longer side is at least 512 px).
+    #[arg(long)]
+    pub scale: Option<u32>,
+}
+
+/// The top-level entry point for `fl-lab data`.
+pub fn run(args: Args, quiet: bool) -> Result<()> {
+    match args.command {
+        DataCommand::Gen(a) => run_gen(a, quiet),
+        DataCommand::Stats(a) => run_stats(a, quiet),
+        DataCommand::Show(a) => run_show(a, quiet),
+    }
+}
+
+fn run_gen(a: GenArgs, quiet: bool) -> Result<()> {
+    let root = a.root.clone().unwrap_or_else(generate::default_data_root);
+    let name = a.name.clone().unwrap_or_else(|| match a.kind {
+        Kind::Shapes => "shapes".into(),
+        Kind::FashionMnist => "fashion-mnist".into(),
+    });
+    if name.is_empty() || name.contains(['/', '\\']) || name == "." || name == ".." {
+        bail!("--name '{name}' must be a plain directory name");
+    }
+    let dir = root.join(&name);
+    let start = std::time::Instant::now();
+    let manifest = match a.kind {
+        Kind::Shapes => {
+            let d = ShapesConfig::default();
+            let cfg = ShapesConfig {
+                size: a.size,
+                classes: a.classes.unwrap_or(d.classes),
+                objects: a.objects.unwrap_or(d.objects),
+                distractors: a.distractors.unwrap_or(d.distractors),
+                min_size: a.min_size.unwrap_or(d.min_size),
+                max_size: a.max_size.unwrap_or(d.max_size.min(a.size as f32)),
+                min_visible: d.min_visible,
+            };
+            cfg.validate()?;
+            let want = generate::Manifest {
+                kind: "shapes".into(),
+                version: generate::GENERATOR_VERSION,
+                seed: a.seed,
+                train: a.train,
+                val: a.val,
+                params: serde_json::to_value(&cfg)?,
+            };
+            if !a.force && generate::is_complete(&dir, &want) {
+                println!("{} is already generated with these settings", dir.display());
+                return Ok(());
+            }
+            generate::generate_shapes(&dir, &cfg, a.seed, a.train, a.val, quiet)?
+        }
+        Kind::FashionMnist => {
+            if let Some(k) = a.classes.filter(|&k| k != fashion::CLASSES.len()) {
+                bail!("--classes {k}: Fashion-MNIST has exactly 10 classes");
+            }
+            let d = FashionConfig::default();
+            let cfg = FashionConfig {
+                size: a.size,
+                objects: a.objects.unwrap_or(d.objects),
+                distractors: a.distractors.unwrap_or(d.distractors),
+                min_size: a.min_size.unwrap_or(d.min_size),
+                max_size: a.max_size.unwrap_or(d.max_size.min(a.size as f32)),
+                ..d
+            };
+            fashion::generate(&dir, &a.source, &cfg, a.seed, a.train, a.val, quiet)?
+        }
+    };
+    let train = CocoDataset::load(&dir.join("train.json"))?;
+    let val = CocoDataset::load(&dir.join("val.json"))?;
+    println!(
+        "wrote {} ({} kind, seed {}): train {} images / {} objects, val {} images / {} objects, {} classes, in {:.1} s",
+        dir.display(),
+        manifest.kind,
+        manifest.seed,
+        train.images.len(),
+        train.annotations.len(),
+        val.images.len(),
+        val.annotations.len(),
+        train.categories.len(),
+        start.elapsed().as_secs_f64()
+    );
+    Ok(())
+}
+
+fn open(sel: &DataSel, quiet: bool) -> Result<Dataset> {
+    let src = crate::data::resolve(
+        sel.data.as_deref(),
+        sel.images.as_deref(),
+        sel.split.into(),
+        quiet,
+    )?;
+    let ds = Dataset::open(
+        &src,
+        LoaderConfig {
+            input_size: sel.input_size,
+            hflip: false,
+            cache: CachePolicy::Never,
+        },
+    )?;
+    if ds.clipped_boxes > 0 {
+        eprintln!(
+            "warning: {}: {} boxes extend past their image and were clipped to it",
+            src.json.display(),
+            ds.clipped_boxes
+        );
+    }
+    Ok(ds)
+}
+
+/// Text report of the box statistics.
+pub fn format_box_stats(s: &BoxStats, names: &[String]) -> String {
+    let mut t = String::new();
+    let _ = writeln!(
+        t,
+        "images {}, objects {} ({:.2} per image), crowd {}",
+        s.images,
+        s.objects,
+        s.mean_per_image(),
+        s.crowd
+    );
+    let _ = writeln!(t, "objects per image:");
+    let peak = s.per_image.iter().copied().max().unwrap_or(1).max(1);
+    for (k, &n) in s.per_image.iter().enumerate() {
+        let _ = writeln!(t, "  {k:>3} {n:>7} {}", "#".repeat(n * 40 / peak));
+    }
+    let _ = writeln!(
+        t,
+        "box size sqrt(w*h) in input pixels (min {:.1}, max {:.1}):",
+        if s.objects > 0 { s.min_side } else { 0.0 },
+        s.max_side
+    );
+    let peak = s.size_bins.iter().copied().max().unwrap_or(1).max(1);
+    for (k, &n) in s.size_bins.iter().enumerate() {
+        let _ = writeln!(
+            t,
+            "  {:>9} {n:>7} {:>5.1}% {}",
+            bin_label(k),
+            100.0 * n as f64 / s.objects.max(1) as f64,
+            "#".repeat(n * 40 / peak)
+        );
+    }
+    let _ = writeln!(t, "objects per class:");
+    for (k, &n) in s.per_class.iter().enumerate() {
+        let _ = writeln!(
+            t,
+            "  {:>3} {:<20} {n:>7}",
+            k,
+            names.get(k).map_or("", |s| s)
+        );
+    }
+    t
+}
+
+fn bin_label(k: usize) -> String {
+    let (lo, hi) = (SIZE_EDGES[k], SIZE_EDGES[k + 1]);
+    if hi.is_infinite() {
+        format!(">={lo}")
+    } else {
+        format!("{lo}-{hi}")
+    }
+}
+
+fn class_names(ds: &Dataset) -> Vec<String> {
+    (0..ds.num_classes())
+        .map(|k| {
+            ds.categories
+                .category_id(k)
+                .and_then(|id| ds.coco.category_name(id))
+                .unwrap_or("?")
+                .to_string()
+        })
+        .collect()
+}
+
+fn write_csv(path: &Path, header: &[&str], rows: Vec<Vec<String>>) -> Result<()> {
+    let mut w = csv::Writer::from_writer(Vec::new());
+    w.write_record(header)?;
+    for r in rows {
+        w.write_record(&r)?;
+    }
+    let bytes = w.into_inner().context("cannot finish CSV")?;
+    crate::util::write_atomic(path, &bytes)
+}
+
+fn run_stats(a: StatsArgs, quiet: bool) -> Result<()> {
+    let ds = open(&a.sel, quiet)?;
+    let gts: Vec<_> = (0..ds.len()).map(|i| ds.ground_truth(i, false)).collect();
+    let names = class_names(&ds);
+    let s = box_stats(&gts, ds.num_classes());
+    println!(
+        "{} (input {}x{})",
+        ds.source.json.display(),
+        a.sel.input_size,
+        a.sel.input_size
+    );
+    print!("{}", format_box_stats(&s, &names));
+    let out = &a.out;
+    write_csv(
+        &out.join("objects_per_image.csv"),
+        &["objects", "images"],
+        s.per_image
+            .iter()
+            .enumerate()
+            .map(|(k, n)| vec![k.to_string(), n.to_string()])
+            .collect(),
+    )?;
+    write_csv(
+        &out.join("box_sizes.csv"),
+        &["min_side", "max_side", "boxes", "fraction"],
+        s.size_bins
+            .iter()
+            .enumerate()
+            .map(|(k, &n)| {
+                vec![
+                    SIZE_EDGES[k].to_string(),
+                    SIZE_EDGES[k + 1].to_string(),
+                    n.to_string(),
+                    format!("{:.6}", n as f64 / s.objects.max(1) as f64),
+                ]
+            })
+            .collect(),
+    )?;
+    write_csv(
+        &out.join("classes.csv"),
+        &["class_index", "category_id", "name", "objects"],
+        s.per_class
+            .iter()
+            .enumerate()
+            .map(|(k, n)| {
+                vec![
+                    k.to_string(),
+                    ds.categories.category_id(k).unwrap_or(-1).to_string(),
+                    names[k].clone(),
+                    n.to_string(),
+                ]
+            })
+            .collect(),
+    )?;
+    println!("CSV files in {}", out.display());
+    Ok(())
+}
+
+/// A distinct, readable colour per class.
+fn class_colour(k: usize) -> plotters::style::RGBColor {
+    const P: [(u8, u8, u8); 10] = [
+        (230, 25, 75),
+        (60, 180, 75),
+        (255, 225, 25),
+        (0, 130, 200),
+        (245, 130, 48),
+        (145, 30, 180),
+        (70, 240, 240),
+        (240, 50, 230),
+        (210, 245, 60),
+        (250, 190, 212),
+    ];
+    let (r, g, b) = P[k % P.len()];
+    plotters::style::RGBColor(r, g, b)
+}
+
+fn run_show(a: ShowArgs, quiet: bool) -> Result<()> {
+    use plotters::prelude::*;
+    let src = crate::data::resolve(
+        a.sel.data.as_deref(),
+        a.sel.images.as_deref(),
+        a.sel.split.into(),
+        quiet,
+    )?;
+    let coco = CocoDataset::load(&src.json)?;
+    let img = match a.image {
+        Some(id) => coco.images.iter().find(|i| i.id == id).with_context(|| {
+            format!(
+                "--image {id}: no image with this id in {}",
+                src.json.display()
+            )
+        })?,
+        None => &coco.images[0],
+    };
+    let pixels = crate::data::image_io::decode_rgb(&src.images.join(&img.file_name))?;
+    let (w, h) = pixels.dimensions();
+    let scale = a
+        .scale
+        .unwrap_or_else(|| 512u32.div_ceil(w.max(h)).max(1))
+        .clamp(1, 64);
+    let (sw, sh) = (w * scale, h * scale);
+    if sw as u64 * sh as u64 > 100_000_000 {
+        bail!("--scale {scale} makes a {sw}x{sh} image; choose a smaller --scale");
+    }
+    // Nearest-neighbour upscaling keeps the pixels honest: the boxes are drawn on the real pixels.
+    let mut buf =
+        image::imageops::resize(&pixels, sw, sh, image::imageops::FilterType::Nearest).into_raw();
+    let cats = coco.category_map();
+    let anns: Vec<_> = coco
+        .annotations
+        .iter()
+        .filter(|x| x.image_id == img.id)
+        .collect();
+    crate::report::font::ensure_registered();
+    {
+        let root = BitMapBackend::with_buffer(&mut buf, (sw, sh)).into_drawing_area();
+        let font_px = (10 + sw / 60).min(28);
+        for an in &anns {
+            let k = cats.index_of(an.category_id).unwrap_or(0);
+            let colour = class_colour(k);
+            let s = scale as f64;
+            let [x, y, bw, bh] = an.bbox;
+            let (x0, y0) = ((x * s).round() as i32, (y * s).round() as i32);
+            let (x1, y1) = (
+                ((x + bw) * s).round() as i32 - 1,
+                ((y + bh) * s).round() as i32 - 1,
+            );
+            root.draw(&Rectangle::new(
+                [(x0, y0), (x1, y1)],
+                colour.stroke_width(2),
+            ))?;
+            let label = format!(
+                "{}{}",
+                coco.category_name(an.category_id).unwrap_or("?"),
+                if an.iscrowd != 0 { " (crowd)" } else { "" }
+            );
+            let style = ("sans-serif", font_px).into_font().color(&BLACK);
+            let (tw, th) = root.estimate_text_size(&label, &style)?;
+            let ty = if y0 >= th as i32 + 2 {
+                y0 - th as i32 - 2
+            } else {
+                y0 + 2
+            };
+            root.draw(&Rectangle::new(
+                [(x0, ty), (x0 + tw as i32 + 4, ty + th as i32 + 2)],
+                colour.filled(),
+            ))?;
+            root.draw(&Text::new(label, (x0 + 2, ty + 1), style))?;
+        }
+        root.present()?;
+    }
+    let out =
+        image::RgbImage::from_raw(sw, sh, buf).context("drawing buffer has the wrong size")?;
+    crate::data::image_io::write_png(&a.out, &out)?;
+    println!(
+        "wrote {} (image id {}, '{}', {} boxes, {}x upscaled)",
+        a.out.display(),
+        img.id,
+        img.file_name,
+        anns.len(),
+        scale
+    );
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ranges_parse() {
+        assert_eq!(parse_range("1-6"), Ok((1, 6)));
+        assert_eq!(parse_range("3"), Ok((3, 3)));
+        assert!(parse_range("6-1").is_err());
+        assert!(parse_range("a-b").is_err());
+    }
+}
