@@ -36,9 +36,101 @@ pub fn write_png(path: &Path, img: &RgbImage) -> Result<()> {
     crate::util::write_atomic(path, &encode_png(img)?)
 }
 
+/// Per output coordinate, the source taps `(index, weight)` of a triangle (bilinear) filter whose
+/// support widens with the downscaling factor, so downscaling averages instead of aliasing (the same
+/// filter as `image::imageops::FilterType::Triangle`).
+fn taps(src: usize, dst: usize) -> Vec<Vec<(usize, f32)>> {
+    let ratio = src as f32 / dst as f32;
+    let support = ratio.max(1.0);
+    (0..dst)
+        .map(|o| {
+            let centre = (o as f32 + 0.5) * ratio;
+            let lo = (centre - support).floor().max(0.0) as usize;
+            let hi = ((centre + support).ceil() as usize).min(src);
+            let mut t: Vec<(usize, f32)> = (lo..hi)
+                .map(|i| {
+                    let d = (i as f32 + 0.5 - centre).abs() / support;
+                    (i, (1.0 - d).max(0.0))
+                })
+                .filter(|&(_, w)| w > 0.0)
+                .collect();
+            if t.is_empty() {
+                t.push((((centre as usize).min(src - 1)), 1.0));
+            }
+            let sum: f32 = t.iter().map(|x| x.1).sum();
+            t.iter_mut().for_each(|x| x.1 /= sum);
+            t
+        })
+        .collect()
+}
+
+/// Resizes RGB pixels with a separable triangle filter. Same filter as the `image` crate's
+/// `Triangle`, but with the weights computed once per row and column, which makes it several times
+/// faster: this is the loader's hot path for datasets that need resizing.
+pub fn resize_rgb(img: &RgbImage, w: u32, h: u32) -> RgbImage {
+    let (sw, sh) = (img.width() as usize, img.height() as usize);
+    let (w, h) = (w as usize, h as usize);
+    if (sw, sh) == (w, h) || sw == 0 || sh == 0 || w == 0 || h == 0 {
+        return image::imageops::resize(
+            img,
+            w as u32,
+            h as u32,
+            image::imageops::FilterType::Triangle,
+        );
+    }
+    let src = img.as_raw();
+    let tx = taps(sw, w);
+    let ty = taps(sh, h);
+    // Horizontal pass: sh rows of w pixels.
+    let mut mid = vec![0f32; sh * w * 3];
+    for y in 0..sh {
+        let row = &src[y * sw * 3..(y + 1) * sw * 3];
+        let out = &mut mid[y * w * 3..(y + 1) * w * 3];
+        for (x, t) in tx.iter().enumerate() {
+            let mut acc = [0f32; 3];
+            for &(i, wt) in t {
+                for c in 0..3 {
+                    acc[c] += row[i * 3 + c] as f32 * wt;
+                }
+            }
+            out[x * 3..x * 3 + 3].copy_from_slice(&acc);
+        }
+    }
+    let mut dst = vec![0u8; h * w * 3];
+    for (y, t) in ty.iter().enumerate() {
+        let out = &mut dst[y * w * 3..(y + 1) * w * 3];
+        for (k, o) in out.iter_mut().enumerate() {
+            let v: f32 = t.iter().map(|&(i, wt)| mid[i * w * 3 + k] * wt).sum();
+            *o = v.round().clamp(0.0, 255.0) as u8;
+        }
+    }
+    RgbImage::from_raw(w as u32, h as u32, dst).unwrap_or_default()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn resize_keeps_constants_and_averages_when_downscaling() {
+        let flat = RgbImage::from_pixel(30, 20, image::Rgb([10, 100, 250]));
+        let r = resize_rgb(&flat, 17, 9);
+        assert!(r.pixels().all(|p| p.0 == [10, 100, 250]));
+        // Halving a 1-pixel checkerboard gives its mean away from the border (where the filter is
+        // cut and renormalised).
+        let cb = RgbImage::from_fn(8, 8, |x, y| {
+            image::Rgb([if (x + y) % 2 == 0 { 0 } else { 200 }; 3])
+        });
+        let r = resize_rgb(&cb, 4, 4);
+        for (x, y) in [(1, 1), (1, 2), (2, 1), (2, 2)] {
+            assert_eq!(r.get_pixel(x, y).0, [100; 3]);
+        }
+        // Upscaling by 2: interior output pixels interpolate their two nearest inputs 3:1.
+        let ramp = RgbImage::from_fn(4, 1, |x, _| image::Rgb([x as u8 * 40; 3]));
+        let r = resize_rgb(&ramp, 8, 2);
+        assert_eq!(r.get_pixel(3, 0).0[0], 50); // centre 1.75: 0.75 * 40 + 0.25 * 80
+        assert_eq!(r.get_pixel(4, 0).0[0], 70); // centre 2.25: 0.25 * 40 + 0.75 * 80
+    }
 
     #[test]
     fn format_is_guessed_from_content() {

@@ -263,12 +263,7 @@ impl Dataset {
         if (rw, rh) == r.orig {
             return Ok(img);
         }
-        Ok(image::imageops::resize(
-            &img,
-            rw,
-            rh,
-            image::imageops::FilterType::Triangle,
-        ))
+        Ok(super::image_io::resize_rgb(&img, rw, rh))
     }
 
     /// Ground truth of image `i` in input coordinates.
