@@ -86,22 +86,31 @@ pub fn resize_rgb(img: &RgbImage, w: u32, h: u32) -> RgbImage {
     for y in 0..sh {
         let row = &src[y * sw * 3..(y + 1) * sw * 3];
         let out = &mut mid[y * w * 3..(y + 1) * w * 3];
-        for (x, t) in tx.iter().enumerate() {
+        for (px, t) in out.chunks_exact_mut(3).zip(&tx) {
             let mut acc = [0f32; 3];
             for &(i, wt) in t {
-                for c in 0..3 {
-                    acc[c] += row[i * 3 + c] as f32 * wt;
-                }
+                let p = &row[i * 3..i * 3 + 3];
+                acc[0] += p[0] as f32 * wt;
+                acc[1] += p[1] as f32 * wt;
+                acc[2] += p[2] as f32 * wt;
             }
-            out[x * 3..x * 3 + 3].copy_from_slice(&acc);
+            px.copy_from_slice(&acc);
         }
     }
+    // Vertical pass: each output row is a weighted sum of whole input rows (contiguous, vectorises).
     let mut dst = vec![0u8; h * w * 3];
+    let mut acc = vec![0f32; w * 3];
     for (y, t) in ty.iter().enumerate() {
+        acc.fill(0.0);
+        for &(i, wt) in t {
+            let row = &mid[i * w * 3..(i + 1) * w * 3];
+            for (a, &v) in acc.iter_mut().zip(row) {
+                *a += v * wt;
+            }
+        }
         let out = &mut dst[y * w * 3..(y + 1) * w * 3];
-        for (k, o) in out.iter_mut().enumerate() {
-            let v: f32 = t.iter().map(|&(i, wt)| mid[i * w * 3 + k] * wt).sum();
-            *o = v.round().clamp(0.0, 255.0) as u8;
+        for (o, &a) in out.iter_mut().zip(&acc) {
+            *o = a.round().clamp(0.0, 255.0) as u8;
         }
     }
     RgbImage::from_raw(w as u32, h as u32, dst).unwrap_or_default()
