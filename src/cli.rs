@@ -23,6 +23,8 @@ pub struct Cli {
 pub enum Command {
     /// Generate, describe and draw datasets (the built-in benchmark, Fashion-MNIST scenes, COCO files).
     Data(crate::commands::data::Args),
+    /// Evaluate COCO detection results against ground truth, exactly as pycocotools does.
+    Eval(crate::commands::eval::Args),
 }
 
 /// Parses the command line and runs the chosen command.
@@ -31,5 +33,6 @@ pub fn try_main() -> Result<()> {
     let quiet = cli.quiet;
     match cli.command {
         Command::Data(args) => crate::commands::data::run(args, quiet),
+        Command::Eval(args) => crate::commands::eval::run(args, quiet),
     }
 }

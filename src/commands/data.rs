@@ -7,6 +7,7 @@ use crate::data::generate::{self, Split};
 use crate::data::loader::{CachePolicy, Dataset, LoaderConfig};
 use crate::data::shapes::ShapesConfig;
 use crate::data::stats::{box_stats, BoxStats, SIZE_EDGES};
+use crate::geometry::{AnchorConfig, LowQualityMatches, Matcher, BACKGROUND, IGNORE};
 use anyhow::{bail, Context, Result};
 use clap::{Subcommand, ValueEnum};
 use std::fmt::Write as _;
@@ -136,6 +137,27 @@ pub struct DataSel {
 pub struct StatsArgs {
     #[command(flatten)]
     pub sel: DataSel,
+    /// Anchor size = anchor_scale x stride x 2^(octave / scales_per_octave) (paper: 4).
+    #[arg(long, default_value_t = AnchorConfig::default().anchor_scale)]
+    pub anchor_scale: f32,
+    /// Lowest pyramid level (stride 2^level).
+    #[arg(long, default_value_t = AnchorConfig::default().min_level)]
+    pub min_level: u32,
+    /// Highest pyramid level.
+    #[arg(long, default_value_t = AnchorConfig::default().max_level)]
+    pub max_level: u32,
+    /// Anchor scales per octave.
+    #[arg(long, default_value_t = AnchorConfig::default().scales_per_octave)]
+    pub scales_per_octave: u32,
+    /// IoU at or above which an anchor is foreground.
+    #[arg(long, default_value_t = Matcher::default().pos_iou)]
+    pub pos_iou: f32,
+    /// IoU below which an anchor is background (in between: ignored).
+    #[arg(long, default_value_t = Matcher::default().neg_iou)]
+    pub neg_iou: f32,
+    /// Low-quality matches: none, detectron or any.
+    #[arg(long, default_value = "detectron")]
+    pub low_quality: LowQualityMatches,
     /// Directory for the CSV files.
     #[arg(long, default_value = "plots/data-stats")]
     pub out: PathBuf,
@@ -336,6 +358,69 @@ fn write_csv(path: &Path, header: &[&str], rows: Vec<Vec<String>>) -> Result<()>
     crate::util::write_atomic(path, &bytes)
 }
 
+/// Anchor counts of one image as the classification loss sees them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct AnchorCounts {
+    pub objects: usize,
+    pub positives: usize,
+    pub ignored: usize,
+    pub negatives: usize,
+    /// Objects no anchor is matched to (they never produce a positive).
+    pub unmatched_objects: usize,
+    /// Binary (anchor, class) sigmoid samples with target 1: one per positive anchor.
+    pub binary_positives: usize,
+    /// Binary samples with target 0: K per negative anchor and K - 1 per positive anchor (ignored
+    /// anchors contribute none).
+    pub binary_negatives: usize,
+}
+
+impl AnchorCounts {
+    /// Counts from the matcher's output `[A]` (gt index, [`BACKGROUND`] or [`IGNORE`]) for an image
+    /// with `objects` ground-truth boxes and `k` classes.
+    pub fn from_matches(matches: &[i32], objects: usize, k: usize) -> Self {
+        let mut c = AnchorCounts {
+            objects,
+            ..Default::default()
+        };
+        let mut hit = vec![false; objects];
+        for &m in matches {
+            match m {
+                BACKGROUND => c.negatives += 1,
+                IGNORE => c.ignored += 1,
+                m if m >= 0 => {
+                    c.positives += 1;
+                    if let Some(h) = hit.get_mut(m as usize) {
+                        *h = true;
+                    }
+                }
+                _ => c.ignored += 1,
+            }
+        }
+        c.unmatched_objects = hit.iter().filter(|&&h| !h).count();
+        c.binary_positives = c.positives;
+        c.binary_negatives = c.negatives * k + c.positives * k.saturating_sub(1);
+        c
+    }
+
+    pub fn add(&mut self, o: &AnchorCounts) {
+        self.objects += o.objects;
+        self.positives += o.positives;
+        self.ignored += o.ignored;
+        self.negatives += o.negatives;
+        self.unmatched_objects += o.unmatched_objects;
+        self.binary_positives += o.binary_positives;
+        self.binary_negatives += o.binary_negatives;
+    }
+}
+
+fn ratio(num: usize, den: usize) -> f64 {
+    if den == 0 {
+        f64::INFINITY
+    } else {
+        num as f64 / den as f64
+    }
+}
+
 fn run_stats(a: StatsArgs, quiet: bool) -> Result<()> {
     let ds = open(&a.sel, quiet)?;
     let gts: Vec<_> = (0..ds.len()).map(|i| ds.ground_truth(i, false)).collect();
@@ -389,6 +474,153 @@ fn run_stats(a: StatsArgs, quiet: bool) -> Result<()> {
                 ]
             })
             .collect(),
+    )?;
+
+    // Anchors: the same for every image, since every image is padded to the square input.
+    let acfg = AnchorConfig {
+        anchor_scale: a.anchor_scale,
+        min_level: a.min_level,
+        max_level: a.max_level,
+        scales_per_octave: a.scales_per_octave,
+        ..AnchorConfig::default()
+    };
+    acfg.validate().context("anchor settings")?;
+    let matcher = Matcher {
+        pos_iou: a.pos_iou,
+        neg_iou: a.neg_iou,
+        low_quality: a.low_quality,
+    };
+    matcher.validate().context("matcher settings")?;
+    let anchors = acfg.generate(a.sel.input_size, a.sel.input_size);
+    let k = ds.num_classes();
+    let per_image: Vec<AnchorCounts> = {
+        use rayon::prelude::*;
+        gts.par_iter()
+            .map(|g| {
+                AnchorCounts::from_matches(
+                    &matcher.assign(&anchors.boxes, &g.boxes),
+                    g.boxes.len(),
+                    k,
+                )
+            })
+            .collect()
+    };
+    let mut total = AnchorCounts::default();
+    per_image.iter().for_each(|c| total.add(c));
+    let n = per_image.len().max(1) as f64;
+    let mut fg_bg: Vec<f64> = per_image
+        .iter()
+        .filter(|c| c.positives > 0)
+        .map(|c| ratio(c.negatives, c.positives))
+        .collect();
+    fg_bg.sort_by(f64::total_cmp);
+    let median = fg_bg.get(fg_bg.len() / 2).copied().unwrap_or(f64::INFINITY);
+    println!(
+        "anchors: {} per image ({} per location; sizes {:.0}..{:.0} px on P{}-P{}), matcher IoU {} / {} ({:?} low-quality rule), K = {k}",
+        anchors.len(),
+        anchors.anchors_per_location(),
+        a.anchor_scale * (1u32 << a.min_level) as f32,
+        a.anchor_scale * (1u32 << a.max_level) as f32 * 2f32.powf((a.scales_per_octave.max(1) - 1) as f32 / a.scales_per_octave.max(1) as f32),
+        a.min_level,
+        a.max_level,
+        a.pos_iou,
+        a.neg_iou,
+        a.low_quality
+    );
+    println!(
+        "  per image: positives {:.1}, ignored {:.1}, negatives {:.1}; objects with no positive anchor: {} of {} ({:.1}%)",
+        total.positives as f64 / n,
+        total.ignored as f64 / n,
+        total.negatives as f64 / n,
+        total.unmatched_objects,
+        total.objects,
+        100.0 * total.unmatched_objects as f64 / total.objects.max(1) as f64
+    );
+    println!(
+        "  foreground:background anchors 1:{:.0} (pooled; median over images 1:{:.0})",
+        ratio(total.negatives, total.positives),
+        median
+    );
+    println!(
+        "  binary (anchor, class) samples per image: {:.1} positive, {:.0} negative, 1:{:.0} (ignored excluded)",
+        total.binary_positives as f64 / n,
+        total.binary_negatives as f64 / n,
+        ratio(total.binary_negatives, total.binary_positives)
+    );
+    write_csv(
+        &out.join("anchors_per_image.csv"),
+        &[
+            "image_id",
+            "objects",
+            "positives",
+            "ignored",
+            "negatives",
+            "unmatched_objects",
+            "binary_positives",
+            "binary_negatives",
+        ],
+        gts.iter()
+            .zip(&per_image)
+            .map(|(g, c)| {
+                [
+                    g.image_id as usize,
+                    c.objects,
+                    c.positives,
+                    c.ignored,
+                    c.negatives,
+                    c.unmatched_objects,
+                    c.binary_positives,
+                    c.binary_negatives,
+                ]
+                .iter()
+                .map(|v| v.to_string())
+                .collect()
+            })
+            .collect(),
+    )?;
+    let f = |v: f64| format!("{v:.4}");
+    write_csv(
+        &out.join("summary.csv"),
+        &[
+            "dataset",
+            "images",
+            "objects_per_image",
+            "classes",
+            "input_size",
+            "anchors_per_image",
+            "anchor_scale",
+            "min_level",
+            "max_level",
+            "pos_iou",
+            "neg_iou",
+            "low_quality",
+            "positives_per_image",
+            "ignored_per_image",
+            "negatives_per_image",
+            "unmatched_objects",
+            "neg_per_pos_anchors",
+            "neg_per_pos_binary",
+        ],
+        vec![vec![
+            ds.source.json.display().to_string(),
+            s.images.to_string(),
+            f(s.mean_per_image()),
+            k.to_string(),
+            a.sel.input_size.to_string(),
+            anchors.len().to_string(),
+            a.anchor_scale.to_string(),
+            a.min_level.to_string(),
+            a.max_level.to_string(),
+            a.pos_iou.to_string(),
+            a.neg_iou.to_string(),
+            format!("{:?}", a.low_quality).to_lowercase(),
+            f(total.positives as f64 / n),
+            f(total.ignored as f64 / n),
+            f(total.negatives as f64 / n),
+            total.unmatched_objects.to_string(),
+            f(ratio(total.negatives, total.positives)),
+            f(ratio(total.binary_negatives, total.binary_positives)),
+        ]],
     )?;
     println!("CSV files in {}", out.display());
     Ok(())
@@ -504,6 +736,47 @@ fn run_show(a: ShowArgs, quiet: bool) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn anchor_counts_by_hand() {
+        // 7 anchors, 2 objects, K = 3: anchors 0 and 3 on object 0, object 1 unmatched.
+        let m = [0, BACKGROUND, IGNORE, 0, BACKGROUND, BACKGROUND, IGNORE];
+        let c = AnchorCounts::from_matches(&m, 2, 3);
+        assert_eq!(
+            c,
+            AnchorCounts {
+                objects: 2,
+                positives: 2,
+                ignored: 2,
+                negatives: 3,
+                unmatched_objects: 1,
+                binary_positives: 2,
+                binary_negatives: 3 * 3 + 2 * 2,
+            }
+        );
+    }
+
+    #[test]
+    fn anchor_counts_on_a_constructed_image() {
+        // One box equal to a P3 anchor, with the matcher's default thresholds: every anchor with IoU
+        // >= 0.5 is positive, every one below 0.4 negative; count both by brute force.
+        let cfg = AnchorConfig::default();
+        let anchors = cfg.generate(128, 128);
+        let gt = [anchors.boxes[4 * 9 + 4]];
+        let m = Matcher::default().assign(&anchors.boxes, &gt);
+        let c = AnchorCounts::from_matches(&m, 1, 5);
+        let ious: Vec<f32> = anchors
+            .boxes
+            .iter()
+            .map(|b| crate::geometry::iou(b, &gt[0]))
+            .collect();
+        let pos = ious.iter().filter(|&&v| v >= 0.5).count();
+        let neg = ious.iter().filter(|&&v| v < 0.4).count();
+        assert!(pos >= 1);
+        assert_eq!((c.positives, c.negatives), (pos, neg));
+        assert_eq!(c.ignored, anchors.len() - pos - neg);
+        assert_eq!(c.binary_negatives, neg * 5 + pos * 4);
+    }
 
     #[test]
     fn ranges_parse() {

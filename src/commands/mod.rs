@@ -1,3 +1,4 @@
 //! One module per subcommand: its flags (`Args`) and its top-level function (`run`).
 
 pub mod data;
+pub mod eval;
