@@ -95,7 +95,10 @@ where
             let mut rng = image_rng(seed, split, i);
             let (canvas, objs) = scene(split, i, &mut rng)?;
             let file = format!("{}/{:06}.png", split.name(), i);
-            super::image_io::write_png(&dir.join("images").join(&file), &canvas.to_image())?;
+            super::image_io::write_png_unsynced(
+                &dir.join("images").join(&file),
+                &canvas.to_image(),
+            )?;
             if let Some(p) = progress {
                 p.inc(1);
             }

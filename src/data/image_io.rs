@@ -36,6 +36,19 @@ pub fn write_png(path: &Path, img: &RgbImage) -> Result<()> {
     crate::util::write_atomic(path, &encode_png(img)?)
 }
 
+/// Like [`write_png`] (temporary file, then rename, so a reader never sees half a file) but without
+/// syncing each file to disk: a generator writes thousands of images, and an fsync per image made
+/// generation I/O-bound. The generators write their manifest last, with a sync, as the commit point:
+/// a crash before it leaves a dataset that is regenerated.
+pub fn write_png_unsynced(path: &Path, img: &RgbImage) -> Result<()> {
+    let bytes = encode_png(img)?;
+    let tmp = crate::util::temp_beside(path);
+    std::fs::write(&tmp, &bytes).with_context(|| format!("cannot write {}", tmp.display()))?;
+    crate::util::commit_temp(&tmp, path).inspect_err(|_| {
+        let _ = std::fs::remove_file(&tmp);
+    })
+}
+
 /// Per output coordinate, the source taps `(index, weight)` of a triangle (bilinear) filter whose
 /// support widens with the downscaling factor, so downscaling averages instead of aliasing (the same
 /// filter as `image::imageops::FilterType::Triangle`).
