@@ -23,6 +23,8 @@ pub struct Cli {
 pub enum Command {
     /// The paper's Figure 4: CDFs of the normalized focal loss over positive and negative samples.
     LossCdf(crate::commands::loss_cdf::Args),
+    /// Generate, describe and draw datasets (the built-in benchmark, Fashion-MNIST scenes, COCO files).
+    Data(crate::commands::data::Args),
     /// Evaluate COCO detection results against ground truth, exactly as pycocotools does.
     Eval(crate::commands::eval::Args),
     /// Write the paper's loss curves (Figures 1, 5 and 6) as CSV and PNG.
@@ -35,6 +37,7 @@ pub fn try_main() -> Result<()> {
     let quiet = cli.quiet;
     match cli.command {
         Command::LossCdf(args) => crate::commands::loss_cdf::run(args, quiet),
+        Command::Data(args) => crate::commands::data::run(args, quiet),
         Command::Eval(args) => crate::commands::eval::run(args, quiet),
         Command::LossCurves(args) => crate::commands::loss_curves::run(args, quiet),
     }
