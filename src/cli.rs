@@ -20,12 +20,16 @@ pub struct Cli {
 }
 
 #[derive(Debug, Subcommand)]
-pub enum Command {}
+pub enum Command {
+    /// Speed measurements: sgemm peak, per-layer convolution kernels vs candle's.
+    Bench(crate::commands::bench::Args),
+}
 
 /// Parses the command line and runs the chosen command.
-#[allow(unreachable_code, unused_variables)] // until the first command lands
 pub fn try_main() -> Result<()> {
     let cli = Cli::parse();
-    let _quiet = cli.quiet;
-    match cli.command {}
+    let quiet = cli.quiet;
+    match cli.command {
+        Command::Bench(args) => crate::commands::bench::run(args, quiet),
+    }
 }

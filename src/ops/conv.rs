@@ -76,11 +76,13 @@ impl ConvGeom {
         self.h_out * self.w_out
     }
 
-    fn in_len(&self) -> usize {
+    /// Values per input image: `C_in * H * W`.
+    pub fn in_len(&self) -> usize {
         self.c_in * self.h * self.w
     }
 
-    fn out_len(&self) -> usize {
+    /// Values per output image: `C_out * H_out * W_out`.
+    pub fn out_len(&self) -> usize {
         self.c_out * self.p()
     }
 
