@@ -29,6 +29,8 @@ pub enum Command {
     Eval(crate::commands::eval::Args),
     /// Write the paper's loss curves (Figures 1, 5 and 6) as CSV and PNG.
     LossCurves(crate::commands::loss_curves::Args),
+    /// Speed measurements: sgemm peak, per-layer convolution kernels vs candle's.
+    Bench(crate::commands::bench::Args),
 }
 
 /// Parses the command line and runs the chosen command.
@@ -40,5 +42,6 @@ pub fn try_main() -> Result<()> {
         Command::Data(args) => crate::commands::data::run(args, quiet),
         Command::Eval(args) => crate::commands::eval::run(args, quiet),
         Command::LossCurves(args) => crate::commands::loss_curves::run(args, quiet),
+        Command::Bench(args) => crate::commands::bench::run(args, quiet),
     }
 }
