@@ -3,10 +3,10 @@
 //! `area` is kept exactly as given, because COCO evaluation decides small/medium/large by it (for COCO
 //! itself it is the mask area, not the box area). Annotations without `area` get the box area.
 //!
-//! Box policy: a box with non-positive width or height, or one lying entirely outside its image, is an
-//! error. A box that sticks partly out of its image is kept in the file as given (COCO itself has a few)
-//! and clipped to the image by the loader; [`CocoDataset::boxes_partly_outside`] counts them so commands can
-//! warn.
+//! Box policy: a box with non-positive width or height is an error. A box that sticks out of its image,
+//! partly or even entirely, is kept as given, because evaluation must see the ground truth exactly as
+//! pycocotools does; the loader clips it to the image for training and drops it from the training
+//! targets if nothing is left. [`CocoDataset::boxes_partly_outside`] counts them so commands can warn.
 
 use anyhow::{bail, Context, Result};
 use serde::{Deserialize, Serialize};
@@ -86,7 +86,7 @@ impl CocoDataset {
     }
 
     /// Checks the dataset is not empty, ids are unique, references resolve, and boxes are finite with
-    /// positive size and overlap their image.
+    /// positive size.
     pub fn validate(&self) -> Result<()> {
         if self.images.is_empty() {
             bail!("images: the dataset has no images");
@@ -113,11 +113,6 @@ impl CocoDataset {
                 bail!("categories: duplicate category id {}", c.id);
             }
         }
-        let sizes: HashMap<i64, (u32, u32)> = self
-            .images
-            .iter()
-            .map(|i| (i.id, (i.width, i.height)))
-            .collect();
         let mut ann_ids = HashSet::new();
         for a in &self.annotations {
             if !ann_ids.insert(a.id) {
@@ -148,18 +143,6 @@ impl CocoDataset {
                     "annotations: annotation id {} has bbox {:?} with non-positive width or height",
                     a.id,
                     a.bbox
-                );
-            }
-            let (w, h) = sizes[&a.image_id];
-            let [x, y, bw, bh] = a.bbox;
-            if x >= w as f64 || y >= h as f64 || x + bw <= 0.0 || y + bh <= 0.0 {
-                bail!(
-                    "annotations: annotation id {} has bbox {:?} entirely outside its image {} ({}x{})",
-                    a.id,
-                    a.bbox,
-                    a.image_id,
-                    w,
-                    h
                 );
             }
         }
@@ -331,8 +314,6 @@ mod tests {
         assert!(e.contains("non-positive width or height"), "{e}");
         let e = sample_with(|d| d.annotations[0].bbox[3] = -2.0);
         assert!(e.contains("non-positive width or height"), "{e}");
-        let e = sample_with(|d| d.annotations[0].bbox = [20.0, 1.0, 3.0, 3.0]);
-        assert!(e.contains("entirely outside"), "{e}");
         let e = sample_with(|d| {
             let a = d.annotations[0].clone();
             d.annotations.push(a)
