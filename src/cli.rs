@@ -27,6 +27,14 @@ pub enum Command {
     Data(crate::commands::data::Args),
     /// Evaluate COCO detection results against ground truth, exactly as pycocotools does.
     Eval(crate::commands::eval::Args),
+    /// Table 1b: train FL for gamma in {0, .1, .2, .5, 1, 2, 5} (with the paper's alpha each) and compare.
+    SweepGamma(crate::commands::sweep::Args),
+    /// Table 1a: train alpha-balanced CE for alpha in {.1, .25, .5, .75, .9, .99, .999}.
+    SweepAlpha(crate::commands::sweep::Args),
+    /// Table 1c: vary anchor scales per octave (1-4) and aspect ratios (1 or 3).
+    Anchors(crate::commands::sweep::Args),
+    /// Table 1d: OHEM (batch 128/256/512, NMS .5/.7, with and without 1:3) against FL.
+    OhemVsFocal(crate::commands::sweep::Args),
     /// Write the paper's loss curves (Figures 1, 5 and 6) as CSV and PNG.
     LossCurves(crate::commands::loss_curves::Args),
     /// Speed measurements: sgemm peak, per-layer convolution kernels vs candle's.
@@ -41,6 +49,10 @@ pub fn try_main() -> Result<()> {
         Command::LossCdf(args) => crate::commands::loss_cdf::run(args, quiet),
         Command::Data(args) => crate::commands::data::run(args, quiet),
         Command::Eval(args) => crate::commands::eval::run(args, quiet),
+        Command::SweepGamma(args) => crate::commands::sweep::run("sweep-gamma", args, quiet),
+        Command::SweepAlpha(args) => crate::commands::sweep::run("sweep-alpha", args, quiet),
+        Command::Anchors(args) => crate::commands::sweep::run("anchors", args, quiet),
+        Command::OhemVsFocal(args) => crate::commands::sweep::run("ohem-vs-focal", args, quiet),
         Command::LossCurves(args) => crate::commands::loss_curves::run(args, quiet),
         Command::Bench(args) => crate::commands::bench::run(args, quiet),
     }

@@ -2,6 +2,7 @@
 //! collect rows and hand them to `report::sweep`.
 
 pub mod collect;
+pub mod executor;
 pub mod runner;
 pub mod spec;
 

@@ -26,3 +26,4 @@ pub enum InferError {
     #[error("detection has class index {class}, which has no COCO category id (the model has more classes than the dataset?)")]
     UnknownClass { class: usize },
 }
+pub mod model;

@@ -1,0 +1,73 @@
+//! Running a trained RetinaNet over a dataset: batches, forward pass, per-image detections mapped
+//! back to original image coordinates, COCO result records.
+
+use super::{coco_results_with_map, detect_image, InferConfig};
+use crate::geometry::coder::BoxCoder;
+use crate::data::loader::Dataset;
+use crate::eval::results::Detection as CocoDetection;
+use crate::model::RetinaNet;
+use anyhow::{Context, Result};
+
+/// Detections of `model` on every image of `ds` (no flip), as COCO results in original pixels.
+///
+/// Coordinates go through the same f32 shortest-decimal text a results file holds, so evaluating
+/// these in memory gives exactly the numbers `fl-lab eval --dets` gives on the written file.
+pub fn detect_dataset(
+    model: &RetinaNet,
+    ds: &Dataset,
+    cfg: &InferConfig,
+    batch_size: usize,
+    quiet: bool,
+) -> Result<Vec<CocoDetection>> {
+    cfg.validate()?;
+    let device = model.device();
+    let anchor_cfg = crate::train::targets::anchor_config(&model.config().anchors);
+    let coder = BoxCoder::default();
+    let num_classes = ds.num_classes();
+    let bar = crate::report::progress::bar(ds.len() as u64, "images", quiet);
+    let mut out = Vec::new();
+    let indices: Vec<usize> = (0..ds.len()).collect();
+    let mut anchors_for: Option<((usize, usize), crate::geometry::anchors::Anchors)> = None;
+    for chunk in indices.chunks(batch_size.max(1)) {
+        let batch = ds.batch(chunk, &vec![false; chunk.len()], device)?;
+        let (_, _, h, w) = batch.images.dims4()?;
+        if anchors_for.as_ref().map(|a| a.0) != Some((h, w)) {
+            anchors_for = Some(((h, w), anchor_cfg.generate(h, w)));
+        }
+        let anchors = &anchors_for.as_ref().context("anchors")?.1;
+        let pred = model.forward(&batch.images, false)?;
+        let cls: Vec<f32> = pred.cls.flatten_all()?.to_vec1()?;
+        let deltas: Vec<f32> = pred.boxes.flatten_all()?.to_vec1()?;
+        let t = anchors.boxes.len();
+        for (i, gt) in batch.gt.iter().enumerate() {
+            let (rw, rh) = (gt.resized_size.0 as f32, gt.resized_size.1 as f32);
+            let mut dets = detect_image(
+                &cls[i * t * num_classes..(i + 1) * t * num_classes],
+                &deltas[i * t * 4..(i + 1) * t * 4],
+                anchors,
+                num_classes,
+                &coder,
+                cfg,
+                rh,
+                rw,
+            );
+            for d in &mut dets {
+                let b = gt.to_original(d.bbox);
+                let (ow, oh) = (gt.orig_size.0 as f32, gt.orig_size.1 as f32);
+                d.bbox = crate::geometry::clip(&b, oh, ow);
+            }
+            for r in coco_results_with_map(gt.image_id, &dets, &ds.categories)? {
+                let text = |v: f32| format!("{v}").parse::<f64>().unwrap_or(v as f64);
+                out.push(CocoDetection {
+                    image_id: r.image_id,
+                    category_id: r.category_id,
+                    bbox: r.bbox.map(text),
+                    score: text(r.score),
+                });
+            }
+        }
+        bar.inc(chunk.len() as u64);
+    }
+    bar.finish_and_clear();
+    Ok(out)
+}
