@@ -7,6 +7,7 @@ pub mod config;
 pub mod data;
 pub mod device;
 pub mod loss;
+pub mod model;
 pub mod ops;
 pub mod report;
 pub mod util;

@@ -432,7 +432,7 @@ impl Config {
                 depths.len()
             );
         }
-        if depths.iter().any(|&d| d == 0) {
+        if depths.contains(&0) {
             bail!("model.depths: every stage needs at least one block, got {depths:?}");
         }
         positive("model.width", m.width)?;
