@@ -10,4 +10,5 @@ pub mod loss;
 pub mod model;
 pub mod ops;
 pub mod report;
+pub mod train;
 pub mod util;

@@ -184,32 +184,34 @@ impl AnchorsConfig {
     }
 }
 
-/// Which anchors are forced positive when their best IoU is below `fg_iou`.
+/// Which anchors are forced positive when their best IoU is below `pos_iou`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum LowQualityKind {
     /// The paper: no extra positives.
     None,
-    /// Detectron: the best anchor for each box, only if its IoU is at least `bg_iou`.
+    /// Detectron: the best anchor for each box, only if its IoU is at least `neg_iou`.
     Detectron,
     /// detectron2 / torchvision: the best anchor(s) for each box at any IoU.
-    All,
+    Any,
 }
 
 /// Anchor-to-box assignment (paper §4: IoU >= 0.5 object, < 0.4 background, between ignored).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct MatcherConfig {
-    pub fg_iou: f64,
-    pub bg_iou: f64,
+    /// Anchors with best IoU >= pos_iou are foreground.
+    pub pos_iou: f64,
+    /// Anchors with best IoU < neg_iou are background; the band between is ignored.
+    pub neg_iou: f64,
     pub low_quality: LowQualityKind,
 }
 
 impl Default for MatcherConfig {
     fn default() -> Self {
         MatcherConfig {
-            fg_iou: 0.5,
-            bg_iou: 0.4,
+            pos_iou: 0.5,
+            neg_iou: 0.4,
             low_quality: LowQualityKind::Detectron,
         }
     }
@@ -471,11 +473,11 @@ impl Config {
             positive("anchors.aspect_ratios", *r)?;
         }
         let mt = &self.matcher;
-        if !(mt.bg_iou > 0.0 && mt.bg_iou <= mt.fg_iou && mt.fg_iou <= 1.0) {
+        if !(mt.neg_iou > 0.0 && mt.neg_iou <= mt.pos_iou && mt.pos_iou <= 1.0) {
             bail!(
-                "matcher: need 0 < bg_iou <= fg_iou <= 1, got bg_iou = {} and fg_iou = {}",
-                mt.bg_iou,
-                mt.fg_iou
+                "matcher.neg_iou / matcher.pos_iou: need 0 < neg_iou <= pos_iou <= 1, got {} and {}",
+                mt.neg_iou,
+                mt.pos_iou
             );
         }
         let l = &self.loss;

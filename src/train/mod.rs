@@ -1,0 +1,4 @@
+//! Training: SGD with momentum, the learning-rate schedule, targets, losses and the resumable loop.
+
+pub mod schedule;
+pub mod sgd;
