@@ -20,12 +20,16 @@ pub struct Cli {
 }
 
 #[derive(Debug, Subcommand)]
-pub enum Command {}
+pub enum Command {
+    /// Evaluate COCO detection results against ground truth, exactly as pycocotools does.
+    Eval(crate::commands::eval::Args),
+}
 
 /// Parses the command line and runs the chosen command.
-#[allow(unreachable_code, unused_variables)] // until the first command lands
 pub fn try_main() -> Result<()> {
     let cli = Cli::parse();
-    let _quiet = cli.quiet;
-    match cli.command {}
+    let quiet = cli.quiet;
+    match cli.command {
+        Command::Eval(args) => crate::commands::eval::run(args, quiet),
+    }
 }

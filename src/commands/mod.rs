@@ -1,1 +1,2 @@
 //! One module per subcommand: its flags (`Args`) and its top-level function (`run`).
+pub mod eval;

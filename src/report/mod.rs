@@ -2,3 +2,4 @@
 
 pub mod font;
 pub mod plot;
+pub mod pr_curve;

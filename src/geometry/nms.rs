@@ -1,0 +1,410 @@
+//! Greedy non-maximum suppression.
+//!
+//! Boxes are visited by descending score; a box is kept unless an already kept box overlaps it with IoU
+//! strictly greater than the threshold (torchvision's `nms`, Detectron's `py_nms` keeping `ovr <= thresh`).
+//! Equal scores are visited in index order, so the result is deterministic. Boxes with a NaN score are never
+//! kept.
+
+use std::cmp::Ordering;
+use std::collections::HashMap;
+use std::hash::BuildHasherDefault;
+
+use super::boxes::{area, iou_with_areas, Box4};
+
+/// Indices of the boxes with a non-NaN score, by descending score, ties by ascending index.
+pub fn score_order(scores: &[f32]) -> Vec<usize> {
+    let mut order: Vec<usize> = (0..scores.len()).filter(|&i| !scores[i].is_nan()).collect();
+    order.sort_unstable_by(|&a, &b| desc_then_index(scores, a, b));
+    order
+}
+
+#[inline]
+pub(crate) fn desc_then_index(scores: &[f32], a: usize, b: usize) -> Ordering {
+    scores[b].total_cmp(&scores[a]).then(a.cmp(&b))
+}
+
+/// Greedy NMS over `order` (visiting order); appends the kept indices to `keep`, in that order.
+fn greedy(
+    boxes: &[Box4],
+    areas: &[f32],
+    order: &[usize],
+    iou_threshold: f32,
+    keep: &mut Vec<usize>,
+) {
+    let start = keep.len();
+    // A spatial index pays off once the kept list outgrows a few cache lines of boxes.
+    if order.len() <= 64 {
+        for &i in order {
+            let b = &boxes[i];
+            let suppressed = keep[start..]
+                .iter()
+                .any(|&k| iou_with_areas(&boxes[k], areas[k], b, areas[i]) > iou_threshold);
+            if !suppressed {
+                keep.push(i);
+            }
+        }
+        return;
+    }
+    let mut kept = KeptIndex::new(boxes, areas, iou_threshold);
+    for &i in order {
+        if !kept.suppresses(i) {
+            kept.insert(i);
+            keep.push(i);
+        }
+    }
+}
+
+/// Bins of box size, `floor(log2(sqrt(area)))`, clamped to this range (a 64-bit mask of occupied bins).
+const MIN_BIN: i32 = -24;
+const NUM_BINS: i32 = 64;
+
+#[derive(Default)]
+struct FastHasher(u64);
+
+impl std::hash::Hasher for FastHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        for &b in bytes {
+            self.write_u64(u64::from(b));
+        }
+    }
+    fn write_u64(&mut self, v: u64) {
+        self.0 = (self.0.rotate_left(5) ^ v).wrapping_mul(0x51_7c_c1_b7_27_22_0a_95);
+    }
+}
+
+type CellMap = HashMap<u64, Vec<u32>, BuildHasherDefault<FastHasher>>;
+
+/// The boxes kept so far by a greedy NMS, indexed so that "does a kept box overlap box `i` with IoU above
+/// the threshold?" looks only at nearby boxes of similar size. Exact: it computes the same IoUs as a scan of
+/// the whole kept list would, and only skips boxes that cannot exceed the threshold.
+///
+/// Two facts prune: IoU <= min(area) / max(area), so IoU > t > 0 needs sizes within a factor 1/sqrt(t) (a
+/// few size bins either side); and a positive intersection needs a shared grid cell, with each size bin
+/// gridded at cells about twice its box side.
+pub(crate) struct KeptIndex<'a> {
+    boxes: &'a [Box4],
+    areas: &'a [f32],
+    threshold: f32,
+    /// Size bins either side of a query's own bin that can hold a suppressor.
+    bin_reach: i32,
+    occupied: u64,
+    cells: CellMap,
+    /// Members of each bin, for queries that would visit more cells than the bin has boxes.
+    per_bin: Vec<Vec<u32>>,
+    /// Members of each bin that are not in `cells` (spanning too many cells).
+    ungridded: Vec<Vec<u32>>,
+    /// Kept boxes of zero area: they overlap nothing, and suppress only when the threshold is negative.
+    any_kept: bool,
+}
+
+impl<'a> KeptIndex<'a> {
+    pub(crate) fn new(boxes: &'a [Box4], areas: &'a [f32], threshold: f32) -> Self {
+        let bin_reach = if threshold > 0.0 && threshold.is_finite() {
+            // |bin(a) - bin(b)| <= floor(0.5 log2(1 / t)) + 1, plus one bin of slack for rounding.
+            ((0.5 * (1.0 / threshold).log2()).floor() as i32 + 2).min(NUM_BINS)
+        } else {
+            NUM_BINS
+        };
+        Self {
+            boxes,
+            areas,
+            threshold,
+            bin_reach,
+            occupied: 0,
+            cells: CellMap::default(),
+            per_bin: vec![Vec::new(); NUM_BINS as usize],
+            ungridded: vec![Vec::new(); NUM_BINS as usize],
+            any_kept: false,
+        }
+    }
+
+    fn bin(area: f32) -> i32 {
+        ((0.5 * area.log2()).floor() as i32).clamp(MIN_BIN, MIN_BIN + NUM_BINS - 1) - MIN_BIN
+    }
+
+    fn cell_size(bin: i32) -> f32 {
+        2f32.powi(bin + MIN_BIN + 1)
+    }
+
+    /// Inclusive cell range of a box on a grid of cell size `c`, or None if too far out to index.
+    fn cell_range(b: &Box4, c: f32) -> Option<[i64; 4]> {
+        let r = [b[0] / c, b[1] / c, b[2] / c, b[3] / c].map(|v| v.floor());
+        if r.iter().all(|v| v.abs() < 1e6) {
+            Some(r.map(|v| v as i64))
+        } else {
+            None
+        }
+    }
+
+    fn key(bin: i32, cx: i64, cy: i64) -> u64 {
+        ((bin as u64) << 48) ^ (((cx + (1 << 23)) as u64) << 24) ^ ((cy + (1 << 23)) as u64)
+    }
+
+    pub(crate) fn insert(&mut self, i: usize) {
+        self.any_kept = true;
+        let area = self.areas[i];
+        if area.partial_cmp(&0.0) != Some(Ordering::Greater) {
+            return;
+        }
+        let bin = Self::bin(area);
+        self.occupied |= 1 << bin;
+        self.per_bin[bin as usize].push(i as u32);
+        let c = Self::cell_size(bin);
+        if let Some([x0, y0, x1, y1]) = Self::cell_range(&self.boxes[i], c) {
+            if (x1 - x0 + 1) * (y1 - y0 + 1) <= 4096 {
+                for cx in x0..=x1 {
+                    for cy in y0..=y1 {
+                        self.cells
+                            .entry(Self::key(bin, cx, cy))
+                            .or_default()
+                            .push(i as u32);
+                    }
+                }
+                return;
+            }
+        }
+        // Too large or too far out for the grid: every query of this bin checks it.
+        self.ungridded[bin as usize].push(i as u32);
+    }
+
+    #[inline]
+    fn hit(&self, k: u32, b: &Box4, area: f32) -> bool {
+        let k = k as usize;
+        iou_with_areas(&self.boxes[k], self.areas[k], b, area) > self.threshold
+    }
+
+    pub(crate) fn suppresses(&self, i: usize) -> bool {
+        if !self.any_kept {
+            return false;
+        }
+        if self.threshold < 0.0 {
+            // Every IoU (>= 0) exceeds a negative threshold.
+            return true;
+        }
+        let (b, area) = (&self.boxes[i], self.areas[i]);
+        if area.partial_cmp(&0.0) != Some(Ordering::Greater) {
+            // IoU with a zero-area box is 0, which exceeds no threshold >= 0.
+            return false;
+        }
+        let own = Self::bin(area);
+        let lo = (own - self.bin_reach).max(0);
+        let hi = (own + self.bin_reach).min(NUM_BINS - 1);
+        for bin in lo..=hi {
+            if self.occupied & (1 << bin) == 0 {
+                continue;
+            }
+            let members = &self.per_bin[bin as usize];
+            let c = Self::cell_size(bin);
+            let ungridded = &self.ungridded[bin as usize];
+            let range = Self::cell_range(b, c).filter(|[x0, y0, x1, y1]| {
+                ((x1 - x0 + 1) * (y1 - y0 + 1)) as usize <= members.len()
+            });
+            match range {
+                Some([x0, y0, x1, y1]) => {
+                    for cx in x0..=x1 {
+                        for cy in y0..=y1 {
+                            if let Some(v) = self.cells.get(&Self::key(bin, cx, cy)) {
+                                if v.iter().any(|&k| self.hit(k, b, area)) {
+                                    return true;
+                                }
+                            }
+                        }
+                    }
+                    if ungridded.iter().any(|&k| self.hit(k, b, area)) {
+                        return true;
+                    }
+                }
+                None => {
+                    if members.iter().any(|&k| self.hit(k, b, area)) {
+                        return true;
+                    }
+                }
+            }
+        }
+        false
+    }
+}
+
+/// Class-agnostic NMS. `boxes` `[N]`, `scores` `[N]`; returns kept indices by descending score.
+pub fn nms(boxes: &[Box4], scores: &[f32], iou_threshold: f32) -> Vec<usize> {
+    assert_eq!(
+        boxes.len(),
+        scores.len(),
+        "nms: boxes and scores differ in length"
+    );
+    let areas: Vec<f32> = boxes.iter().map(area).collect();
+    let order = score_order(scores);
+    let mut keep = Vec::new();
+    greedy(boxes, &areas, &order, iou_threshold, &mut keep);
+    keep
+}
+
+/// Class-wise NMS: boxes of different classes never suppress each other. `boxes`, `scores`, `classes` are
+/// `[N]`; returns kept indices of all classes merged by descending score (ties by index).
+///
+/// Runs the greedy pass per class rather than offsetting coordinates by class (torchvision's trick), so
+/// IoUs are exactly those of `nms`.
+pub fn batched_nms(
+    boxes: &[Box4],
+    scores: &[f32],
+    classes: &[usize],
+    iou_threshold: f32,
+) -> Vec<usize> {
+    assert!(
+        boxes.len() == scores.len() && boxes.len() == classes.len(),
+        "batched_nms: boxes, scores and classes differ in length"
+    );
+    let areas: Vec<f32> = boxes.iter().map(area).collect();
+    let mut order = score_order(scores);
+    // Stable: within each class the score order survives.
+    order.sort_by_key(|&i| classes[i]);
+    let mut keep = Vec::new();
+    for group in order.chunk_by(|&a, &b| classes[a] == classes[b]) {
+        greedy(boxes, &areas, group, iou_threshold, &mut keep);
+    }
+    keep.sort_unstable_by(|&a, &b| desc_then_index(scores, a, b));
+    keep
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::geometry::boxes::{iou, tests::random_boxes};
+    use rand::{Rng, SeedableRng};
+    use rand_chacha::ChaCha8Rng;
+
+    /// The textbook loop: take the best remaining box (lowest index on ties), drop everything overlapping it.
+    fn reference(boxes: &[Box4], scores: &[f32], thr: f32) -> Vec<usize> {
+        let mut alive: Vec<usize> = (0..boxes.len()).filter(|&i| !scores[i].is_nan()).collect();
+        let mut keep = vec![];
+        while !alive.is_empty() {
+            let mut best = alive[0];
+            for &i in &alive {
+                if scores[i] > scores[best] || (scores[i] == scores[best] && i < best) {
+                    best = i;
+                }
+            }
+            keep.push(best);
+            alive.retain(|&i| i != best && iou(&boxes[i], &boxes[best]) <= thr);
+        }
+        keep
+    }
+
+    fn reference_batched(
+        boxes: &[Box4],
+        scores: &[f32],
+        classes: &[usize],
+        thr: f32,
+    ) -> Vec<usize> {
+        let mut keep = vec![];
+        for c in 0..=classes.iter().copied().max().unwrap_or(0) {
+            let idx: Vec<usize> = (0..boxes.len()).filter(|&i| classes[i] == c).collect();
+            let b: Vec<Box4> = idx.iter().map(|&i| boxes[i]).collect();
+            let s: Vec<f32> = idx.iter().map(|&i| scores[i]).collect();
+            keep.extend(reference(&b, &s, thr).into_iter().map(|k| idx[k]));
+        }
+        keep.sort_by(|&a, &b| scores[b].partial_cmp(&scores[a]).unwrap().then(a.cmp(&b)));
+        keep
+    }
+
+    /// Scores on a coarse grid so that many tie.
+    fn random_scores(rng: &mut ChaCha8Rng, n: usize) -> Vec<f32> {
+        (0..n).map(|_| rng.gen_range(0..20) as f32 / 20.0).collect()
+    }
+
+    #[test]
+    fn nms_matches_brute_force_with_ties() {
+        let mut rng = ChaCha8Rng::seed_from_u64(21);
+        for n in [0, 1, 2, 10, 100, 400, 3000] {
+            let boxes = random_boxes(&mut rng, n);
+            let scores = random_scores(&mut rng, n);
+            for thr in [-0.1, 0.0, 0.05, 0.3, 0.5, 0.7, 1.0] {
+                assert_eq!(
+                    nms(&boxes, &scores, thr),
+                    reference(&boxes, &scores, thr),
+                    "n={n} thr={thr}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn nms_matches_brute_force_across_scales_and_far_boxes() {
+        // Sizes spanning six orders of magnitude, clustered so that many overlap, and a few boxes far out or
+        // huge: the index's size bins, its ungridded lists and its full-scan fallback all come into play.
+        let mut rng = ChaCha8Rng::seed_from_u64(23);
+        let mut boxes = vec![];
+        for c in 0..150 {
+            // Clusters of ten jittered boxes, so that IoUs spread over (0, 1).
+            let side = 10f32.powf(rng.gen_range(-2.0..3.7f32));
+            let far = if c % 37 == 0 { 1e7 } else { 1.0 };
+            let (cx, cy) = (
+                rng.gen_range(-3.0..3.0f32) * side * far,
+                rng.gen_range(-3.0..3.0f32) * side,
+            );
+            for _ in 0..10 {
+                let s = side * rng.gen_range(0.7..1.4f32);
+                let aspect = 2f32.powf(rng.gen_range(-1.5..1.5f32));
+                let (w, h) = (s * aspect.sqrt(), s / aspect.sqrt());
+                let x = cx + rng.gen_range(-0.3..0.3f32) * side;
+                let y = cy + rng.gen_range(-0.3..0.3f32) * side;
+                boxes.push([x - w / 2.0, y - h / 2.0, x + w / 2.0, y + h / 2.0]);
+            }
+        }
+        boxes[10] = [-1e6, -1e6, 1e6, 1e6];
+        boxes[11] = [0.0, 0.0, 0.0, 5.0];
+        let scores = random_scores(&mut rng, boxes.len());
+        for thr in [0.0, 0.01, 0.1, 0.5, 0.9] {
+            let kept = nms(&boxes, &scores, thr);
+            assert_eq!(kept, reference(&boxes, &scores, thr), "thr={thr}");
+            // The case is only a test if boxes were suppressed.
+            assert!(
+                thr > 0.5 || kept.len() < boxes.len() * 9 / 10,
+                "thr={thr}: kept {}",
+                kept.len()
+            );
+        }
+    }
+
+    #[test]
+    fn batched_matches_brute_force_with_ties() {
+        let mut rng = ChaCha8Rng::seed_from_u64(22);
+        for n in [0, 1, 10, 300, 2000] {
+            let boxes = random_boxes(&mut rng, n);
+            let scores = random_scores(&mut rng, n);
+            let classes: Vec<usize> = (0..n).map(|_| rng.gen_range(0..4)).collect();
+            for thr in [0.3, 0.5] {
+                let got = batched_nms(&boxes, &scores, &classes, thr);
+                assert_eq!(
+                    got,
+                    reference_batched(&boxes, &scores, &classes, thr),
+                    "n={n}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn constructed_cases() {
+        let boxes = [
+            [0.0, 0.0, 10.0, 10.0],
+            [1.0, 0.0, 11.0, 10.0],
+            [20.0, 20.0, 30.0, 30.0],
+            [0.0, 0.0, 10.0, 10.0],
+        ];
+        // Box 1 overlaps box 0 at IoU 90/110 = 0.818; box 3 duplicates box 0 with the same score.
+        let scores = [0.9, 0.95, 0.5, 0.9];
+        assert_eq!(nms(&boxes, &scores, 0.5), vec![1, 2]);
+        assert_eq!(nms(&boxes, &scores, 0.85), vec![1, 0, 2]);
+        // Same class only: box 1 in another class no longer suppresses box 0.
+        assert_eq!(
+            batched_nms(&boxes, &scores, &[0, 1, 0, 0], 0.5),
+            vec![1, 0, 2]
+        );
+        // NaN scores are dropped.
+        assert_eq!(nms(&boxes, &[f32::NAN, 0.1, 0.2, 0.3], 0.5), vec![3, 2]);
+    }
+}
