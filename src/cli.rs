@@ -23,6 +23,8 @@ pub struct Cli {
 pub enum Command {
     /// Evaluate COCO detection results against ground truth, exactly as pycocotools does.
     Eval(crate::commands::eval::Args),
+    /// Train a RetinaNet from a preset and overrides into runs/<name>/.
+    Train(crate::commands::train::Args),
 }
 
 /// Parses the command line and runs the chosen command.
@@ -31,5 +33,6 @@ pub fn try_main() -> Result<()> {
     let quiet = cli.quiet;
     match cli.command {
         Command::Eval(args) => crate::commands::eval::run(args, quiet),
+        Command::Train(args) => crate::commands::train::run(args, quiet),
     }
 }

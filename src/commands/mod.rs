@@ -1,2 +1,3 @@
 //! One module per subcommand: its flags (`Args`) and its top-level function (`run`).
 pub mod eval;
+pub mod train;

@@ -325,14 +325,15 @@ impl Default for ScheduleConfig {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct DataConfig {
-    /// `builtin` (the synthetic dataset) or a path to a COCO-format annotation JSON.
+    /// `builtin` (the generated shapes benchmark), a COCO-format annotation JSON (or a directory
+    /// holding `train.json`), or `random` (noise images with random boxes: for timing only).
     pub source: String,
-    /// Image directory for a COCO source ("" = beside the JSON).
+    /// Image directory for a COCO source ("" = the loader's default for that JSON).
     pub images: String,
     /// Square input side in pixels; a multiple of 32.
     pub input_size: usize,
-    /// Images in the built-in synthetic dataset.
-    pub builtin_images: usize,
+    /// Train on only the first this many images (0: all), e.g. for smoke runs.
+    pub max_images: usize,
     /// Random horizontal flip (the paper's only augmentation).
     pub flip: bool,
 }
@@ -343,7 +344,7 @@ impl Default for DataConfig {
             source: "builtin".into(),
             images: String::new(),
             input_size: 128,
-            builtin_images: 512,
+            max_images: 0,
             flip: true,
         }
     }
@@ -549,9 +550,6 @@ impl Config {
                 "data.input_size must be a positive multiple of {stride} (the C5 stride), got {}",
                 d.input_size
             );
-        }
-        if d.source == "builtin" {
-            nonzero("data.builtin_images", d.builtin_images)?;
         }
         nonzero("train.log_every", self.train.log_every)?;
         if self.device.trim().is_empty() {
