@@ -23,6 +23,8 @@ pub struct Cli {
 pub enum Command {
     /// Evaluate COCO detection results against ground truth, exactly as pycocotools does.
     Eval(crate::commands::eval::Args),
+    /// Write the paper's loss curves (Figures 1, 5 and 6) as CSV and PNG.
+    LossCurves(crate::commands::loss_curves::Args),
     /// Train a RetinaNet from a preset and overrides into runs/<name>/.
     Train(crate::commands::train::Args),
 }
@@ -33,6 +35,7 @@ pub fn try_main() -> Result<()> {
     let quiet = cli.quiet;
     match cli.command {
         Command::Eval(args) => crate::commands::eval::run(args, quiet),
+        Command::LossCurves(args) => crate::commands::loss_curves::run(args, quiet),
         Command::Train(args) => crate::commands::train::run(args, quiet),
     }
 }

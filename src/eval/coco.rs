@@ -663,7 +663,6 @@ fn accumulate_category(
                 .copied()
                 .filter(|&i| (pos[i as usize] as usize) < max_det),
         );
-        let nd = sel.len();
         for a in 0..NUM_AREA {
             // pycocotools: no non-ignored GT -> the category is skipped (stays -1).
             if npig[a] == 0 {
@@ -674,15 +673,24 @@ fn accumulate_category(
                 rc.clear();
                 pr.clear();
                 let (mut tp, mut fp) = (0u64, 0u64);
+                // Ignored detections are skipped: in pycocotools they repeat the previous
+                // (rc, pr) pair (or (0, 0) before the first counted one), which changes neither
+                // the envelope nor which value searchsorted picks, nor rc[-1]; so the result is
+                // bit-identical and the passes for the small/medium/large ranges get shorter.
                 for &i in &sel {
                     let f = flags[i as usize][a];
-                    tp += ((f >> t) & 1) as u64;
-                    fp += ((f >> (16 + t)) & 1) as u64;
+                    let (is_tp, is_fp) = ((f >> t) & 1, (f >> (16 + t)) & 1);
+                    if is_tp | is_fp == 0 {
+                        continue;
+                    }
+                    tp += is_tp as u64;
+                    fp += is_fp as u64;
                     let (tpf, fpf) = (tp as f64, fp as f64);
                     rc.push(tpf / npig_f);
                     pr.push(tpf / (fpf + tpf + f64::EPSILON));
                 }
-                recall[(t * NUM_AREA + a) * NUM_MAXDET + m] = if nd > 0 { rc[nd - 1] } else { 0.0 };
+                let nd = rc.len();
+                recall[(t * NUM_AREA + a) * NUM_MAXDET + m] = rc.last().copied().unwrap_or(0.0);
                 // The precision envelope: make precision non-increasing from the right.
                 for i in (1..nd).rev() {
                     if pr[i] > pr[i - 1] {

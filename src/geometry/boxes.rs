@@ -46,18 +46,19 @@ pub fn iou_matrix(a: &[Box4], b: &[Box4]) -> Vec<f32> {
         return out;
     }
     let areas_b: Vec<f32> = b.iter().map(area).collect();
-    let fill_row = |(row, bx): (&mut [f32], &Box4)| {
-        let area_a = area(bx);
-        for ((o, bb), &ab) in row.iter_mut().zip(b).zip(&areas_b) {
-            *o = iou_with_areas(bx, area_a, bb, ab);
+    let fill_rows = |(rows, boxes): (&mut [f32], &[Box4])| {
+        for (row, bx) in rows.chunks_mut(n).zip(boxes) {
+            let area_a = area(bx);
+            for ((o, bb), &ab) in row.iter_mut().zip(b).zip(&areas_b) {
+                *o = iou_with_areas(bx, area_a, bb, ab);
+            }
         }
     };
-    // Below ~64k pairs the rayon split costs more than it saves.
-    if a.len() * n >= 1 << 16 {
-        out.par_chunks_mut(n).zip(a.par_iter()).for_each(fill_row);
-    } else {
-        out.chunks_mut(n).zip(a.iter()).for_each(fill_row);
-    }
+    // Blocks of rows big enough that a task outweighs rayon's overhead.
+    let rows = (4096 / n).max(1);
+    out.par_chunks_mut(rows * n)
+        .zip(a.par_chunks(rows))
+        .for_each(fill_rows);
     out
 }
 

@@ -57,6 +57,8 @@ fn greedy(
 /// Bins of box size, `floor(log2(sqrt(area)))`, clamped to this range (a 64-bit mask of occupied bins).
 const MIN_BIN: i32 = -24;
 const NUM_BINS: i32 = 64;
+/// Centre-cell indices beyond this are not gridded (boxes absurdly far out, or tiny cells).
+const MAX_CELL: f64 = (1u64 << 50) as f64;
 
 #[derive(Default)]
 struct FastHasher(u64);
@@ -70,53 +72,69 @@ impl std::hash::Hasher for FastHasher {
             self.write_u64(u64::from(b));
         }
     }
+    fn write_u32(&mut self, v: u32) {
+        self.write_u64(u64::from(v));
+    }
     fn write_u64(&mut self, v: u64) {
         self.0 = (self.0.rotate_left(5) ^ v).wrapping_mul(0x51_7c_c1_b7_27_22_0a_95);
     }
 }
 
-type CellMap = HashMap<u64, Vec<u32>, BuildHasherDefault<FastHasher>>;
+type CellMap = HashMap<(u32, i64, i64), Vec<u32>, BuildHasherDefault<FastHasher>>;
 
 /// The boxes kept so far by a greedy NMS, indexed so that "does a kept box overlap box `i` with IoU above
-/// the threshold?" looks only at nearby boxes of similar size. Exact: it computes the same IoUs as a scan of
-/// the whole kept list would, and only skips boxes that cannot exceed the threshold.
+/// `t`?" looks only at boxes that could. Exact: it computes the same IoUs a scan of the whole kept list
+/// would, and skips only boxes that provably cannot exceed `t`.
 ///
-/// Two facts prune: IoU <= min(area) / max(area), so IoU > t > 0 needs sizes within a factor 1/sqrt(t) (a
-/// few size bins either side); and a positive intersection needs a shared grid cell, with each size bin
-/// gridded at cells about twice its box side.
+/// Two facts prune. IoU <= min(area) / max(area), so IoU > t > 0 needs the sizes within a factor of
+/// `1/sqrt(t)`: only a few size bins either side of the query's. And IoU > t needs the intersection width
+/// above `t * max(w_q, w_k)` (the intersection is at most `inter_w * h_q` and exceeds `t * w_q * h_q`, and
+/// the same for box k), while `inter_w <= (w_q + w_k) / 2 - |dx|` for centre distance `dx`; so
+/// `|dx| < (w_q + w_k) / 2 - t max(w_q, w_k) <= max(w_q (1 - t), (w_q + W) / 2 - t max(w_q, W))` with `W`
+/// the widest box of the bin (for t >= 0.5: the other centre lies within `w_q (1 - t)`). Each bin grids
+/// its boxes by centre, and a query visits the centre cells within that distance. The bounds are applied
+/// with `t` lowered by 1e-3 and centres in f64, so f32 rounding of the IoU cannot defeat them.
 pub(crate) struct KeptIndex<'a> {
     boxes: &'a [Box4],
     areas: &'a [f32],
     threshold: f32,
+    /// The threshold used in the pruning bounds: slightly lower, to absorb rounding.
+    loose: f64,
     /// Size bins either side of a query's own bin that can hold a suppressor.
     bin_reach: i32,
     occupied: u64,
+    /// Kept boxes by (size bin, centre cell).
     cells: CellMap,
-    /// Members of each bin, for queries that would visit more cells than the bin has boxes.
+    /// All kept boxes of each bin, for queries that would visit more cells than the bin has boxes.
     per_bin: Vec<Vec<u32>>,
-    /// Members of each bin that are not in `cells` (spanning too many cells).
+    /// Kept boxes of each bin whose centre is too far out to grid.
     ungridded: Vec<Vec<u32>>,
-    /// Kept boxes of zero area: they overlap nothing, and suppress only when the threshold is negative.
+    /// Largest width and height in each bin.
+    max_wh: Vec<[f64; 2]>,
     any_kept: bool,
 }
 
 impl<'a> KeptIndex<'a> {
     pub(crate) fn new(boxes: &'a [Box4], areas: &'a [f32], threshold: f32) -> Self {
-        let bin_reach = if threshold > 0.0 && threshold.is_finite() {
-            // |bin(a) - bin(b)| <= floor(0.5 log2(1 / t)) + 1, plus one bin of slack for rounding.
-            ((0.5 * (1.0 / threshold).log2()).floor() as i32 + 2).min(NUM_BINS)
+        let loose = (f64::from(threshold) - 1e-3).max(0.0);
+        let bin_reach = if loose > 0.0 {
+            // |bin(a) - bin(b)| <= floor(0.5 log2(1 / t)) + 1, plus one bin of slack.
+            ((0.5 * (1.0 / loose).log2()).floor() as i32 + 2).min(NUM_BINS)
         } else {
             NUM_BINS
         };
+        let n = NUM_BINS as usize;
         Self {
             boxes,
             areas,
             threshold,
+            loose,
             bin_reach,
             occupied: 0,
             cells: CellMap::default(),
-            per_bin: vec![Vec::new(); NUM_BINS as usize],
-            ungridded: vec![Vec::new(); NUM_BINS as usize],
+            per_bin: vec![Vec::new(); n],
+            ungridded: vec![Vec::new(); n],
+            max_wh: vec![[0.0; 2]; n],
             any_kept: false,
         }
     }
@@ -125,49 +143,44 @@ impl<'a> KeptIndex<'a> {
         ((0.5 * area.log2()).floor() as i32).clamp(MIN_BIN, MIN_BIN + NUM_BINS - 1) - MIN_BIN
     }
 
-    fn cell_size(bin: i32) -> f32 {
-        2f32.powi(bin + MIN_BIN + 1)
+    /// Centre-grid cell size of a bin: about the side of its boxes.
+    fn cell_size(bin: i32) -> f64 {
+        2f64.powi(bin + MIN_BIN)
     }
 
-    /// Inclusive cell range of a box on a grid of cell size `c`, or None if too far out to index.
-    fn cell_range(b: &Box4, c: f32) -> Option<[i64; 4]> {
-        let r = [b[0] / c, b[1] / c, b[2] / c, b[3] / c].map(|v| v.floor());
-        if r.iter().all(|v| v.abs() < 1e6) {
-            Some(r.map(|v| v as i64))
-        } else {
-            None
-        }
-    }
-
-    fn key(bin: i32, cx: i64, cy: i64) -> u64 {
-        ((bin as u64) << 48) ^ (((cx + (1 << 23)) as u64) << 24) ^ ((cy + (1 << 23)) as u64)
+    fn centre(b: &Box4) -> (f64, f64) {
+        (
+            0.5 * (f64::from(b[0]) + f64::from(b[2])),
+            0.5 * (f64::from(b[1]) + f64::from(b[3])),
+        )
     }
 
     pub(crate) fn insert(&mut self, i: usize) {
         self.any_kept = true;
         let area = self.areas[i];
         if area.partial_cmp(&0.0) != Some(Ordering::Greater) {
+            // Zero-area (or NaN) boxes have IoU 0 with everything: they never suppress at t >= 0.
             return;
         }
+        let b = &self.boxes[i];
         let bin = Self::bin(area);
         self.occupied |= 1 << bin;
-        self.per_bin[bin as usize].push(i as u32);
+        let bu = bin as usize;
+        self.per_bin[bu].push(i as u32);
+        let m = &mut self.max_wh[bu];
+        m[0] = m[0].max(f64::from(b[2] - b[0]));
+        m[1] = m[1].max(f64::from(b[3] - b[1]));
         let c = Self::cell_size(bin);
-        if let Some([x0, y0, x1, y1]) = Self::cell_range(&self.boxes[i], c) {
-            if (x1 - x0 + 1) * (y1 - y0 + 1) <= 4096 {
-                for cx in x0..=x1 {
-                    for cy in y0..=y1 {
-                        self.cells
-                            .entry(Self::key(bin, cx, cy))
-                            .or_default()
-                            .push(i as u32);
-                    }
-                }
-                return;
-            }
+        let (cx, cy) = Self::centre(b);
+        let (gx, gy) = ((cx / c).floor(), (cy / c).floor());
+        if gx.abs() < MAX_CELL && gy.abs() < MAX_CELL {
+            self.cells
+                .entry((bin as u32, gx as i64, gy as i64))
+                .or_default()
+                .push(i as u32);
+        } else {
+            self.ungridded[bu].push(i as u32);
         }
-        // Too large or too far out for the grid: every query of this bin checks it.
-        self.ungridded[bin as usize].push(i as u32);
     }
 
     #[inline]
@@ -176,8 +189,16 @@ impl<'a> KeptIndex<'a> {
         iou_with_areas(&self.boxes[k], self.areas[k], b, area) > self.threshold
     }
 
+    /// Half-extent of the centre window on one axis for query size `q` against a bin whose largest size is
+    /// `w_max`.
+    fn reach(&self, q: f64, w_max: f64) -> f64 {
+        let t = self.loose;
+        let r = (q * (1.0 - t)).max(0.5 * (q + w_max) - t * q.max(w_max));
+        r + 1e-6 * (q + w_max)
+    }
+
     pub(crate) fn suppresses(&self, i: usize) -> bool {
-        if !self.any_kept {
+        if !self.any_kept || self.threshold.is_nan() {
             return false;
         }
         if self.threshold < 0.0 {
@@ -186,40 +207,41 @@ impl<'a> KeptIndex<'a> {
         }
         let (b, area) = (&self.boxes[i], self.areas[i]);
         if area.partial_cmp(&0.0) != Some(Ordering::Greater) {
-            // IoU with a zero-area box is 0, which exceeds no threshold >= 0.
             return false;
         }
         let own = Self::bin(area);
+        let (cx, cy) = Self::centre(b);
+        let (wq, hq) = (f64::from(b[2] - b[0]), f64::from(b[3] - b[1]));
         let lo = (own - self.bin_reach).max(0);
         let hi = (own + self.bin_reach).min(NUM_BINS - 1);
         for bin in lo..=hi {
             if self.occupied & (1 << bin) == 0 {
                 continue;
             }
-            let members = &self.per_bin[bin as usize];
+            let bu = bin as usize;
+            if self.ungridded[bu].iter().any(|&k| self.hit(k, b, area)) {
+                return true;
+            }
+            let members = &self.per_bin[bu];
             let c = Self::cell_size(bin);
-            let ungridded = &self.ungridded[bin as usize];
-            let range = Self::cell_range(b, c).filter(|[x0, y0, x1, y1]| {
-                ((x1 - x0 + 1) * (y1 - y0 + 1)) as usize <= members.len()
-            });
-            match range {
-                Some([x0, y0, x1, y1]) => {
-                    for cx in x0..=x1 {
-                        for cy in y0..=y1 {
-                            if let Some(v) = self.cells.get(&Self::key(bin, cx, cy)) {
-                                if v.iter().any(|&k| self.hit(k, b, area)) {
-                                    return true;
-                                }
-                            }
-                        }
-                    }
-                    if ungridded.iter().any(|&k| self.hit(k, b, area)) {
-                        return true;
-                    }
+            let [w_max, h_max] = self.max_wh[bu];
+            let (rx, ry) = (self.reach(wq, w_max), self.reach(hq, h_max));
+            let (x0, x1) = (((cx - rx) / c).floor(), ((cx + rx) / c).floor());
+            let (y0, y1) = (((cy - ry) / c).floor(), ((cy + ry) / c).floor());
+            let cells = (x1 - x0 + 1.0) * (y1 - y0 + 1.0);
+            let gridded = [x0, x1, y0, y1].iter().all(|v| v.abs() < MAX_CELL);
+            if !gridded || cells > members.len() as f64 {
+                if members.iter().any(|&k| self.hit(k, b, area)) {
+                    return true;
                 }
-                None => {
-                    if members.iter().any(|&k| self.hit(k, b, area)) {
-                        return true;
+                continue;
+            }
+            for gx in x0 as i64..=x1 as i64 {
+                for gy in y0 as i64..=y1 as i64 {
+                    if let Some(v) = self.cells.get(&(bin as u32, gx, gy)) {
+                        if v.iter().any(|&k| self.hit(k, b, area)) {
+                            return true;
+                        }
                     }
                 }
             }
@@ -365,6 +387,23 @@ mod tests {
                 thr > 0.5 || kept.len() < boxes.len() * 9 / 10,
                 "thr={thr}: kept {}",
                 kept.len()
+            );
+        }
+    }
+
+    #[test]
+    fn nms_matches_brute_force_on_anchor_grids() {
+        // Anchors are the densest, most regular case (many equal IoUs at the threshold's edge).
+        let mut rng = ChaCha8Rng::seed_from_u64(24);
+        let boxes = crate::geometry::AnchorConfig::default()
+            .generate(160, 128)
+            .boxes;
+        let scores = random_scores(&mut rng, boxes.len());
+        for thr in [0.3, 0.5, 0.6, 0.7] {
+            assert_eq!(
+                nms(&boxes, &scores, thr),
+                reference(&boxes, &scores, thr),
+                "thr={thr}"
             );
         }
     }
