@@ -4,6 +4,10 @@
 use super::targets::{TargetBuilder, Targets};
 use crate::config::{Config, LossKind, NormalizerKind};
 use crate::loss::ohem::{select, OhemConfig};
+use crate::loss::{
+    alpha_balanced_ce, fl_star_loss_with, per_anchor_loss, sigmoid_focal_loss, smooth_l1_loss,
+    FlStarParams, FocalParams,
+};
 use crate::model::Output;
 use anyhow::{bail, Result};
 use candle_core::{DType, Tensor};
@@ -74,26 +78,64 @@ pub fn compute(
     let logits = out.cls.reshape((n * t, k))?;
     let labels = Tensor::from_slice(&targets.labels, n * t, dev)?;
     let l = &cfg.loss;
+    let (alpha, gamma, beta) = (l.alpha as f32, l.gamma as f32, l.beta as f32);
+    let box_beta = l.box_beta as f32;
     let np = targets.positives.len();
-    // [P] box loss of each positive (summed over the 4 coordinates).
-    let box_per_pos = if np == 0 {
+    let pos_pred = if np == 0 {
         None
     } else {
         let idx = Tensor::from_slice(&targets.positives, np, dev)?;
-        let pred = out.boxes.reshape((n * t, 4))?.index_select(&idx, 0)?;
+        Some(out.boxes.reshape((n * t, 4))?.index_select(&idx, 0)?)
+    };
+    let box_loss = |keep: Option<&[bool]>| -> Result<Tensor> {
+        let Some(pred) = &pos_pred else {
+            return Ok(Tensor::zeros((), DType::F32, dev)?);
+        };
         let tgt = Tensor::from_slice(&targets.box_targets, (np, 4), dev)?;
-        Some(smooth_l1(&pred, &tgt, l.box_beta)?.sum(1)?)
+        let (pred, tgt) = match keep {
+            None => (pred.clone(), tgt),
+            Some(keep) => {
+                let rows: Vec<u32> = (0..np as u32).filter(|&j| keep[j as usize]).collect();
+                if rows.is_empty() {
+                    return Ok(Tensor::zeros((), DType::F32, dev)?);
+                }
+                let idx = Tensor::from_slice(&rows, rows.len(), dev)?;
+                (pred.index_select(&idx, 0)?, tgt.index_select(&idx, 0)?)
+            }
+        };
+        Ok(smooth_l1_loss(&pred, &tgt, box_beta)?)
     };
     let (cls_sum, box_sum) = match l.kind {
-        LossKind::Ohem => {
-            let per_anchor = sigmoid_loss(&logits, &labels, k, None, 0.0, None)?.sum(1)?;
-            let mut scores: Vec<f32> = per_anchor.to_vec1()?;
-            let box_scores: Vec<f32> = match &box_per_pos {
-                Some(b) => b.to_vec1()?,
-                None => Vec::new(),
+        LossKind::Focal => {
+            let p = FocalParams {
+                gamma,
+                alpha: Some(alpha),
             };
-            for (&a, &b) in targets.positives.iter().zip(&box_scores) {
-                scores[a as usize] += b;
+            (sigmoid_focal_loss(&logits, &labels, &p)?, box_loss(None)?)
+        }
+        LossKind::Ce => (
+            alpha_balanced_ce(&logits, &labels, Some(alpha))?,
+            box_loss(None)?,
+        ),
+        LossKind::FlStar => {
+            let p = FlStarParams::new(gamma, beta, Some(alpha))?;
+            (fl_star_loss_with(&logits, &labels, &p)?, box_loss(None)?)
+        }
+        LossKind::Ohem => {
+            let plain = FocalParams {
+                gamma: 0.0,
+                alpha: None,
+            };
+            let mut scores = per_anchor_loss(&logits, &labels, &plain)?;
+            if let Some(pred) = &pos_pred {
+                let p: Vec<f32> = pred.flatten_all()?.to_vec1()?;
+                for (j, &a) in targets.positives.iter().enumerate() {
+                    scores[a as usize] += (0..4)
+                        .map(|c| {
+                            smooth_l1_value(p[4 * j + c] - targets.box_targets[4 * j + c], box_beta)
+                        })
+                        .sum::<f32>();
+                }
             }
             let ohem = OhemConfig {
                 batch_size: l.ohem_batch,
@@ -101,41 +143,25 @@ pub fn compute(
                 positive_fraction: (l.ohem_ratio > 0).then(|| 1.0 / (1.0 + l.ohem_ratio as f32)),
             };
             let anchors = &builder.anchors_for(t)?.boxes;
-            let mut selected = vec![0f32; n * t];
             let labels_i32: Vec<i32> = targets.labels.iter().map(|&v| v as i32).collect();
+            // Unselected anchors become "ignore" (-1): they get no loss.
+            let mut masked = vec![-1i64; n * t];
             for i in 0..n {
                 let r = i * t..(i + 1) * t;
                 for a in select(&scores[r.clone()], anchors, &labels_i32[r], &ohem) {
-                    selected[i * t + a] = 1.0;
+                    masked[i * t + a] = targets.labels[i * t + a];
                 }
             }
-            let mask = Tensor::from_vec(selected.clone(), n * t, dev)?;
-            let cls_sum = (per_anchor * mask)?.sum_all()?;
-            let box_sum = match &box_per_pos {
-                Some(b) => {
-                    let pos_mask: Vec<f32> = targets
-                        .positives
-                        .iter()
-                        .map(|&a| selected[a as usize])
-                        .collect();
-                    (b * Tensor::from_vec(pos_mask, np, dev)?)?.sum_all()?
-                }
-                None => Tensor::zeros((), DType::F32, dev)?,
-            };
-            (cls_sum, box_sum)
-        }
-        kind => {
-            let (alpha, gamma, beta) = match kind {
-                LossKind::Focal => (l.alpha, l.gamma, None),
-                LossKind::Ce => (l.alpha, 0.0, None),
-                _ => (l.alpha, l.gamma, Some(l.beta)),
-            };
-            let cls_sum = sigmoid_loss(&logits, &labels, k, Some(alpha), gamma, beta)?.sum_all()?;
-            let box_sum = match &box_per_pos {
-                Some(b) => b.sum_all()?,
-                None => Tensor::zeros((), DType::F32, dev)?,
-            };
-            (cls_sum, box_sum)
+            let keep: Vec<bool> = targets
+                .positives
+                .iter()
+                .map(|&a| masked[a as usize] > 0)
+                .collect();
+            let masked = Tensor::from_vec(masked, n * t, dev)?;
+            (
+                alpha_balanced_ce(&logits, &masked, None)?,
+                box_loss(Some(&keep))?,
+            )
         }
     };
     let norm = normalizer.next(np);
@@ -145,58 +171,12 @@ pub fn compute(
     Ok(LossTerms { cls, boxes, total })
 }
 
-/// softplus(z) = max(z, 0) + log(1 + exp(-|z|)), stable for any z.
-fn softplus(z: &Tensor) -> candle_core::Result<Tensor> {
-    z.relu()? + ((z.abs()?.neg()?.exp()? + 1.0)?.log()?)
-}
-
-/// The per-(anchor, class) binary loss `[M, K]`, zero on ignored anchors (label -1):
-/// `alpha_t (1 - p_t)^gamma (-log p_t)`, or FL* `alpha_t softplus(-(gamma x_t + beta)) / gamma` when
-/// `fl_star_beta` is given; `alpha = None` leaves the loss unweighted. Computed in log space: with
-/// x_t = x (2y - 1), -log p_t = softplus(-x_t) and (1 - p_t)^gamma = exp(-gamma softplus(x_t)).
-/// `logits` `[M, K]`, `labels` `[M]` (-1 ignore, 0 background, c + 1 class c).
-pub fn sigmoid_loss(
-    logits: &Tensor,
-    labels: &Tensor,
-    k: usize,
-    alpha: Option<f64>,
-    gamma: f64,
-    fl_star_beta: Option<f64>,
-) -> candle_core::Result<Tensor> {
-    let m = labels.dim(0)?;
-    let dev = logits.device();
-    // One-hot over classes 1..=K: class c + 1 lights column c.
-    let cols = Tensor::arange(1i64, k as i64 + 1, dev)?.reshape((1, k))?;
-    let lab = labels.reshape((m, 1))?;
-    let y = lab.broadcast_eq(&cols)?.to_dtype(DType::F32)?;
-    let valid = lab.ge(0i64)?.to_dtype(DType::F32)?;
-    let sign = ((&y * 2.0)? - 1.0)?;
-    let xt = (logits * &sign)?;
-    let per = match fl_star_beta {
-        Some(beta) => (softplus(&((&xt * gamma)? + beta)?.neg()?)? / gamma)?,
-        None => {
-            let ce = softplus(&xt.neg()?)?;
-            if gamma == 0.0 {
-                ce
-            } else {
-                ((softplus(&xt)? * (-gamma))?.exp()? * ce)?
-            }
-        }
-    };
-    let per = match alpha {
-        Some(alpha) => (per * ((&y * (2.0 * alpha - 1.0))? + (1.0 - alpha))?)?,
-        None => per,
-    };
-    per.broadcast_mul(&valid)
-}
-
-/// Elementwise smooth L1: 0.5 d^2 / beta if d < beta else d - 0.5 beta (L1 at beta 0).
-pub fn smooth_l1(pred: &Tensor, target: &Tensor, beta: f64) -> candle_core::Result<Tensor> {
-    let d = (pred - target)?.abs()?;
-    if beta <= 0.0 {
-        return Ok(d);
+/// Smooth L1 of one difference (for OHEM's scores; the training loss uses `smooth_l1_loss`).
+fn smooth_l1_value(d: f32, beta: f32) -> f32 {
+    let d = d.abs();
+    if d < beta {
+        0.5 * d * d / beta
+    } else {
+        d - 0.5 * beta
     }
-    let quad = (d.sqr()? * (0.5 / beta))?;
-    let lin = (&d - 0.5 * beta)?;
-    d.lt(beta)?.where_cond(&quad, &lin)
 }
