@@ -21,10 +21,16 @@ pub struct Cli {
 
 #[derive(Debug, Subcommand)]
 pub enum Command {
+    /// The paper's Figure 4: CDFs of the normalized focal loss over positive and negative samples.
+    LossCdf(crate::commands::loss_cdf::Args),
+    /// Generate, describe and draw datasets (the built-in benchmark, Fashion-MNIST scenes, COCO files).
+    Data(crate::commands::data::Args),
     /// Evaluate COCO detection results against ground truth, exactly as pycocotools does.
     Eval(crate::commands::eval::Args),
     /// Write the paper's loss curves (Figures 1, 5 and 6) as CSV and PNG.
     LossCurves(crate::commands::loss_curves::Args),
+    /// Speed measurements: sgemm peak, per-layer convolution kernels vs candle's.
+    Bench(crate::commands::bench::Args),
     /// Train a RetinaNet from a preset and overrides into runs/<name>/.
     Train(crate::commands::train::Args),
 }
@@ -34,8 +40,11 @@ pub fn try_main() -> Result<()> {
     let cli = Cli::parse();
     let quiet = cli.quiet;
     match cli.command {
+        Command::LossCdf(args) => crate::commands::loss_cdf::run(args, quiet),
+        Command::Data(args) => crate::commands::data::run(args, quiet),
         Command::Eval(args) => crate::commands::eval::run(args, quiet),
         Command::LossCurves(args) => crate::commands::loss_curves::run(args, quiet),
+        Command::Bench(args) => crate::commands::bench::run(args, quiet),
         Command::Train(args) => crate::commands::train::run(args, quiet),
     }
 }

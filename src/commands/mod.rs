@@ -1,5 +1,8 @@
 //! One module per subcommand: its flags (`Args`) and its top-level function (`run`).
 
+pub mod bench;
+pub mod data;
 pub mod eval;
+pub mod loss_cdf;
 pub mod loss_curves;
 pub mod train;

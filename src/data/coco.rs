@@ -2,6 +2,11 @@
 //!
 //! `area` is kept exactly as given, because COCO evaluation decides small/medium/large by it (for COCO
 //! itself it is the mask area, not the box area). Annotations without `area` get the box area.
+//!
+//! Box policy: a box with non-positive width or height, or one lying entirely outside its image, is an
+//! error. A box that sticks partly out of its image is kept in the file as given (COCO itself has a few)
+//! and clipped to the image by the loader; [`CocoDataset::boxes_partly_outside`] counts them so commands can
+//! warn.
 
 use anyhow::{bail, Context, Result};
 use serde::{Deserialize, Serialize};
@@ -56,8 +61,10 @@ impl CocoDataset {
     pub fn load(path: &Path) -> Result<Self> {
         let text = std::fs::read_to_string(path)
             .with_context(|| format!("cannot read COCO file {}", path.display()))?;
-        let mut ds: CocoDataset = serde_json::from_str(&text)
-            .with_context(|| format!("{} is not a valid COCO instances file", path.display()))?;
+        // serde_json's message carries the line and column, and the missing or mistyped field.
+        let mut ds: CocoDataset = serde_json::from_str(&text).map_err(|e| {
+            anyhow::anyhow!("{} is not a valid COCO instances file: {e}", path.display())
+        })?;
         ds.fill_missing_area();
         ds.validate()
             .with_context(|| format!("invalid COCO file {}", path.display()))?;
@@ -78,8 +85,15 @@ impl CocoDataset {
         }
     }
 
-    /// Checks ids are unique, references resolve, and boxes are finite with positive size.
+    /// Checks the dataset is not empty, ids are unique, references resolve, and boxes are finite with
+    /// positive size and overlap their image.
     pub fn validate(&self) -> Result<()> {
+        if self.images.is_empty() {
+            bail!("images: the dataset has no images");
+        }
+        if self.categories.is_empty() {
+            bail!("categories: the dataset has no categories");
+        }
         let mut image_ids = HashSet::new();
         for img in &self.images {
             if !image_ids.insert(img.id) {
@@ -99,6 +113,11 @@ impl CocoDataset {
                 bail!("categories: duplicate category id {}", c.id);
             }
         }
+        let sizes: HashMap<i64, (u32, u32)> = self
+            .images
+            .iter()
+            .map(|i| (i.id, (i.width, i.height)))
+            .collect();
         let mut ann_ids = HashSet::new();
         for a in &self.annotations {
             if !ann_ids.insert(a.id) {
@@ -131,8 +150,47 @@ impl CocoDataset {
                     a.bbox
                 );
             }
+            let (w, h) = sizes[&a.image_id];
+            let [x, y, bw, bh] = a.bbox;
+            if x >= w as f64 || y >= h as f64 || x + bw <= 0.0 || y + bh <= 0.0 {
+                bail!(
+                    "annotations: annotation id {} has bbox {:?} entirely outside its image {} ({}x{})",
+                    a.id,
+                    a.bbox,
+                    a.image_id,
+                    w,
+                    h
+                );
+            }
         }
         Ok(())
+    }
+
+    /// Number of boxes that extend past their image's border (the loader clips them).
+    pub fn boxes_partly_outside(&self) -> usize {
+        let sizes: HashMap<i64, (u32, u32)> = self
+            .images
+            .iter()
+            .map(|i| (i.id, (i.width, i.height)))
+            .collect();
+        self.annotations
+            .iter()
+            .filter(|a| match sizes.get(&a.image_id) {
+                Some(&(w, h)) => {
+                    let [x, y, bw, bh] = a.bbox;
+                    x < 0.0 || y < 0.0 || x + bw > w as f64 || y + bh > h as f64
+                }
+                None => false,
+            })
+            .count()
+    }
+
+    /// Category name by id, for drawing and reports.
+    pub fn category_name(&self, id: i64) -> Option<&str> {
+        self.categories
+            .iter()
+            .find(|c| c.id == id)
+            .map(|c| c.name.as_str())
     }
 
     /// Maps category ids (sorted ascending) to contiguous class indices 0..K and back.
@@ -229,6 +287,80 @@ mod tests {
         assert_eq!(m.index_of(7), Some(1));
         assert_eq!(m.category_id(1), Some(7));
         assert_eq!(m.index_of(5), None);
+    }
+
+    fn load_err(text: &str) -> String {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("bad.json");
+        std::fs::write(&p, text).unwrap();
+        let e = format!("{:#}", CocoDataset::load(&p).unwrap_err());
+        assert!(e.contains("bad.json"), "{e}");
+        e
+    }
+
+    fn sample_with(f: impl FnOnce(&mut CocoDataset)) -> String {
+        let mut ds = sample();
+        f(&mut ds);
+        load_err(&serde_json::to_string(&ds).unwrap())
+    }
+
+    #[test]
+    fn malformed_json_gives_line_and_column() {
+        let e = load_err("{\n  \"images\": [\n    {\"id\": 1,, }\n  ]\n}");
+        assert!(e.contains("line 3 column"), "{e}");
+    }
+
+    #[test]
+    fn missing_field_is_named() {
+        let e = load_err(
+            r#"{"images": [{"id": 1, "file_name": "a.png", "width": 4}], "categories": []}"#,
+        );
+        assert!(e.contains("height"), "{e}");
+    }
+
+    #[test]
+    fn bad_inputs_name_the_field() {
+        let e = sample_with(|d| d.annotations[0].image_id = 42);
+        assert!(
+            e.contains("annotations") && e.contains("image_id 42"),
+            "{e}"
+        );
+        let e = sample_with(|d| d.annotations[0].category_id = 99);
+        assert!(e.contains("category_id 99"), "{e}");
+        let e = sample_with(|d| d.annotations[0].bbox[2] = 0.0);
+        assert!(e.contains("non-positive width or height"), "{e}");
+        let e = sample_with(|d| d.annotations[0].bbox[3] = -2.0);
+        assert!(e.contains("non-positive width or height"), "{e}");
+        let e = sample_with(|d| d.annotations[0].bbox = [20.0, 1.0, 3.0, 3.0]);
+        assert!(e.contains("entirely outside"), "{e}");
+        let e = sample_with(|d| {
+            let a = d.annotations[0].clone();
+            d.annotations.push(a)
+        });
+        assert!(e.contains("duplicate annotation id 1"), "{e}");
+        let e = sample_with(|d| {
+            let i = d.images[0].clone();
+            d.images.push(i)
+        });
+        assert!(e.contains("duplicate image id 3"), "{e}");
+        let e = sample_with(|d| d.categories[1].id = 7);
+        assert!(e.contains("duplicate category id 7"), "{e}");
+        let e = sample_with(|d| d.images[0].width = 0);
+        assert!(e.contains("zero width or height"), "{e}");
+        let e = sample_with(|d| {
+            d.images.clear();
+            d.annotations.clear()
+        });
+        assert!(e.contains("no images"), "{e}");
+    }
+
+    #[test]
+    fn partly_outside_boxes_are_counted_not_rejected() {
+        let mut ds = sample();
+        ds.annotations[0].bbox = [8.0, 6.0, 5.0, 5.0];
+        ds.validate().unwrap();
+        assert_eq!(ds.boxes_partly_outside(), 1);
+        assert_eq!(sample().boxes_partly_outside(), 0);
     }
 
     #[test]

@@ -24,15 +24,16 @@ pub fn intersection(a: &Box4, b: &Box4) -> f32 {
 pub fn iou_with_areas(a: &Box4, area_a: f32, b: &Box4, area_b: f32) -> f32 {
     let inter = intersection(a, b);
     let union = area_a + area_b - inter;
-    // Two empty boxes have no meaningful overlap; 0 keeps them out of every match and suppression.
-    if union > 0.0 {
+    // An empty box overlaps nothing. Testing the areas also gives a box with a NaN coordinate (area 0)
+    // IoU 0, where min/max, which skip NaN, would otherwise make up an intersection.
+    if area_a > 0.0 && area_b > 0.0 && union > 0.0 {
         inter / union
     } else {
         0.0
     }
 }
 
-/// Intersection over union; 0 when the union is empty.
+/// Intersection over union; 0 when either box is empty (or has a NaN coordinate).
 #[inline]
 pub fn iou(a: &Box4, b: &Box4) -> f32 {
     iou_with_areas(a, area(a), b, area(b))
@@ -150,6 +151,8 @@ pub(crate) mod tests {
         assert_eq!(iou(&a, &[2.0, 2.0, 4.0, 4.0]), 4.0 / 100.0);
         assert_eq!(iou(&[1.0, 1.0, 1.0, 1.0], &[1.0, 1.0, 1.0, 1.0]), 0.0);
         assert_eq!(area(&[5.0, 5.0, 3.0, 9.0]), 0.0);
+        assert_eq!(iou(&[f32::NAN, 0.0, 5.0, 5.0], &a), 0.0);
+        assert_eq!(iou(&a, &[0.0, 0.0, 10.0, f32::NAN]), 0.0);
     }
 
     #[test]

@@ -110,7 +110,11 @@ impl GtColumns {
             let h = (a[3].min(y2[j]) - a[1].max(y1[j])).max(0.0);
             let inter = w * h;
             let union = area_a + ar[j] - inter;
-            *o = if union > 0.0 { inter / union } else { 0.0 };
+            *o = if area_a > 0.0 && ar[j] > 0.0 && union > 0.0 {
+                inter / union
+            } else {
+                0.0
+            };
         }
     }
 }

@@ -6,8 +6,6 @@
 //! kept.
 
 use std::cmp::Ordering;
-use std::collections::HashMap;
-use std::hash::BuildHasherDefault;
 
 use super::boxes::{area, iou_with_areas, Box4};
 
@@ -45,7 +43,7 @@ fn greedy(
         }
         return;
     }
-    let mut kept = KeptIndex::new(boxes, areas, iou_threshold);
+    let mut kept = KeptIndex::new(boxes, areas, iou_threshold, order);
     for &i in order {
         if !kept.suppresses(i) {
             kept.insert(i);
@@ -57,30 +55,56 @@ fn greedy(
 /// Bins of box size, `floor(log2(sqrt(area)))`, clamped to this range (a 64-bit mask of occupied bins).
 const MIN_BIN: i32 = -24;
 const NUM_BINS: i32 = 64;
-/// Centre-cell indices beyond this are not gridded (boxes absurdly far out, or tiny cells).
-const MAX_CELL: f64 = (1u64 << 50) as f64;
 
-#[derive(Default)]
-struct FastHasher(u64);
-
-impl std::hash::Hasher for FastHasher {
-    fn finish(&self) -> u64 {
-        self.0
-    }
-    fn write(&mut self, bytes: &[u8]) {
-        for &b in bytes {
-            self.write_u64(u64::from(b));
-        }
-    }
-    fn write_u32(&mut self, v: u32) {
-        self.write_u64(u64::from(v));
-    }
-    fn write_u64(&mut self, v: u64) {
-        self.0 = (self.0.rotate_left(5) ^ v).wrapping_mul(0x51_7c_c1_b7_27_22_0a_95);
-    }
+/// The kept boxes of one size bin, gridded by centre over the centres of that bin's candidates.
+struct BinGrid {
+    origin: [f64; 2],
+    cell: f64,
+    dims: [usize; 2],
+    /// Entries carry the box and its area, so a scan reads one contiguous run of memory.
+    cells: Vec<Vec<(Box4, f32)>>,
+    members: Vec<u32>,
+    /// Kept boxes whose centre is not finite: checked by every query of the bin.
+    unplaced: Vec<u32>,
+    /// Largest width and height of the kept boxes.
+    max_wh: [f64; 2],
 }
 
-type CellMap = HashMap<(u32, i64, i64), Vec<u32>, BuildHasherDefault<FastHasher>>;
+impl BinGrid {
+    /// A grid over centres in `[lo, hi]` with cells of about `cell`, coarsened until it has at most
+    /// `4 n + 64` cells for `n` expected boxes.
+    fn new(lo: [f64; 2], hi: [f64; 2], mut cell: f64, n: usize) -> Self {
+        let dims_for = |cell: f64| {
+            [0, 1].map(|a| (((hi[a] - lo[a]) / cell).floor().max(0.0) as usize).saturating_add(1))
+        };
+        let mut dims = dims_for(cell);
+        while dims[0].saturating_mul(dims[1]) > 4 * n + 64 {
+            cell *= 2.0;
+            dims = dims_for(cell);
+        }
+        Self {
+            origin: lo,
+            cell,
+            dims,
+            cells: vec![Vec::new(); dims[0] * dims[1]],
+            members: Vec::new(),
+            unplaced: Vec::new(),
+            max_wh: [0.0; 2],
+        }
+    }
+
+    /// The cell of centre coordinate `c` on axis `a`, clamped to the grid.
+    fn place(&self, a: usize, c: f64) -> usize {
+        let v = ((c - self.origin[a]) / self.cell).floor();
+        v.clamp(0.0, (self.dims[a] - 1) as f64) as usize
+    }
+
+    /// Cell range covering `[c - r, c + r]` on axis `a`, clamped to the grid: a centre outside the grid is
+    /// stored in the edge cell, so a window beyond the edge still visits that cell.
+    fn span(&self, a: usize, c: f64, r: f64) -> (usize, usize) {
+        (self.place(a, c - r), self.place(a, c + r))
+    }
+}
 
 /// The boxes kept so far by a greedy NMS, indexed so that "does a kept box overlap box `i` with IoU above
 /// `t`?" looks only at boxes that could. Exact: it computes the same IoUs a scan of the whole kept list
@@ -103,19 +127,19 @@ pub(crate) struct KeptIndex<'a> {
     /// Size bins either side of a query's own bin that can hold a suppressor.
     bin_reach: i32,
     occupied: u64,
-    /// Kept boxes by (size bin, centre cell).
-    cells: CellMap,
-    /// All kept boxes of each bin, for queries that would visit more cells than the bin has boxes.
-    per_bin: Vec<Vec<u32>>,
-    /// Kept boxes of each bin whose centre is too far out to grid.
-    ungridded: Vec<Vec<u32>>,
-    /// Largest width and height in each bin.
-    max_wh: Vec<[f64; 2]>,
+    grids: Vec<Option<BinGrid>>,
     any_kept: bool,
 }
 
 impl<'a> KeptIndex<'a> {
-    pub(crate) fn new(boxes: &'a [Box4], areas: &'a [f32], threshold: f32) -> Self {
+    /// An empty index for boxes drawn from `candidates` (indices into `boxes`; others may be inserted too,
+    /// only less efficiently).
+    pub(crate) fn new(
+        boxes: &'a [Box4],
+        areas: &'a [f32],
+        threshold: f32,
+        candidates: &[usize],
+    ) -> Self {
         let loose = (f64::from(threshold) - 1e-3).max(0.0);
         let bin_reach = if loose > 0.0 {
             // |bin(a) - bin(b)| <= floor(0.5 log2(1 / t)) + 1, plus one bin of slack.
@@ -124,6 +148,27 @@ impl<'a> KeptIndex<'a> {
             NUM_BINS
         };
         let n = NUM_BINS as usize;
+        // Centre extent and count of the candidates in each bin.
+        let mut ext = vec![([f64::INFINITY; 2], [f64::NEG_INFINITY; 2], 0usize); n];
+        for &i in candidates {
+            if areas[i].partial_cmp(&0.0) != Some(Ordering::Greater) {
+                continue;
+            }
+            let (cx, cy) = Self::centre(&boxes[i]);
+            if cx.is_finite() && cy.is_finite() {
+                let e = &mut ext[Self::bin(areas[i]) as usize];
+                e.0 = [e.0[0].min(cx), e.0[1].min(cy)];
+                e.1 = [e.1[0].max(cx), e.1[1].max(cy)];
+                e.2 += 1;
+            }
+        }
+        let grids = ext
+            .iter()
+            .enumerate()
+            .map(|(bin, &(lo, hi, count))| {
+                (count > 0).then(|| BinGrid::new(lo, hi, Self::cell_size(bin as i32), count))
+            })
+            .collect();
         Self {
             boxes,
             areas,
@@ -131,10 +176,7 @@ impl<'a> KeptIndex<'a> {
             loose,
             bin_reach,
             occupied: 0,
-            cells: CellMap::default(),
-            per_bin: vec![Vec::new(); n],
-            ungridded: vec![Vec::new(); n],
-            max_wh: vec![[0.0; 2]; n],
+            grids,
             any_kept: false,
         }
     }
@@ -143,7 +185,7 @@ impl<'a> KeptIndex<'a> {
         ((0.5 * area.log2()).floor() as i32).clamp(MIN_BIN, MIN_BIN + NUM_BINS - 1) - MIN_BIN
     }
 
-    /// Centre-grid cell size of a bin: about the side of its boxes.
+    /// Centre-grid cell size of a bin: the side of its smallest square box.
     fn cell_size(bin: i32) -> f64 {
         2f64.powi(bin + MIN_BIN)
     }
@@ -165,21 +207,23 @@ impl<'a> KeptIndex<'a> {
         let b = &self.boxes[i];
         let bin = Self::bin(area);
         self.occupied |= 1 << bin;
-        let bu = bin as usize;
-        self.per_bin[bu].push(i as u32);
-        let m = &mut self.max_wh[bu];
-        m[0] = m[0].max(f64::from(b[2] - b[0]));
-        m[1] = m[1].max(f64::from(b[3] - b[1]));
-        let c = Self::cell_size(bin);
         let (cx, cy) = Self::centre(b);
-        let (gx, gy) = ((cx / c).floor(), (cy / c).floor());
-        if gx.abs() < MAX_CELL && gy.abs() < MAX_CELL {
-            self.cells
-                .entry((bin as u32, gx as i64, gy as i64))
-                .or_default()
-                .push(i as u32);
+        let g = self.grids[bin as usize].get_or_insert_with(|| {
+            // A box from outside the candidates: a one-cell grid, correct if slow.
+            BinGrid::new([cx, cy], [cx, cy], Self::cell_size(bin), 1)
+        });
+        g.members.push(i as u32);
+        g.max_wh = [
+            g.max_wh[0].max(f64::from(b[2] - b[0])),
+            g.max_wh[1].max(f64::from(b[3] - b[1])),
+        ];
+        if cx.is_finite() && cy.is_finite() {
+            // A centre outside the candidates' extent goes to the nearest edge cell; queries clamp alike.
+            let x = g.place(0, cx);
+            let y = g.place(1, cy);
+            g.cells[y * g.dims[0] + x].push((*b, area));
         } else {
-            self.ungridded[bu].push(i as u32);
+            g.unplaced.push(i as u32);
         }
     }
 
@@ -218,30 +262,33 @@ impl<'a> KeptIndex<'a> {
             if self.occupied & (1 << bin) == 0 {
                 continue;
             }
-            let bu = bin as usize;
-            if self.ungridded[bu].iter().any(|&k| self.hit(k, b, area)) {
+            let Some(g) = &self.grids[bin as usize] else {
+                continue;
+            };
+            if g.unplaced.iter().any(|&k| self.hit(k, b, area)) {
                 return true;
             }
-            let members = &self.per_bin[bu];
-            let c = Self::cell_size(bin);
-            let [w_max, h_max] = self.max_wh[bu];
-            let (rx, ry) = (self.reach(wq, w_max), self.reach(hq, h_max));
-            let (x0, x1) = (((cx - rx) / c).floor(), ((cx + rx) / c).floor());
-            let (y0, y1) = (((cy - ry) / c).floor(), ((cy + ry) / c).floor());
-            let cells = (x1 - x0 + 1.0) * (y1 - y0 + 1.0);
-            let gridded = [x0, x1, y0, y1].iter().all(|v| v.abs() < MAX_CELL);
-            if !gridded || cells > members.len() as f64 {
-                if members.iter().any(|&k| self.hit(k, b, area)) {
+            let (rx, ry) = (self.reach(wq, g.max_wh[0]), self.reach(hq, g.max_wh[1]));
+            if !(cx.is_finite() && cy.is_finite() && rx.is_finite() && ry.is_finite()) {
+                if g.members.iter().any(|&k| self.hit(k, b, area)) {
                     return true;
                 }
                 continue;
             }
-            for gx in x0 as i64..=x1 as i64 {
-                for gy in y0 as i64..=y1 as i64 {
-                    if let Some(v) = self.cells.get(&(bin as u32, gx, gy)) {
-                        if v.iter().any(|&k| self.hit(k, b, area)) {
-                            return true;
-                        }
+            let ((x0, x1), (y0, y1)) = (g.span(0, cx, rx), g.span(1, cy, ry));
+            if (x1 - x0 + 1) * (y1 - y0 + 1) > g.members.len() {
+                if g.members.iter().any(|&k| self.hit(k, b, area)) {
+                    return true;
+                }
+                continue;
+            }
+            for y in y0..=y1 {
+                for cell in &g.cells[y * g.dims[0] + x0..=y * g.dims[0] + x1] {
+                    if cell
+                        .iter()
+                        .any(|(k, ka)| iou_with_areas(k, *ka, b, area) > self.threshold)
+                    {
+                        return true;
                     }
                 }
             }
@@ -388,6 +435,35 @@ mod tests {
                 "thr={thr}: kept {}",
                 kept.len()
             );
+        }
+    }
+
+    #[test]
+    fn kept_index_agrees_with_a_linear_scan_for_boxes_outside_its_candidates() {
+        // The index is sized from a subset; boxes from elsewhere (other bins, outside the extent, NaN)
+        // must still be found.
+        let mut rng = ChaCha8Rng::seed_from_u64(25);
+        let mut boxes = random_boxes(&mut rng, 600);
+        boxes.extend(
+            random_boxes(&mut rng, 200)
+                .iter()
+                .map(|b| b.map(|v| v * 7.0 - 300.0)),
+        );
+        boxes.push([f32::NAN, 0.0, 5.0, 5.0]);
+        boxes.push([0.0, 0.0, f32::INFINITY, 5.0]);
+        let areas: Vec<f32> = boxes.iter().map(area).collect();
+        let candidates: Vec<usize> = (0..300).collect();
+        for thr in [0.0, 0.2, 0.5] {
+            let mut index = KeptIndex::new(&boxes, &areas, thr, &candidates);
+            let mut kept: Vec<usize> = vec![];
+            for i in (0..boxes.len()).rev() {
+                let linear = kept.iter().any(|&k| iou(&boxes[k], &boxes[i]) > thr);
+                assert_eq!(index.suppresses(i), linear, "thr={thr} box {i}");
+                if !linear {
+                    index.insert(i);
+                    kept.push(i);
+                }
+            }
         }
     }
 

@@ -168,7 +168,7 @@ pub fn select_with(
         Vec::new()
     };
     let mut kept =
-        (cfg.nms_threshold < 1.0).then(|| KeptIndex::new(boxes, &areas, cfg.nms_threshold));
+        (cfg.nms_threshold < 1.0).then(|| KeptIndex::new(boxes, &areas, cfg.nms_threshold, &order));
     let mut pos = Vec::new();
     let mut neg = Vec::new();
     for &i in &order {

@@ -1,10 +1,23 @@
 //! The compute kernels the model is built from. Every layer calls these functions, never candle's
-//! conv or norm directly, so faster CPU kernels can replace the bodies here without touching the
-//! model, while CUDA keeps candle's kernels.
+//! conv or norm directly. On the CPU in f32 they run this crate's kernels (`conv`, `group_norm`:
+//! candle custom ops with their own backward); anywhere else (CUDA, other dtypes) they run candle's
+//! kernels (`reference`), so the CUDA path is unchanged.
 //!
 //! Shapes: activations are NCHW `[N, C, H, W]`, conv weights `[C_out, C_in, kh, kw]`.
 
-use candle_core::{Result, Tensor, D};
+pub mod conv;
+pub mod group_norm;
+pub mod reference;
+#[cfg(test)]
+mod testing;
+
+use candle_core::{DType, Result, Tensor};
+
+/// Whether the fast CPU kernels apply to these tensors.
+fn fast_path(ts: &[&Tensor]) -> bool {
+    ts.iter()
+        .all(|t| t.device().is_cpu() && t.dtype() == DType::F32)
+}
 
 /// 2-D convolution with square stride and zero padding, plus an optional bias `[C_out]`.
 pub fn conv2d(
@@ -14,10 +27,26 @@ pub fn conv2d(
     stride: usize,
     padding: usize,
 ) -> Result<Tensor> {
-    let y = x.conv2d(w, padding, stride, 1, 1)?;
-    match b {
-        Some(b) => y.broadcast_add(&b.reshape((1, b.dim(0)?, 1, 1))?),
-        None => Ok(y),
+    if fast_path(&[x, w]) && b.is_none_or(|b| fast_path(&[b])) {
+        conv::conv2d_cpu(x, w, b, stride, padding, false)
+    } else {
+        reference::conv2d(x, w, b, stride, padding)
+    }
+}
+
+/// `relu(conv2d(x, w, b))` in one kernel on the CPU: the ReLU is applied while the output is still
+/// in cache, and its backward is folded into the convolution's.
+pub fn conv2d_bias_relu(
+    x: &Tensor,
+    w: &Tensor,
+    b: Option<&Tensor>,
+    stride: usize,
+    padding: usize,
+) -> Result<Tensor> {
+    if fast_path(&[x, w]) && b.is_none_or(|b| fast_path(&[b])) {
+        conv::conv2d_cpu(x, w, b, stride, padding, true)
+    } else {
+        reference::conv2d(x, w, b, stride, padding)?.relu()
     }
 }
 
@@ -29,20 +58,11 @@ pub fn group_norm(
     beta: &Tensor,
     eps: f64,
 ) -> Result<Tensor> {
-    let (n, c, h, w) = x.dims4()?;
-    if groups == 0 || c % groups != 0 {
-        candle_core::bail!("group_norm: {c} channels are not divisible into {groups} groups");
+    if fast_path(&[x, gamma, beta]) {
+        group_norm::group_norm_cpu(x, groups, gamma, beta, eps)
+    } else {
+        reference::group_norm(x, groups, gamma, beta, eps)
     }
-    let xg = x.reshape((n, groups, (c / groups) * h * w))?;
-    let mean = xg.mean_keepdim(D::Minus1)?;
-    let centered = xg.broadcast_sub(&mean)?;
-    let var = centered.sqr()?.mean_keepdim(D::Minus1)?;
-    let normed = centered
-        .broadcast_div(&(var + eps)?.sqrt()?)?
-        .reshape((n, c, h, w))?;
-    normed
-        .broadcast_mul(&gamma.reshape((1, c, 1, 1))?)?
-        .broadcast_add(&beta.reshape((1, c, 1, 1))?)
 }
 
 /// Rectified linear unit.

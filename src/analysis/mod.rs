@@ -1,0 +1,4 @@
+//! Derived statistics of trained models and losses (the paper's Figure 4 and friends).
+
+pub mod loss_cdf;
+pub mod samples;

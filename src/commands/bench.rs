@@ -1,0 +1,370 @@
+//! `fl-lab bench`: speed measurements on this machine. `peak` times a large sgemm (the practical
+//! ceiling every efficiency figure is a fraction of); `conv` times each convolution of the
+//! reference model's training step, forward, input gradient and weight gradient, with this crate's
+//! kernels and with candle's own, side by side in one run (the machines are shared and noisy, so
+//! only same-run comparisons mean anything).
+
+use std::time::Instant;
+
+use anyhow::{bail, Context, Result};
+use candle_core::{Device, Tensor};
+use clap::Subcommand;
+
+use crate::ops::{conv, reference};
+
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    #[command(subcommand)]
+    pub what: What,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum What {
+    /// sgemm GFLOP/s of the `gemm` crate (the machine's practical peak).
+    Peak {
+        /// Matrix size n (an n x n x n product).
+        #[arg(long, default_value_t = 2048)]
+        size: usize,
+        /// Worker threads.
+        #[arg(long, default_value_t = 2)]
+        threads: usize,
+        /// Timed repetitions (the median is reported).
+        #[arg(long, default_value_t = 10)]
+        reps: usize,
+    },
+    /// Per-layer convolution times, fl-lab kernels vs candle's, for the reference model.
+    Conv {
+        /// Batch size (the reference config uses 8 images of 128 x 128).
+        #[arg(long, default_value_t = 8)]
+        batch: usize,
+        /// Worker threads.
+        #[arg(long, default_value_t = 2)]
+        threads: usize,
+        /// Timed repetitions per measurement (the median is reported).
+        #[arg(long, default_value_t = 7)]
+        reps: usize,
+        /// Only layers whose name contains this text.
+        #[arg(long)]
+        only: Option<String>,
+    },
+}
+
+pub fn run(args: Args, _quiet: bool) -> Result<()> {
+    match args.what {
+        What::Peak {
+            size,
+            threads,
+            reps,
+        } => with_pool(threads, || peak(size, threads, reps)),
+        What::Conv {
+            batch,
+            threads,
+            reps,
+            only,
+        } => with_pool(threads, || conv_table(batch, reps, only.as_deref())),
+    }
+}
+
+fn with_pool<R: Send>(threads: usize, f: impl FnOnce() -> Result<R> + Send) -> Result<R> {
+    if !(1..=256).contains(&threads) {
+        bail!("--threads must be between 1 and 256, got {threads}");
+    }
+    let pool = rayon::ThreadPoolBuilder::new()
+        .num_threads(threads)
+        .build()
+        .context("building the thread pool")?;
+    pool.install(f)
+}
+
+fn reps_ok(n: usize) -> Result<()> {
+    if n == 0 || n > 256 {
+        bail!("out of range");
+    }
+    Ok(())
+}
+
+/// Median wall time in milliseconds of `reps` runs of `f`, after two untimed warm-up runs.
+pub fn median_ms<T>(reps: usize, mut f: impl FnMut() -> candle_core::Result<T>) -> Result<f64> {
+    for _ in 0..2 {
+        std::hint::black_box(f()?);
+    }
+    let mut times = Vec::with_capacity(reps);
+    for _ in 0..reps.max(1) {
+        let t = Instant::now();
+        std::hint::black_box(f()?);
+        times.push(t.elapsed().as_secs_f64() * 1e3);
+    }
+    times.sort_by(f64::total_cmp);
+    Ok(times[times.len() / 2])
+}
+
+/// The SIMD level `gemm` dispatches to on this CPU (it checks at run time).
+pub fn simd_level() -> &'static str {
+    #[cfg(target_arch = "x86_64")]
+    {
+        if std::arch::is_x86_feature_detected!("avx512f") {
+            return "AVX-512";
+        }
+        if std::arch::is_x86_feature_detected!("fma") {
+            return "AVX2+FMA";
+        }
+    }
+    "baseline"
+}
+
+/// Measured sgemm GFLOP/s for an n x n x n product with `threads` threads.
+pub fn measure_peak(n: usize, threads: usize, reps: usize) -> Result<f64> {
+    if n == 0 {
+        bail!("--size must be positive");
+    }
+    let a: Vec<f32> = (0..n * n)
+        .map(|i| ((i % 97) as f32 - 48.0) / 97.0)
+        .collect();
+    let b: Vec<f32> = (0..n * n)
+        .map(|i| ((i % 89) as f32 - 44.0) / 89.0)
+        .collect();
+    let mut c = vec![0f32; n * n];
+    let ms = median_ms(reps, || {
+        // SAFETY: a, b and c are n x n row-major buffers that outlive the call; c is exclusive.
+        unsafe {
+            gemm::gemm(
+                n,
+                n,
+                n,
+                c.as_mut_ptr(),
+                1,
+                n as isize,
+                false,
+                a.as_ptr(),
+                1,
+                n as isize,
+                b.as_ptr(),
+                1,
+                n as isize,
+                1.0,
+                1.0,
+                false,
+                false,
+                false,
+                gemm::Parallelism::Rayon(threads),
+            )
+        };
+        Ok(())
+    })?;
+    Ok(2.0 * (n as f64).powi(3) / (ms * 1e-3) / 1e9)
+}
+
+fn peak(n: usize, threads: usize, reps: usize) -> Result<()> {
+    let gflops = measure_peak(n, threads, reps)?;
+    let ms = 2.0 * (n as f64).powi(3) / gflops / 1e6;
+    println!(
+        "sgemm {n}x{n}x{n}, {threads} threads, {} kernels: {ms:.1} ms = {gflops:.1} GFLOP/s (median of {reps})",
+        simd_level()
+    );
+    Ok(())
+}
+
+/// One convolution of the reference model and how many times a training step runs it.
+#[derive(Clone, Copy, Debug)]
+pub struct Layer {
+    pub name: &'static str,
+    pub c_in: usize,
+    pub c_out: usize,
+    /// Input height = width.
+    pub size: usize,
+    pub k: usize,
+    pub stride: usize,
+    pub count: usize,
+}
+
+const fn layer(
+    name: &'static str,
+    (c_in, c_out): (usize, usize),
+    size: usize,
+    (k, stride): (usize, usize),
+    count: usize,
+) -> Layer {
+    Layer {
+        name,
+        c_in,
+        c_out,
+        size,
+        k,
+        stride,
+        count,
+    }
+}
+
+/// The convolutions of the reference model (PERF-NOTES.md: 8 x 3 x 128 x 128 input, backbone
+/// 32-64-128-128-128, FPN-lite with 64 channels on three levels, shared 4-conv heads for class and
+/// box, 9 anchors x 10 classes): 4.27 GFLOP forward at batch 8.
+pub const REFERENCE_LAYERS: [Layer; 21] = [
+    layer("stem 3x3/2 3->32 @128", (3, 32), 128, (3, 2), 1),
+    layer("c2a 3x3/2 32->64 @64", (32, 64), 64, (3, 2), 1),
+    layer("c2b 3x3 64->64 @32", (64, 64), 32, (3, 1), 1),
+    layer("c3a 3x3/2 64->128 @32", (64, 128), 32, (3, 2), 1),
+    layer("c3b 3x3 128->128 @16", (128, 128), 16, (3, 1), 1),
+    layer("c4a 3x3/2 128->128 @16", (128, 128), 16, (3, 2), 1),
+    layer("c4b 3x3 128->128 @8", (128, 128), 8, (3, 1), 1),
+    layer("c5a 3x3/2 128->128 @8", (128, 128), 8, (3, 2), 1),
+    layer("c5b 3x3 128->128 @4", (128, 128), 4, (3, 1), 1),
+    layer("lateral 1x1 128->64 @16", (128, 64), 16, (1, 1), 1),
+    layer("lateral 1x1 128->64 @8", (128, 64), 8, (1, 1), 1),
+    layer("lateral 1x1 128->64 @4", (128, 64), 4, (1, 1), 1),
+    layer("head 3x3 64->64 @16", (64, 64), 16, (3, 1), 8),
+    layer("head 3x3 64->64 @8", (64, 64), 8, (3, 1), 8),
+    layer("head 3x3 64->64 @4", (64, 64), 4, (3, 1), 8),
+    layer("cls 3x3 64->90 @16", (64, 90), 16, (3, 1), 1),
+    layer("cls 3x3 64->90 @8", (64, 90), 8, (3, 1), 1),
+    layer("cls 3x3 64->90 @4", (64, 90), 4, (3, 1), 1),
+    layer("box 3x3 64->36 @16", (64, 36), 16, (3, 1), 1),
+    layer("box 3x3 64->36 @8", (64, 36), 8, (3, 1), 1),
+    layer("box 3x3 64->36 @4", (64, 36), 4, (3, 1), 1),
+];
+
+/// Milliseconds for forward, input gradient, weight (+ bias) gradient.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct PassTimes {
+    pub fwd: f64,
+    pub grad_input: f64,
+    pub grad_weight: f64,
+}
+
+fn rand_vec(n: usize, seed: u64) -> Vec<f32> {
+    // A cheap deterministic fill: timing does not depend on the values, only on them being finite.
+    let mut s = seed
+        .wrapping_mul(6364136223846793005)
+        .wrapping_add(1442695040888963407);
+    (0..n)
+        .map(|_| {
+            s = s
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            ((s >> 40) as f32 / (1u64 << 24) as f32) - 0.5
+        })
+        .collect()
+}
+
+/// Times one layer with this crate's kernels and with candle's (the ops candle's autograd runs).
+pub fn time_layer(l: &Layer, batch: usize, reps: usize) -> Result<(PassTimes, PassTimes)> {
+    let (dev, size) = (Device::Cpu, l.size);
+    let pad = l.k / 2;
+    let x = rand_vec(batch * l.c_in * size * size, 1);
+    let w = rand_vec(l.c_out * l.c_in * l.k * l.k, 2);
+    let b = rand_vec(l.c_out, 3);
+    let g = conv::ConvGeom::new(
+        &[batch, l.c_in, size, size],
+        &[l.c_out, l.c_in, l.k, l.k],
+        l.stride,
+        pad,
+    )?;
+    let dy = rand_vec(g.n * g.out_len(), 4);
+
+    let only = |input, weight| conv::Needs {
+        input,
+        weight,
+        bias: weight,
+    };
+    let ours = PassTimes {
+        fwd: median_ms(reps, || conv::forward(&x, &w, Some(&b), &g, false))?,
+        grad_input: median_ms(reps, || {
+            conv::backward(&x, &w, &dy, None, &g, only(true, false))
+        })?,
+        grad_weight: median_ms(reps, || {
+            conv::backward(&x, &w, &dy, None, &g, only(false, true))
+        })?,
+    };
+
+    let xt = Tensor::from_slice(&x, (batch, l.c_in, size, size), &dev)?;
+    let wt = Tensor::from_slice(&w, (l.c_out, l.c_in, l.k, l.k), &dev)?;
+    let bt = Tensor::from_slice(&b, l.c_out, &dev)?;
+    let dyt = Tensor::from_slice(&dy, g.out_dims(), &dev)?;
+    // The same calls candle 0.11's backprop makes for Op::Conv2D.
+    let out_padding = size - ((g.h_out - 1) * l.stride + l.k - 2 * pad);
+    let theirs = PassTimes {
+        fwd: median_ms(reps, || {
+            reference::conv2d(&xt, &wt, Some(&bt), l.stride, pad)
+        })?,
+        grad_input: median_ms(reps, || {
+            dyt.conv_transpose2d(&wt, pad, out_padding, l.stride, 1)
+        })?,
+        grad_weight: median_ms(reps, || {
+            let gw = xt
+                .transpose(0, 1)?
+                .conv2d(&dyt.transpose(0, 1)?, pad, 1, l.stride, 1)?
+                .transpose(0, 1)?;
+            let gw = gw.narrow(2, 0, l.k)?.narrow(3, 0, l.k)?.contiguous()?;
+            let gb = dyt.sum((0, 2, 3))?;
+            Ok((gw, gb))
+        })?,
+    };
+    Ok((ours, theirs))
+}
+
+fn conv_table(batch: usize, reps: usize, only: Option<&str>) -> Result<()> {
+    reps_ok(reps).context("--reps must be between 1 and 256")?;
+    if batch == 0 {
+        bail!("--batch must be positive");
+    }
+    println!(
+        "batch {batch}, {} threads, {} kernels, median of {reps}; ms per call",
+        rayon::current_num_threads(),
+        simd_level()
+    );
+    println!(
+        "{:<28} {:>5} {:>7} | {:>7} {:>7} {:>7} | {:>7} {:>7} {:>7} | {:>6}",
+        "layer",
+        "count",
+        "MFLOP",
+        "fwd",
+        "dX",
+        "dW+db",
+        "cand fwd",
+        "cand dX",
+        "cand dW+db",
+        "speedup"
+    );
+    let (mut tot_ours, mut tot_theirs, mut tot_flop) = (0.0, 0.0, 0.0);
+    for l in REFERENCE_LAYERS
+        .iter()
+        .filter(|l| only.is_none_or(|o| l.name.contains(o)))
+    {
+        let (o, t) = time_layer(l, batch, reps)?;
+        let g = conv::ConvGeom::new(
+            &[batch, l.c_in, l.size, l.size],
+            &[l.c_out, l.c_in, l.k, l.k],
+            l.stride,
+            l.k / 2,
+        )?;
+        let mflop = 2.0 * g.macs() as f64 / 1e6;
+        // Training never needs the image's gradient; candle computes it anyway.
+        let image_input = l.c_in == 3;
+        let o_dx = if image_input { 0.0 } else { o.grad_input };
+        let ours_step = o.fwd + o_dx + o.grad_weight;
+        let theirs_step = t.fwd + t.grad_input + t.grad_weight;
+        let count = l.count as f64;
+        tot_ours += count * ours_step;
+        tot_theirs += count * theirs_step;
+        tot_flop += count * mflop * if image_input { 2.0 } else { 3.0 };
+        println!(
+            "{:<28} {:>5} {mflop:>7.1} | {:>7.2} {:>7.2} {:>7.2} | {:>8.2} {:>7.2} {:>7.2} | {:>5.1}x",
+            l.name,
+            l.count,
+            o.fwd,
+            o.grad_input,
+            o.grad_weight,
+            t.fwd,
+            t.grad_input,
+            t.grad_weight,
+            theirs_step / ours_step
+        );
+    }
+    println!(
+        "all convolutions of one training step: fl-lab {tot_ours:.1} ms ({:.1} GFLOP/s), candle {tot_theirs:.1} ms ({:.1} GFLOP/s), {:.1}x; {:.2} GFLOP",
+        tot_flop / tot_ours,
+        tot_flop / tot_theirs,
+        tot_theirs / tot_ours,
+        tot_flop / 1e3
+    );
+    Ok(())
+}

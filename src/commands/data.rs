@@ -1,0 +1,788 @@
+//! `fl-lab data`: generate the benchmarks (`gen`), describe a dataset (`stats`), draw one image with
+//! its boxes (`show`).
+
+use crate::data::coco::CocoDataset;
+use crate::data::fashion::{self, FashionConfig};
+use crate::data::generate::{self, Split};
+use crate::data::loader::{CachePolicy, Dataset, LoaderConfig};
+use crate::data::shapes::ShapesConfig;
+use crate::data::stats::{box_stats, BoxStats, SIZE_EDGES};
+use crate::geometry::{AnchorConfig, LowQualityMatches, Matcher, BACKGROUND, IGNORE};
+use anyhow::{bail, Context, Result};
+use clap::{Subcommand, ValueEnum};
+use std::fmt::Write as _;
+use std::path::{Path, PathBuf};
+
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    #[command(subcommand)]
+    pub command: DataCommand,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum DataCommand {
+    /// Generate a benchmark (PNG images plus COCO train.json / val.json) under data/<name>/.
+    Gen(GenArgs),
+    /// Objects per image, box sizes and classes of a dataset, as text and CSV.
+    Stats(StatsArgs),
+    /// Draw one image with its boxes and class names into a PNG.
+    Show(ShowArgs),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Kind {
+    /// Procedural coloured shapes with distractors (needs nothing installed).
+    Shapes,
+    /// Fashion-MNIST products pasted on textured canvases (needs the dataset-fashion-mnist package).
+    FashionMnist,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum SplitArg {
+    Train,
+    Val,
+}
+
+impl From<SplitArg> for Split {
+    fn from(s: SplitArg) -> Split {
+        match s {
+            SplitArg::Train => Split::Train,
+            SplitArg::Val => Split::Val,
+        }
+    }
+}
+
+/// Parses `MIN-MAX` (or a single number N, meaning N-N).
+fn parse_range(s: &str) -> std::result::Result<(usize, usize), String> {
+    let parse = |t: &str| {
+        t.trim()
+            .parse::<usize>()
+            .map_err(|_| format!("'{s}' is not MIN-MAX (e.g. 1-6) or a single count"))
+    };
+    match s.split_once('-') {
+        Some((a, b)) => {
+            let (a, b) = (parse(a)?, parse(b)?);
+            if a > b {
+                return Err(format!("'{s}': MIN must not exceed MAX"));
+            }
+            Ok((a, b))
+        }
+        None => parse(s).map(|n| (n, n)),
+    }
+}
+
+#[derive(Debug, clap::Args)]
+pub struct GenArgs {
+    #[arg(long, value_enum, default_value = "shapes")]
+    pub kind: Kind,
+    /// Dataset name: written to <root>/<name>/ (default: the kind's name).
+    #[arg(long)]
+    pub name: Option<String>,
+    /// Data root (default: $FL_LAB_DATA, else ./data).
+    #[arg(long)]
+    pub root: Option<PathBuf>,
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    /// Number of training images.
+    #[arg(long, default_value_t = generate::BUILTIN_TRAIN)]
+    pub train: usize,
+    /// Number of validation images.
+    #[arg(long, default_value_t = generate::BUILTIN_VAL)]
+    pub val: usize,
+    /// Canvas side in pixels; object sizes stay fixed, so a larger canvas adds background.
+    #[arg(long, default_value_t = 128)]
+    pub size: usize,
+    /// Number of classes K (shapes: 1..=80, shape x colour combinations; fashion-mnist: always 10).
+    #[arg(long)]
+    pub classes: Option<usize>,
+    /// Objects per image, MIN-MAX.
+    #[arg(long, value_parser = parse_range)]
+    pub objects: Option<(usize, usize)>,
+    /// Distractors (hard negatives) per image, MIN-MAX.
+    #[arg(long, value_parser = parse_range)]
+    pub distractors: Option<(usize, usize)>,
+    /// Smallest object size in pixels (square root of its box area).
+    #[arg(long)]
+    pub min_size: Option<f32>,
+    /// Largest object size in pixels.
+    #[arg(long)]
+    pub max_size: Option<f32>,
+    /// Fashion-MNIST IDX directory.
+    #[arg(long, default_value = fashion::DEFAULT_SOURCE)]
+    pub source: PathBuf,
+    /// Regenerate even if the same dataset is already there.
+    #[arg(long)]
+    pub force: bool,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct DataSel {
+    /// A dataset directory (with train.json / val.json) or a COCO JSON file; default: the built-in
+    /// benchmark (generated once).
+    #[arg(long)]
+    pub data: Option<PathBuf>,
+    /// Directory the COCO `file_name`s are relative to (default: images/ beside the JSON, else its
+    /// directory).
+    #[arg(long)]
+    pub images: Option<PathBuf>,
+    /// Which split, when --data is a directory.
+    #[arg(long, value_enum, default_value = "train")]
+    pub split: SplitArg,
+    /// Model input size (square); boxes are measured after resizing to it.
+    #[arg(long, default_value_t = 128)]
+    pub input_size: usize,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct StatsArgs {
+    #[command(flatten)]
+    pub sel: DataSel,
+    /// Anchor size = anchor_scale x stride x 2^(octave / scales_per_octave) (paper: 4).
+    #[arg(long, default_value_t = AnchorConfig::default().anchor_scale)]
+    pub anchor_scale: f32,
+    /// Lowest pyramid level (stride 2^level).
+    #[arg(long, default_value_t = AnchorConfig::default().min_level)]
+    pub min_level: u32,
+    /// Highest pyramid level.
+    #[arg(long, default_value_t = AnchorConfig::default().max_level)]
+    pub max_level: u32,
+    /// Anchor scales per octave.
+    #[arg(long, default_value_t = AnchorConfig::default().scales_per_octave)]
+    pub scales_per_octave: u32,
+    /// IoU at or above which an anchor is foreground.
+    #[arg(long, default_value_t = Matcher::default().pos_iou)]
+    pub pos_iou: f32,
+    /// IoU below which an anchor is background (in between: ignored).
+    #[arg(long, default_value_t = Matcher::default().neg_iou)]
+    pub neg_iou: f32,
+    /// Low-quality matches: none, detectron or any.
+    #[arg(long, default_value = "detectron")]
+    pub low_quality: LowQualityMatches,
+    /// Directory for the CSV files.
+    #[arg(long, default_value = "plots/data-stats")]
+    pub out: PathBuf,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct ShowArgs {
+    #[command(flatten)]
+    pub sel: DataSel,
+    /// Image id (default: the first image).
+    #[arg(long)]
+    pub image: Option<i64>,
+    /// Output PNG.
+    #[arg(long, default_value = "show.png")]
+    pub out: PathBuf,
+    /// Upscaling factor (default: so the longer side is at least 512 px).
+    #[arg(long)]
+    pub scale: Option<u32>,
+}
+
+/// The top-level entry point for `fl-lab data`.
+pub fn run(args: Args, quiet: bool) -> Result<()> {
+    match args.command {
+        DataCommand::Gen(a) => run_gen(a, quiet),
+        DataCommand::Stats(a) => run_stats(a, quiet),
+        DataCommand::Show(a) => run_show(a, quiet),
+    }
+}
+
+fn run_gen(a: GenArgs, quiet: bool) -> Result<()> {
+    let root = a.root.clone().unwrap_or_else(generate::default_data_root);
+    let name = a.name.clone().unwrap_or_else(|| match a.kind {
+        Kind::Shapes => "shapes".into(),
+        Kind::FashionMnist => "fashion-mnist".into(),
+    });
+    if name.is_empty() || name.contains(['/', '\\']) || name == "." || name == ".." {
+        bail!("--name '{name}' must be a plain directory name");
+    }
+    let dir = root.join(&name);
+    let start = std::time::Instant::now();
+    let manifest = match a.kind {
+        Kind::Shapes => {
+            let d = ShapesConfig::default();
+            let cfg = ShapesConfig {
+                size: a.size,
+                classes: a.classes.unwrap_or(d.classes),
+                objects: a.objects.unwrap_or(d.objects),
+                distractors: a.distractors.unwrap_or(d.distractors),
+                min_size: a.min_size.unwrap_or(d.min_size),
+                max_size: a.max_size.unwrap_or(d.max_size.min(a.size as f32)),
+                min_visible: d.min_visible,
+            };
+            cfg.validate()?;
+            let want = generate::Manifest {
+                kind: "shapes".into(),
+                version: generate::GENERATOR_VERSION,
+                seed: a.seed,
+                train: a.train,
+                val: a.val,
+                params: serde_json::to_value(&cfg)?,
+            };
+            if !a.force && generate::is_complete(&dir, &want) {
+                println!("{} is already generated with these settings", dir.display());
+                return Ok(());
+            }
+            generate::generate_shapes(&dir, &cfg, a.seed, a.train, a.val, quiet)?
+        }
+        Kind::FashionMnist => {
+            if let Some(k) = a.classes.filter(|&k| k != fashion::CLASSES.len()) {
+                bail!("--classes {k}: Fashion-MNIST has exactly 10 classes");
+            }
+            let d = FashionConfig::default();
+            let cfg = FashionConfig {
+                size: a.size,
+                objects: a.objects.unwrap_or(d.objects),
+                distractors: a.distractors.unwrap_or(d.distractors),
+                min_size: a.min_size.unwrap_or(d.min_size),
+                max_size: a.max_size.unwrap_or(d.max_size.min(a.size as f32)),
+                ..d
+            };
+            fashion::generate(&dir, &a.source, &cfg, a.seed, a.train, a.val, quiet)?
+        }
+    };
+    let train = CocoDataset::load(&dir.join("train.json"))?;
+    let val = CocoDataset::load(&dir.join("val.json"))?;
+    println!(
+        "wrote {} ({} kind, seed {}): train {} images / {} objects, val {} images / {} objects, {} classes, in {:.1} s",
+        dir.display(),
+        manifest.kind,
+        manifest.seed,
+        train.images.len(),
+        train.annotations.len(),
+        val.images.len(),
+        val.annotations.len(),
+        train.categories.len(),
+        start.elapsed().as_secs_f64()
+    );
+    Ok(())
+}
+
+fn open(sel: &DataSel, quiet: bool) -> Result<Dataset> {
+    let src = crate::data::resolve(
+        sel.data.as_deref(),
+        sel.images.as_deref(),
+        sel.split.into(),
+        quiet,
+    )?;
+    let ds = Dataset::open(
+        &src,
+        LoaderConfig {
+            input_size: sel.input_size,
+            hflip: false,
+            cache: CachePolicy::Never,
+        },
+    )?;
+    if ds.clipped_boxes > 0 {
+        eprintln!(
+            "warning: {}: {} boxes extend past their image and were clipped to it",
+            src.json.display(),
+            ds.clipped_boxes
+        );
+    }
+    Ok(ds)
+}
+
+/// Text report of the box statistics.
+pub fn format_box_stats(s: &BoxStats, names: &[String]) -> String {
+    let mut t = String::new();
+    let _ = writeln!(
+        t,
+        "images {}, objects {} ({:.2} per image), crowd {}",
+        s.images,
+        s.objects,
+        s.mean_per_image(),
+        s.crowd
+    );
+    let _ = writeln!(t, "objects per image:");
+    let peak = s.per_image.iter().copied().max().unwrap_or(1).max(1);
+    for (k, &n) in s.per_image.iter().enumerate() {
+        let _ = writeln!(t, "  {k:>3} {n:>7} {}", "#".repeat(n * 40 / peak));
+    }
+    let _ = writeln!(
+        t,
+        "box size sqrt(w*h) in input pixels (min {:.1}, max {:.1}):",
+        if s.objects > 0 { s.min_side } else { 0.0 },
+        s.max_side
+    );
+    let peak = s.size_bins.iter().copied().max().unwrap_or(1).max(1);
+    for (k, &n) in s.size_bins.iter().enumerate() {
+        let _ = writeln!(
+            t,
+            "  {:>9} {n:>7} {:>5.1}% {}",
+            bin_label(k),
+            100.0 * n as f64 / s.objects.max(1) as f64,
+            "#".repeat(n * 40 / peak)
+        );
+    }
+    let _ = writeln!(t, "objects per class:");
+    for (k, &n) in s.per_class.iter().enumerate() {
+        let _ = writeln!(
+            t,
+            "  {:>3} {:<20} {n:>7}",
+            k,
+            names.get(k).map_or("", |s| s)
+        );
+    }
+    t
+}
+
+fn bin_label(k: usize) -> String {
+    let (lo, hi) = (SIZE_EDGES[k], SIZE_EDGES[k + 1]);
+    if hi.is_infinite() {
+        format!(">={lo}")
+    } else {
+        format!("{lo}-{hi}")
+    }
+}
+
+fn class_names(ds: &Dataset) -> Vec<String> {
+    (0..ds.num_classes())
+        .map(|k| {
+            ds.categories
+                .category_id(k)
+                .and_then(|id| ds.coco.category_name(id))
+                .unwrap_or("?")
+                .to_string()
+        })
+        .collect()
+}
+
+fn write_csv(path: &Path, header: &[&str], rows: Vec<Vec<String>>) -> Result<()> {
+    let mut w = csv::Writer::from_writer(Vec::new());
+    w.write_record(header)?;
+    for r in rows {
+        w.write_record(&r)?;
+    }
+    let bytes = w.into_inner().context("cannot finish CSV")?;
+    crate::util::write_atomic(path, &bytes)
+}
+
+/// Anchor counts of one image as the classification loss sees them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct AnchorCounts {
+    pub objects: usize,
+    pub positives: usize,
+    pub ignored: usize,
+    pub negatives: usize,
+    /// Objects no anchor is matched to (they never produce a positive).
+    pub unmatched_objects: usize,
+    /// Binary (anchor, class) sigmoid samples with target 1: one per positive anchor.
+    pub binary_positives: usize,
+    /// Binary samples with target 0: K per negative anchor and K - 1 per positive anchor (ignored
+    /// anchors contribute none).
+    pub binary_negatives: usize,
+}
+
+impl AnchorCounts {
+    /// Counts from the matcher's output `[A]` (gt index, [`BACKGROUND`] or [`IGNORE`]) for an image
+    /// with `objects` ground-truth boxes and `k` classes.
+    pub fn from_matches(matches: &[i32], objects: usize, k: usize) -> Self {
+        let mut c = AnchorCounts {
+            objects,
+            ..Default::default()
+        };
+        let mut hit = vec![false; objects];
+        for &m in matches {
+            match m {
+                BACKGROUND => c.negatives += 1,
+                IGNORE => c.ignored += 1,
+                m if m >= 0 => {
+                    c.positives += 1;
+                    if let Some(h) = hit.get_mut(m as usize) {
+                        *h = true;
+                    }
+                }
+                _ => c.ignored += 1,
+            }
+        }
+        c.unmatched_objects = hit.iter().filter(|&&h| !h).count();
+        c.binary_positives = c.positives;
+        c.binary_negatives = c.negatives * k + c.positives * k.saturating_sub(1);
+        c
+    }
+
+    pub fn add(&mut self, o: &AnchorCounts) {
+        self.objects += o.objects;
+        self.positives += o.positives;
+        self.ignored += o.ignored;
+        self.negatives += o.negatives;
+        self.unmatched_objects += o.unmatched_objects;
+        self.binary_positives += o.binary_positives;
+        self.binary_negatives += o.binary_negatives;
+    }
+}
+
+fn ratio(num: usize, den: usize) -> f64 {
+    if den == 0 {
+        f64::INFINITY
+    } else {
+        num as f64 / den as f64
+    }
+}
+
+fn run_stats(a: StatsArgs, quiet: bool) -> Result<()> {
+    let ds = open(&a.sel, quiet)?;
+    let gts: Vec<_> = (0..ds.len()).map(|i| ds.ground_truth(i, false)).collect();
+    let names = class_names(&ds);
+    let s = box_stats(&gts, ds.num_classes());
+    println!(
+        "{} (input {}x{})",
+        ds.source.json.display(),
+        a.sel.input_size,
+        a.sel.input_size
+    );
+    print!("{}", format_box_stats(&s, &names));
+    let out = &a.out;
+    write_csv(
+        &out.join("objects_per_image.csv"),
+        &["objects", "images"],
+        s.per_image
+            .iter()
+            .enumerate()
+            .map(|(k, n)| vec![k.to_string(), n.to_string()])
+            .collect(),
+    )?;
+    write_csv(
+        &out.join("box_sizes.csv"),
+        &["min_side", "max_side", "boxes", "fraction"],
+        s.size_bins
+            .iter()
+            .enumerate()
+            .map(|(k, &n)| {
+                vec![
+                    SIZE_EDGES[k].to_string(),
+                    SIZE_EDGES[k + 1].to_string(),
+                    n.to_string(),
+                    format!("{:.6}", n as f64 / s.objects.max(1) as f64),
+                ]
+            })
+            .collect(),
+    )?;
+    write_csv(
+        &out.join("classes.csv"),
+        &["class_index", "category_id", "name", "objects"],
+        s.per_class
+            .iter()
+            .enumerate()
+            .map(|(k, n)| {
+                vec![
+                    k.to_string(),
+                    ds.categories.category_id(k).unwrap_or(-1).to_string(),
+                    names[k].clone(),
+                    n.to_string(),
+                ]
+            })
+            .collect(),
+    )?;
+
+    // Anchors: the same for every image, since every image is padded to the square input.
+    let acfg = AnchorConfig {
+        anchor_scale: a.anchor_scale,
+        min_level: a.min_level,
+        max_level: a.max_level,
+        scales_per_octave: a.scales_per_octave,
+        ..AnchorConfig::default()
+    };
+    acfg.validate().context("anchor settings")?;
+    let matcher = Matcher {
+        pos_iou: a.pos_iou,
+        neg_iou: a.neg_iou,
+        low_quality: a.low_quality,
+    };
+    matcher.validate().context("matcher settings")?;
+    let anchors = acfg.generate(a.sel.input_size, a.sel.input_size);
+    let k = ds.num_classes();
+    let per_image: Vec<AnchorCounts> = {
+        use rayon::prelude::*;
+        gts.par_iter()
+            .map(|g| {
+                AnchorCounts::from_matches(
+                    &matcher.assign(&anchors.boxes, &g.boxes),
+                    g.boxes.len(),
+                    k,
+                )
+            })
+            .collect()
+    };
+    let mut total = AnchorCounts::default();
+    per_image.iter().for_each(|c| total.add(c));
+    let n = per_image.len().max(1) as f64;
+    let mut fg_bg: Vec<f64> = per_image
+        .iter()
+        .filter(|c| c.positives > 0)
+        .map(|c| ratio(c.negatives, c.positives))
+        .collect();
+    fg_bg.sort_by(f64::total_cmp);
+    let median = fg_bg.get(fg_bg.len() / 2).copied().unwrap_or(f64::INFINITY);
+    println!(
+        "anchors: {} per image ({} per location; sizes {:.0}..{:.0} px on P{}-P{}), matcher IoU {} / {} ({:?} low-quality rule), K = {k}",
+        anchors.len(),
+        anchors.anchors_per_location(),
+        a.anchor_scale * (1u32 << a.min_level) as f32,
+        a.anchor_scale * (1u32 << a.max_level) as f32 * 2f32.powf((a.scales_per_octave.max(1) - 1) as f32 / a.scales_per_octave.max(1) as f32),
+        a.min_level,
+        a.max_level,
+        a.pos_iou,
+        a.neg_iou,
+        a.low_quality
+    );
+    println!(
+        "  per image: positives {:.1}, ignored {:.1}, negatives {:.1}; objects with no positive anchor: {} of {} ({:.1}%)",
+        total.positives as f64 / n,
+        total.ignored as f64 / n,
+        total.negatives as f64 / n,
+        total.unmatched_objects,
+        total.objects,
+        100.0 * total.unmatched_objects as f64 / total.objects.max(1) as f64
+    );
+    println!(
+        "  foreground:background anchors 1:{:.0} (pooled; median over images 1:{:.0})",
+        ratio(total.negatives, total.positives),
+        median
+    );
+    println!(
+        "  binary (anchor, class) samples per image: {:.1} positive, {:.0} negative, 1:{:.0} (ignored excluded)",
+        total.binary_positives as f64 / n,
+        total.binary_negatives as f64 / n,
+        ratio(total.binary_negatives, total.binary_positives)
+    );
+    write_csv(
+        &out.join("anchors_per_image.csv"),
+        &[
+            "image_id",
+            "objects",
+            "positives",
+            "ignored",
+            "negatives",
+            "unmatched_objects",
+            "binary_positives",
+            "binary_negatives",
+        ],
+        gts.iter()
+            .zip(&per_image)
+            .map(|(g, c)| {
+                [
+                    g.image_id as usize,
+                    c.objects,
+                    c.positives,
+                    c.ignored,
+                    c.negatives,
+                    c.unmatched_objects,
+                    c.binary_positives,
+                    c.binary_negatives,
+                ]
+                .iter()
+                .map(|v| v.to_string())
+                .collect()
+            })
+            .collect(),
+    )?;
+    let f = |v: f64| format!("{v:.4}");
+    write_csv(
+        &out.join("summary.csv"),
+        &[
+            "dataset",
+            "images",
+            "objects_per_image",
+            "classes",
+            "input_size",
+            "anchors_per_image",
+            "anchor_scale",
+            "min_level",
+            "max_level",
+            "pos_iou",
+            "neg_iou",
+            "low_quality",
+            "positives_per_image",
+            "ignored_per_image",
+            "negatives_per_image",
+            "unmatched_objects",
+            "neg_per_pos_anchors",
+            "neg_per_pos_binary",
+        ],
+        vec![vec![
+            ds.source.json.display().to_string(),
+            s.images.to_string(),
+            f(s.mean_per_image()),
+            k.to_string(),
+            a.sel.input_size.to_string(),
+            anchors.len().to_string(),
+            a.anchor_scale.to_string(),
+            a.min_level.to_string(),
+            a.max_level.to_string(),
+            a.pos_iou.to_string(),
+            a.neg_iou.to_string(),
+            format!("{:?}", a.low_quality).to_lowercase(),
+            f(total.positives as f64 / n),
+            f(total.ignored as f64 / n),
+            f(total.negatives as f64 / n),
+            total.unmatched_objects.to_string(),
+            f(ratio(total.negatives, total.positives)),
+            f(ratio(total.binary_negatives, total.binary_positives)),
+        ]],
+    )?;
+    println!("CSV files in {}", out.display());
+    Ok(())
+}
+
+/// A distinct, readable colour per class.
+fn class_colour(k: usize) -> plotters::style::RGBColor {
+    const P: [(u8, u8, u8); 10] = [
+        (230, 25, 75),
+        (60, 180, 75),
+        (255, 225, 25),
+        (0, 130, 200),
+        (245, 130, 48),
+        (145, 30, 180),
+        (70, 240, 240),
+        (240, 50, 230),
+        (210, 245, 60),
+        (250, 190, 212),
+    ];
+    let (r, g, b) = P[k % P.len()];
+    plotters::style::RGBColor(r, g, b)
+}
+
+fn run_show(a: ShowArgs, quiet: bool) -> Result<()> {
+    use plotters::prelude::*;
+    let src = crate::data::resolve(
+        a.sel.data.as_deref(),
+        a.sel.images.as_deref(),
+        a.sel.split.into(),
+        quiet,
+    )?;
+    let coco = CocoDataset::load(&src.json)?;
+    let img = match a.image {
+        Some(id) => coco.images.iter().find(|i| i.id == id).with_context(|| {
+            format!(
+                "--image {id}: no image with this id in {}",
+                src.json.display()
+            )
+        })?,
+        None => &coco.images[0],
+    };
+    let pixels = crate::data::image_io::decode_rgb(&src.images.join(&img.file_name))?;
+    let (w, h) = pixels.dimensions();
+    let scale = a
+        .scale
+        .unwrap_or_else(|| 512u32.div_ceil(w.max(h)).max(1))
+        .clamp(1, 64);
+    let (sw, sh) = (w * scale, h * scale);
+    if sw as u64 * sh as u64 > 100_000_000 {
+        bail!("--scale {scale} makes a {sw}x{sh} image; choose a smaller --scale");
+    }
+    // Nearest-neighbour upscaling keeps the pixels honest: the boxes are drawn on the real pixels.
+    let mut buf =
+        image::imageops::resize(&pixels, sw, sh, image::imageops::FilterType::Nearest).into_raw();
+    let cats = coco.category_map();
+    let anns: Vec<_> = coco
+        .annotations
+        .iter()
+        .filter(|x| x.image_id == img.id)
+        .collect();
+    crate::report::font::ensure_registered();
+    {
+        let root = BitMapBackend::with_buffer(&mut buf, (sw, sh)).into_drawing_area();
+        let font_px = (10 + sw / 60).min(28);
+        for an in &anns {
+            let k = cats.index_of(an.category_id).unwrap_or(0);
+            let colour = class_colour(k);
+            let s = scale as f64;
+            let [x, y, bw, bh] = an.bbox;
+            let (x0, y0) = ((x * s).round() as i32, (y * s).round() as i32);
+            let (x1, y1) = (
+                ((x + bw) * s).round() as i32 - 1,
+                ((y + bh) * s).round() as i32 - 1,
+            );
+            root.draw(&Rectangle::new(
+                [(x0, y0), (x1, y1)],
+                colour.stroke_width(2),
+            ))?;
+            let label = format!(
+                "{}{}",
+                coco.category_name(an.category_id).unwrap_or("?"),
+                if an.iscrowd != 0 { " (crowd)" } else { "" }
+            );
+            let style = ("sans-serif", font_px).into_font().color(&BLACK);
+            let (tw, th) = root.estimate_text_size(&label, &style)?;
+            let ty = if y0 >= th as i32 + 2 {
+                y0 - th as i32 - 2
+            } else {
+                y0 + 2
+            };
+            root.draw(&Rectangle::new(
+                [(x0, ty), (x0 + tw as i32 + 4, ty + th as i32 + 2)],
+                colour.filled(),
+            ))?;
+            root.draw(&Text::new(label, (x0 + 2, ty + 1), style))?;
+        }
+        root.present()?;
+    }
+    let out =
+        image::RgbImage::from_raw(sw, sh, buf).context("drawing buffer has the wrong size")?;
+    crate::data::image_io::write_png(&a.out, &out)?;
+    println!(
+        "wrote {} (image id {}, '{}', {} boxes, {}x upscaled)",
+        a.out.display(),
+        img.id,
+        img.file_name,
+        anns.len(),
+        scale
+    );
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn anchor_counts_by_hand() {
+        // 7 anchors, 2 objects, K = 3: anchors 0 and 3 on object 0, object 1 unmatched.
+        let m = [0, BACKGROUND, IGNORE, 0, BACKGROUND, BACKGROUND, IGNORE];
+        let c = AnchorCounts::from_matches(&m, 2, 3);
+        assert_eq!(
+            c,
+            AnchorCounts {
+                objects: 2,
+                positives: 2,
+                ignored: 2,
+                negatives: 3,
+                unmatched_objects: 1,
+                binary_positives: 2,
+                binary_negatives: 3 * 3 + 2 * 2,
+            }
+        );
+    }
+
+    #[test]
+    fn anchor_counts_on_a_constructed_image() {
+        // One box equal to a P3 anchor, with the matcher's default thresholds: every anchor with IoU
+        // >= 0.5 is positive, every one below 0.4 negative; count both by brute force.
+        let cfg = AnchorConfig::default();
+        let anchors = cfg.generate(128, 128);
+        let gt = [anchors.boxes[4 * 9 + 4]];
+        let m = Matcher::default().assign(&anchors.boxes, &gt);
+        let c = AnchorCounts::from_matches(&m, 1, 5);
+        let ious: Vec<f32> = anchors
+            .boxes
+            .iter()
+            .map(|b| crate::geometry::iou(b, &gt[0]))
+            .collect();
+        let pos = ious.iter().filter(|&&v| v >= 0.5).count();
+        let neg = ious.iter().filter(|&&v| v < 0.4).count();
+        assert!(pos >= 1);
+        assert_eq!((c.positives, c.negatives), (pos, neg));
+        assert_eq!(c.ignored, anchors.len() - pos - neg);
+        assert_eq!(c.binary_negatives, neg * 5 + pos * 4);
+    }
+
+    #[test]
+    fn ranges_parse() {
+        assert_eq!(parse_range("1-6"), Ok((1, 6)));
+        assert_eq!(parse_range("3"), Ok((3, 3)));
+        assert!(parse_range("6-1").is_err());
+        assert!(parse_range("a-b").is_err());
+    }
+}

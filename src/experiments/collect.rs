@@ -1,0 +1,282 @@
+//! Gathers the records of a sweep's finished runs into rows, per-variant means and standard
+//! deviations, and verdicts on the paper's findings.
+
+use super::runner::{read_record, run_dir, Job, RunRecord};
+use super::spec::{label_matches, ExperimentSpec, FindingKind, PaperRow};
+use anyhow::Result;
+use std::collections::BTreeMap;
+use std::path::Path;
+
+/// One finished run.
+#[derive(Debug, Clone)]
+pub struct Row {
+    pub job: Job,
+    pub record: RunRecord,
+}
+
+/// Mean and sample standard deviation (0 for a single value).
+#[derive(Debug, Clone, Copy, PartialEq, Default)]
+pub struct Stat {
+    pub mean: f64,
+    pub std: f64,
+}
+
+impl Stat {
+    pub fn of(values: &[f64]) -> Stat {
+        let n = values.len();
+        if n == 0 {
+            return Stat {
+                mean: f64::NAN,
+                std: f64::NAN,
+            };
+        }
+        let mean = values.iter().sum::<f64>() / n as f64;
+        let std = if n > 1 {
+            (values.iter().map(|v| (v - mean).powi(2)).sum::<f64>() / (n - 1) as f64).sqrt()
+        } else {
+            0.0
+        };
+        Stat { mean, std }
+    }
+}
+
+/// Per-variant summary over seeds.
+#[derive(Debug, Clone)]
+pub struct VariantSummary {
+    pub label: String,
+    pub runs: usize,
+    pub diverged: usize,
+    pub ap: Stat,
+    pub ap50: Stat,
+    pub ap75: Stat,
+    pub paper: Option<PaperRow>,
+    /// Value of the spec's x key for this variant, when numeric.
+    pub x: Option<f64>,
+    /// Value of the spec's series key, as text.
+    pub series: Option<String>,
+}
+
+/// A paper finding with our verdict.
+#[derive(Debug, Clone)]
+pub struct Verdict {
+    pub paper: String,
+    pub ours: String,
+    /// `None` when the runs needed are missing.
+    pub reproduced: Option<bool>,
+}
+
+/// Everything the report needs.
+#[derive(Debug, Clone)]
+pub struct Collected {
+    pub rows: Vec<Row>,
+    /// Config keys whose value differs between the runs (the knobs the sweep turns).
+    pub varying_keys: Vec<String>,
+    pub summaries: Vec<VariantSummary>,
+    pub verdicts: Vec<Verdict>,
+    pub missing: usize,
+}
+
+/// Reads whatever runs of `jobs` have finished under `out`.
+pub fn collect(spec: &ExperimentSpec, jobs: &[Job], out: &Path) -> Result<Collected> {
+    let mut rows = Vec::new();
+    let mut missing = 0;
+    for job in jobs {
+        match read_record(&run_dir(out, job))? {
+            Some(record) => rows.push(Row {
+                job: job.clone(),
+                record,
+            }),
+            None => missing += 1,
+        }
+    }
+    let varying_keys = varying_keys(jobs);
+    let mut labels: Vec<(usize, String)> =
+        jobs.iter().map(|j| (j.variant, j.label.clone())).collect();
+    labels.dedup();
+    let mut seen = std::collections::HashSet::new();
+    labels.retain(|l| seen.insert(l.1.clone()));
+    let summaries = labels
+        .iter()
+        .map(|(variant, label)| {
+            let runs: Vec<&Row> = rows.iter().filter(|r| &r.job.label == label).collect();
+            let pick =
+                |f: fn(&RunRecord) -> f64| runs.iter().map(|r| f(&r.record)).collect::<Vec<_>>();
+            let first = jobs.iter().find(|j| &j.label == label);
+            VariantSummary {
+                label: label.clone(),
+                runs: runs.len(),
+                diverged: runs.iter().filter(|r| r.record.diverged).count(),
+                ap: Stat::of(&pick(|r| r.ap)),
+                ap50: Stat::of(&pick(|r| r.ap50)),
+                ap75: Stat::of(&pick(|r| r.ap75)),
+                paper: spec.variants[*variant].paper,
+                x: spec
+                    .x
+                    .as_ref()
+                    .and_then(|x| first.and_then(|j| config_value(&j.config, &x.key)))
+                    .and_then(|v| v.parse().ok()),
+                series: spec
+                    .series_key
+                    .as_ref()
+                    .and_then(|k| first.and_then(|j| config_value(&j.config, k))),
+            }
+        })
+        .collect::<Vec<_>>();
+    let verdicts = spec
+        .findings
+        .iter()
+        .map(|f| judge(f.kind, &f.paper, &f.a, &f.b, &summaries))
+        .collect();
+    Ok(Collected {
+        rows,
+        varying_keys,
+        summaries,
+        verdicts,
+        missing,
+    })
+}
+
+fn judge(
+    kind: FindingKind,
+    paper: &str,
+    a: &[String],
+    b: &[String],
+    summaries: &[VariantSummary],
+) -> Verdict {
+    let matching = |patterns: &[String]| -> Vec<&VariantSummary> {
+        summaries
+            .iter()
+            .filter(|s| s.runs > 0 && patterns.iter().any(|p| label_matches(p, &s.label)))
+            .collect()
+    };
+    let best = |v: &[&VariantSummary]| {
+        v.iter()
+            .copied()
+            .max_by(|x, y| x.ap.mean.total_cmp(&y.ap.mean))
+            .cloned()
+    };
+    let (ga, gb) = (matching(a), matching(b));
+    let none = |why: &str| Verdict {
+        paper: paper.into(),
+        ours: why.into(),
+        reproduced: None,
+    };
+    match kind {
+        FindingKind::Beats => {
+            let (Some(x), Some(y)) = (best(&ga), best(&gb)) else {
+                return none("the runs needed have not finished");
+            };
+            let diff = x.ap.mean - y.ap.mean;
+            let spread = x.ap.std.max(y.ap.std);
+            let seeds = x.runs.min(y.runs);
+            let reproduced = diff > 0.0 && (seeds < 2 || diff > spread);
+            let spread_text = if seeds < 2 {
+                "one seed, so no seed spread".to_string()
+            } else {
+                format!("seed spread (largest std) {:.1}", 100.0 * spread)
+            };
+            Verdict {
+                paper: paper.into(),
+                ours: format!(
+                    "'{}' {:.1} AP vs '{}' {:.1} AP: difference {:+.1} ({spread_text})",
+                    x.label,
+                    100.0 * x.ap.mean,
+                    y.label,
+                    100.0 * y.ap.mean,
+                    100.0 * diff
+                ),
+                reproduced: Some(reproduced),
+            }
+        }
+        FindingKind::Collapses => {
+            let top = summaries
+                .iter()
+                .filter(|s| s.runs > 0)
+                .map(|s| s.ap.mean)
+                .fold(f64::NEG_INFINITY, f64::max);
+            if ga.is_empty() || !top.is_finite() {
+                return none("the runs needed have not finished");
+            }
+            let collapsed = ga
+                .iter()
+                .all(|s| s.diverged == s.runs || s.ap.mean < 0.5 * top);
+            let desc: Vec<String> = ga
+                .iter()
+                .map(|s| {
+                    if s.diverged == s.runs {
+                        format!("'{}' diverged", s.label)
+                    } else {
+                        format!("'{}' {:.1} AP", s.label, 100.0 * s.ap.mean)
+                    }
+                })
+                .collect();
+            Verdict {
+                paper: paper.into(),
+                ours: format!(
+                    "{} against the sweep's best {:.1} AP (collapse = diverged or below half the best)",
+                    desc.join(", "),
+                    100.0 * top
+                ),
+                reproduced: Some(collapsed),
+            }
+        }
+    }
+}
+
+/// Flattens a config to `key.sub -> value text`.
+pub fn flatten(config: &crate::config::Config) -> BTreeMap<String, String> {
+    fn walk(prefix: &str, v: &toml::Value, out: &mut BTreeMap<String, String>) {
+        match v {
+            toml::Value::Table(t) => {
+                for (k, v) in t {
+                    let key = if prefix.is_empty() {
+                        k.clone()
+                    } else {
+                        format!("{prefix}.{k}")
+                    };
+                    walk(&key, v, out);
+                }
+            }
+            toml::Value::String(s) => {
+                out.insert(prefix.to_string(), s.clone());
+            }
+            other => {
+                out.insert(prefix.to_string(), other.to_string());
+            }
+        }
+    }
+    let mut out = BTreeMap::new();
+    if let Ok(v) = toml::Value::try_from(config) {
+        walk("", &v, &mut out);
+    }
+    out
+}
+
+fn config_value(config: &crate::config::Config, key: &str) -> Option<String> {
+    flatten(config).remove(key)
+}
+
+fn varying_keys(jobs: &[Job]) -> Vec<String> {
+    let flat: Vec<BTreeMap<String, String>> = jobs.iter().map(|j| flatten(&j.config)).collect();
+    let Some(first) = flat.first() else {
+        return Vec::new();
+    };
+    first
+        .keys()
+        .filter(|k| k.as_str() != "seed" && flat.iter().any(|f| f.get(*k) != first.get(*k)))
+        .cloned()
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stat_is_mean_and_sample_std() {
+        let s = Stat::of(&[1.0, 2.0, 3.0, 4.0]);
+        assert_eq!(s.mean, 2.5);
+        assert!((s.std - (5.0f64 / 3.0).sqrt()).abs() < 1e-12);
+        assert_eq!(Stat::of(&[7.0]).std, 0.0);
+    }
+}

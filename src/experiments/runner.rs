@@ -1,0 +1,229 @@
+//! The sweep runner shared by every experiment: expands a spec into jobs (variant x seed), keys each
+//! job's run directory by the hash of its resolved config, reuses finished runs, lets the executor
+//! resume interrupted ones, records diverged runs and goes on, and splits work into shards.
+
+use super::spec::ExperimentSpec;
+use crate::config::Config;
+use anyhow::{bail, Context, Result};
+use serde::{Deserialize, Serialize};
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+/// One training run of a sweep.
+#[derive(Debug, Clone)]
+pub struct Job {
+    /// Index of the variant in the spec.
+    pub variant: usize,
+    pub label: String,
+    pub seed: u64,
+    pub overrides: Vec<String>,
+    pub config: Config,
+    pub hash: String,
+}
+
+/// What one finished run reports; stored as `result.json` in its run directory.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RunRecord {
+    pub ap: f64,
+    pub ap50: f64,
+    pub ap75: f64,
+    pub aps: f64,
+    pub apm: f64,
+    pub apl: f64,
+    pub final_loss_cls: f64,
+    pub final_loss_box: f64,
+    pub positives_per_image: f64,
+    pub iterations: usize,
+    pub wall_seconds: f64,
+    pub diverged: bool,
+    pub device: String,
+    pub version: String,
+    pub git_revision: String,
+}
+
+/// Trains and evaluates one job in its run directory. Implementations resume from a checkpoint
+/// in `run_dir` when one exists, and report divergence in the record instead of failing.
+pub trait Executor {
+    fn execute(&self, job: &Job, run_dir: &Path, quiet: bool) -> Result<RunRecord>;
+}
+
+/// Which part of a sweep this process runs: shard `index` of `count` (1-based on the command line).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Shard {
+    pub index: usize,
+    pub count: usize,
+}
+
+impl Shard {
+    pub const ALL: Shard = Shard { index: 0, count: 1 };
+
+    /// Parses `i/n` with 1 <= i <= n.
+    pub fn parse(text: &str) -> Result<Shard> {
+        let parsed = text.split_once('/').and_then(|(i, n)| {
+            Some((
+                i.trim().parse::<usize>().ok()?,
+                n.trim().parse::<usize>().ok()?,
+            ))
+        });
+        match parsed {
+            Some((i, n)) if n >= 1 && (1..=n).contains(&i) => Ok(Shard {
+                index: i - 1,
+                count: n,
+            }),
+            _ => bail!("--shard '{text}': expected i/n with 1 <= i <= n, e.g. 2/4"),
+        }
+    }
+
+    /// Jobs are dealt round-robin in spec order, so every shard gets a similar mix.
+    pub fn take(&self, jobs: Vec<Job>) -> Vec<Job> {
+        jobs.into_iter()
+            .enumerate()
+            .filter(|(i, _)| i % self.count == self.index)
+            .map(|(_, j)| j)
+            .collect()
+    }
+}
+
+/// Expands a spec into jobs: every variant (optionally crossed with `--alphas`) for seeds
+/// `0..seeds`, each a config resolved from the preset text, the spec's overrides, the variant's
+/// overrides, the user's `--set` overrides and the seed, in that order.
+pub fn expand(
+    spec: &ExperimentSpec,
+    preset_text: &str,
+    user_overrides: &[String],
+    alphas: &[f64],
+    seeds: usize,
+) -> Result<Vec<Job>> {
+    if seeds == 0 {
+        bail!("--seeds must be at least 1");
+    }
+    let mut variants: Vec<(usize, String, Vec<String>)> = Vec::new();
+    for (i, v) in spec.variants.iter().enumerate() {
+        if alphas.is_empty() {
+            variants.push((i, v.label.clone(), v.set.clone()));
+        } else {
+            for a in alphas {
+                if !(0.0..=1.0).contains(a) {
+                    bail!("--alphas: {a} is outside [0, 1]");
+                }
+                let mut set: Vec<String> = v
+                    .set
+                    .iter()
+                    .filter(|s| !s.trim_start().starts_with("loss.alpha"))
+                    .cloned()
+                    .collect();
+                set.push(format!("loss.alpha={a:?}"));
+                variants.push((i, format!("{} | alpha {a}", v.label), set));
+            }
+        }
+    }
+    let mut jobs = Vec::new();
+    for seed in 0..seeds as u64 {
+        for (variant, label, set) in &variants {
+            let mut overrides: Vec<String> = spec.set.clone();
+            overrides.extend(set.iter().cloned());
+            overrides.extend(user_overrides.iter().cloned());
+            overrides.push(format!("seed={seed}"));
+            let config = Config::from_toml_str(preset_text, &overrides)
+                .with_context(|| format!("variant '{label}' of {}", spec.name))?;
+            let hash = config.hash()?;
+            jobs.push(Job {
+                variant: *variant,
+                label: label.clone(),
+                seed,
+                overrides,
+                config,
+                hash,
+            });
+        }
+    }
+    Ok(jobs)
+}
+
+/// The run directory of a job inside a sweep's output folder.
+pub fn run_dir(out: &Path, job: &Job) -> PathBuf {
+    out.join("runs").join(&job.hash)
+}
+
+const RESULT_FILE: &str = "result.json";
+
+/// Reads a finished run's record, if the run finished.
+pub fn read_record(run_dir: &Path) -> Result<Option<RunRecord>> {
+    let path = run_dir.join(RESULT_FILE);
+    if !path.exists() {
+        return Ok(None);
+    }
+    let text = std::fs::read_to_string(&path)
+        .with_context(|| format!("cannot read {}", path.display()))?;
+    let record = serde_json::from_str(&text)
+        .with_context(|| format!("{} is not a run record", path.display()))?;
+    Ok(Some(record))
+}
+
+/// Outcome of [`run_jobs`].
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct SweepProgress {
+    pub reused: usize,
+    pub trained: usize,
+    pub diverged: usize,
+}
+
+/// Runs every job that has no record yet; finished runs are reused. Each record is written
+/// atomically after its run, so a killed sweep loses at most the run in progress.
+pub fn run_jobs(
+    jobs: &[Job],
+    out: &Path,
+    executor: &dyn Executor,
+    quiet: bool,
+) -> Result<SweepProgress> {
+    let mut progress = SweepProgress::default();
+    let todo: Vec<&Job> = jobs
+        .iter()
+        .filter(|j| !run_dir(out, j).join(RESULT_FILE).exists())
+        .collect();
+    progress.reused = jobs.len() - todo.len();
+    let bar = crate::report::progress::bar(todo.len() as u64, "runs", quiet);
+    let start = Instant::now();
+    for (k, job) in todo.iter().enumerate() {
+        bar.set_message(format!("{} (seed {})", job.label, job.seed));
+        let dir = run_dir(out, job);
+        std::fs::create_dir_all(&dir)
+            .with_context(|| format!("cannot create {}", dir.display()))?;
+        crate::util::write_atomic(&dir.join("job.toml"), job_manifest(job)?.as_bytes())?;
+        let record = executor.execute(job, &dir, quiet).with_context(|| {
+            format!("run '{}' seed {} in {}", job.label, job.seed, dir.display())
+        })?;
+        crate::util::write_atomic(&dir.join(RESULT_FILE), &serde_json::to_vec_pretty(&record)?)?;
+        progress.trained += 1;
+        progress.diverged += record.diverged as usize;
+        bar.inc(1);
+        if quiet {
+            continue;
+        }
+        let per_run = start.elapsed().as_secs_f64() / (k + 1) as f64;
+        bar.println(format!(
+            "[{}/{}] {} seed {}: AP {:.3}{} ({:.0} s; about {:.0} min left)",
+            k + 1,
+            todo.len(),
+            job.label,
+            job.seed,
+            record.ap,
+            if record.diverged { ", diverged" } else { "" },
+            record.wall_seconds,
+            per_run * (todo.len() - k - 1) as f64 / 60.0
+        ));
+    }
+    bar.finish_and_clear();
+    Ok(progress)
+}
+
+/// What produced a run: label, seed, overrides and the resolved config.
+fn job_manifest(job: &Job) -> Result<String> {
+    Ok(format!(
+        "# label: {}\n# seed: {}\n# overrides: {}\n{}",
+        job.label,
+        job.seed,
+        job.overrides.join(" "),
+        job.config.to_toml()?
+    ))
+}

@@ -1,0 +1,477 @@
+//! Files of a sweep: `results.csv`, `summary.csv`, `ap.png`, `ap_bars.png`, `loss_curves.png`, `summary.md`.
+
+use super::plot::{write_line_chart, LineChart, Series, PALETTE};
+use crate::experiments::collect::{flatten, Collected};
+use crate::experiments::runner::run_dir;
+use crate::experiments::spec::ExperimentSpec;
+use anyhow::{anyhow, Context, Result};
+use plotters::prelude::*;
+use std::fmt::Write as _;
+use std::path::Path;
+
+/// Writes every output of a sweep into `out` (each file atomically).
+pub fn write_all(
+    spec: &ExperimentSpec,
+    c: &Collected,
+    out: &Path,
+    context_note: &str,
+) -> Result<()> {
+    write_results_csv(&out.join("results.csv"), spec, c)?;
+    write_summary_csv(&out.join("summary.csv"), c)?;
+    if c.rows.is_empty() {
+        return write_summary_md(&out.join("summary.md"), spec, c, context_note);
+    }
+    write_ap_figure(&out.join("ap.png"), spec, c)?;
+    write_ap_bars(&out.join("ap_bars.png"), spec, c)?;
+    write_loss_curves(&out.join("loss_curves.png"), spec, c, out)?;
+    write_summary_md(&out.join("summary.md"), spec, c, context_note)
+}
+
+fn csv_bytes(build: impl FnOnce(&mut csv::Writer<Vec<u8>>) -> csv::Result<()>) -> Result<Vec<u8>> {
+    let mut w = csv::Writer::from_writer(Vec::new());
+    build(&mut w)?;
+    w.into_inner().context("cannot finish CSV")
+}
+
+pub fn write_results_csv(path: &Path, spec: &ExperimentSpec, c: &Collected) -> Result<()> {
+    let bytes = csv_bytes(|w| {
+        let mut header: Vec<String> = vec![
+            "experiment".into(),
+            "label".into(),
+            "seed".into(),
+            "config_hash".into(),
+        ];
+        header.extend(c.varying_keys.iter().cloned());
+        header.extend(
+            [
+                "ap",
+                "ap50",
+                "ap75",
+                "aps",
+                "apm",
+                "apl",
+                "final_loss_cls",
+                "final_loss_box",
+                "positives_per_image",
+                "iterations",
+                "wall_seconds",
+                "device",
+                "diverged",
+                "version",
+                "git_revision",
+            ]
+            .map(String::from),
+        );
+        w.write_record(&header)?;
+        for row in &c.rows {
+            let flat = flatten(&row.job.config);
+            let r = &row.record;
+            let mut rec = vec![
+                spec.name.clone(),
+                row.job.label.clone(),
+                row.job.seed.to_string(),
+                row.job.hash.clone(),
+            ];
+            rec.extend(
+                c.varying_keys
+                    .iter()
+                    .map(|k| flat.get(k).cloned().unwrap_or_default()),
+            );
+            rec.extend([
+                format!("{:.6}", r.ap),
+                format!("{:.6}", r.ap50),
+                format!("{:.6}", r.ap75),
+                format!("{:.6}", r.aps),
+                format!("{:.6}", r.apm),
+                format!("{:.6}", r.apl),
+                format!("{:.6}", r.final_loss_cls),
+                format!("{:.6}", r.final_loss_box),
+                format!("{:.3}", r.positives_per_image),
+                r.iterations.to_string(),
+                format!("{:.1}", r.wall_seconds),
+                r.device.clone(),
+                r.diverged.to_string(),
+                r.version.clone(),
+                r.git_revision.clone(),
+            ]);
+            w.write_record(&rec)?;
+        }
+        Ok(())
+    })?;
+    crate::util::write_atomic(path, &bytes)
+}
+
+pub fn write_summary_csv(path: &Path, c: &Collected) -> Result<()> {
+    let bytes = csv_bytes(|w| {
+        w.write_record([
+            "label",
+            "runs",
+            "diverged",
+            "ap_mean",
+            "ap_std",
+            "ap50_mean",
+            "ap50_std",
+            "ap75_mean",
+            "ap75_std",
+            "paper_ap",
+            "paper_ap50",
+            "paper_ap75",
+        ])?;
+        for s in &c.summaries {
+            let p = |f: fn(&crate::experiments::spec::PaperRow) -> f64| {
+                s.paper
+                    .as_ref()
+                    .map(|r| format!("{:.1}", f(r)))
+                    .unwrap_or_default()
+            };
+            let stat = |v: f64| {
+                if v.is_finite() {
+                    format!("{v:.6}")
+                } else {
+                    String::new()
+                }
+            };
+            w.write_record([
+                s.label.clone(),
+                s.runs.to_string(),
+                s.diverged.to_string(),
+                stat(s.ap.mean),
+                stat(s.ap.std),
+                stat(s.ap50.mean),
+                stat(s.ap50.std),
+                stat(s.ap75.mean),
+                stat(s.ap75.std),
+                p(|r| r.ap),
+                p(|r| r.ap50),
+                p(|r| r.ap75),
+            ])?;
+        }
+        Ok(())
+    })?;
+    crate::util::write_atomic(path, &bytes)
+}
+
+/// AP against the spec's x key, one series per value of the series key, with the paper's AP dashed-in
+/// as its own series for comparison.
+fn write_ap_figure(path: &Path, spec: &ExperimentSpec, c: &Collected) -> Result<()> {
+    let Some(x) = &spec.x else {
+        return Ok(());
+    };
+    let mut groups: Vec<(String, Vec<&crate::experiments::collect::VariantSummary>)> = Vec::new();
+    for s in c.summaries.iter().filter(|s| s.runs > 0 && s.x.is_some()) {
+        let key = s.series.clone().unwrap_or_default();
+        match groups.iter_mut().find(|g| g.0 == key) {
+            Some(g) => g.1.push(s),
+            None => groups.push((key, vec![s])),
+        }
+    }
+    let fx = |v: f64| if x.log { v.max(1e-6).log10() } else { v };
+    let mut series = Vec::new();
+    for (key, mut members) in groups {
+        members.sort_by(|a, b| a.x.unwrap_or(0.0).total_cmp(&b.x.unwrap_or(0.0)));
+        let name = |what: &str| {
+            if key.is_empty() {
+                what.to_string()
+            } else {
+                format!(
+                    "{what}, {} = {key}",
+                    spec.series_key.as_deref().unwrap_or("")
+                )
+            }
+        };
+        series.push(Series {
+            label: name("fl-lab (mean ± std over seeds)"),
+            points: members
+                .iter()
+                .map(|s| (fx(s.x.unwrap_or(0.0)), 100.0 * s.ap.mean))
+                .collect(),
+            y_err: Some(members.iter().map(|s| 100.0 * s.ap.std).collect()),
+            markers: true,
+        });
+        let paper: Vec<(f64, f64)> = members
+            .iter()
+            .filter_map(|s| s.paper.map(|p| (fx(s.x.unwrap_or(0.0)), p.ap)))
+            .collect();
+        if !paper.is_empty() {
+            series.push(Series {
+                label: name("paper"),
+                points: paper,
+                y_err: None,
+                markers: true,
+            });
+        }
+    }
+    let chart = LineChart {
+        title: format!("{}: AP vs {}", spec.title, x.label),
+        x_label: if x.log {
+            format!("log10 {}", x.label)
+        } else {
+            x.label.clone()
+        },
+        y_label: "AP (COCO, %)".into(),
+        x_range: None,
+        y_range: None,
+        series,
+    };
+    write_line_chart(path, &chart)
+}
+
+/// One bar per variant (mean AP, error bar = std over seeds), the paper's AP as a hollow bar beside it.
+fn write_ap_bars(path: &Path, spec: &ExperimentSpec, c: &Collected) -> Result<()> {
+    super::font::ensure_registered();
+    let tmp = crate::util::temp_beside(path);
+    let items: Vec<_> = c.summaries.iter().collect();
+    let n = items.len();
+    let top = items
+        .iter()
+        .flat_map(|s| {
+            [
+                100.0 * (s.ap.mean + s.ap.std),
+                s.paper.map(|p| p.ap).unwrap_or(0.0),
+            ]
+        })
+        .filter(|v| v.is_finite())
+        .fold(1.0f64, f64::max)
+        * 1.15;
+    let draw = || -> Result<()> {
+        let root = BitMapBackend::new(&tmp, (1400, 900)).into_drawing_area();
+        root.fill(&WHITE).map_err(|e| anyhow!("{e}"))?;
+        let mut chart = ChartBuilder::on(&root)
+            .caption(
+                format!("{}: AP per variant", spec.title),
+                ("sans-serif", 26),
+            )
+            .margin(20)
+            .x_label_area_size(220)
+            .y_label_area_size(80)
+            .build_cartesian_2d(0.0..n as f64, 0.0..top)
+            .map_err(|e| anyhow!("{e}"))?;
+        let labels: Vec<String> = items.iter().map(|s| s.label.clone()).collect();
+        chart
+            .configure_mesh()
+            .disable_x_mesh()
+            .x_labels(n)
+            .x_label_formatter(&|v| {
+                let i = v.floor() as usize;
+                if (v - i as f64 - 0.5).abs() < 1e-6 {
+                    labels.get(i).cloned().unwrap_or_default()
+                } else {
+                    String::new()
+                }
+            })
+            .x_label_style(
+                ("sans-serif", 16)
+                    .into_font()
+                    .transform(FontTransform::Rotate90),
+            )
+            .y_desc("AP (COCO, %)")
+            .axis_desc_style(("sans-serif", 22))
+            .label_style(("sans-serif", 18))
+            .draw()
+            .map_err(|e| anyhow!("{e}"))?;
+        let ours = PALETTE[0];
+        let paper = PALETTE[1];
+        chart
+            .draw_series(
+                items
+                    .iter()
+                    .enumerate()
+                    .filter(|(_, s)| s.ap.mean.is_finite())
+                    .map(|(i, s)| {
+                        Rectangle::new(
+                            [(i as f64 + 0.1, 0.0), (i as f64 + 0.5, 100.0 * s.ap.mean)],
+                            ours.filled(),
+                        )
+                    }),
+            )
+            .map_err(|e| anyhow!("{e}"))?
+            .label("fl-lab (mean over seeds)")
+            .legend(move |(x, y)| Rectangle::new([(x, y - 6), (x + 18, y + 6)], ours.filled()));
+        chart
+            .draw_series(
+                items
+                    .iter()
+                    .enumerate()
+                    .filter(|(_, s)| s.ap.mean.is_finite())
+                    .map(|(i, s)| {
+                        let x = i as f64 + 0.3;
+                        let (m, e) = (100.0 * s.ap.mean, 100.0 * s.ap.std);
+                        ErrorBar::new_vertical(x, m - e, m, m + e, BLACK.stroke_width(2), 10)
+                    }),
+            )
+            .map_err(|e| anyhow!("{e}"))?;
+        chart
+            .draw_series(items.iter().enumerate().filter_map(|(i, s)| {
+                s.paper.map(|p| {
+                    Rectangle::new(
+                        [(i as f64 + 0.5, 0.0), (i as f64 + 0.9, p.ap)],
+                        paper.stroke_width(3),
+                    )
+                })
+            }))
+            .map_err(|e| anyhow!("{e}"))?
+            .label("paper")
+            .legend(move |(x, y)| {
+                Rectangle::new([(x, y - 6), (x + 18, y + 6)], paper.stroke_width(3))
+            });
+        chart
+            .configure_series_labels()
+            .background_style(WHITE.mix(0.85))
+            .border_style(BLACK)
+            .label_font(("sans-serif", 20))
+            .position(SeriesLabelPosition::UpperRight)
+            .draw()
+            .map_err(|e| anyhow!("{e}"))?;
+        root.present().map_err(|e| anyhow!("{e}"))?;
+        Ok(())
+    };
+    match draw().with_context(|| format!("cannot draw {}", path.display())) {
+        Ok(()) => crate::util::commit_temp(&tmp, path),
+        Err(e) => {
+            let _ = std::fs::remove_file(&tmp);
+            Err(e)
+        }
+    }
+}
+
+/// Training classification loss of the first seed of each variant, overlaid.
+fn write_loss_curves(path: &Path, spec: &ExperimentSpec, c: &Collected, out: &Path) -> Result<()> {
+    let mut series = Vec::new();
+    for s in &c.summaries {
+        let Some(row) = c
+            .rows
+            .iter()
+            .filter(|r| r.job.label == s.label)
+            .min_by_key(|r| r.job.seed)
+        else {
+            continue;
+        };
+        let metrics = run_dir(out, &row.job).join("metrics.csv");
+        let Ok(points) = read_loss_curve(&metrics) else {
+            continue;
+        };
+        if !points.is_empty() {
+            series.push(Series {
+                label: s.label.clone(),
+                points,
+                ..Default::default()
+            });
+        }
+    }
+    if series.is_empty() {
+        return Ok(());
+    }
+    let chart = LineChart {
+        title: format!(
+            "{}: training classification loss (seed 0, smoothed)",
+            spec.title
+        ),
+        x_label: "iteration".into(),
+        y_label: "classification loss".into(),
+        x_range: None,
+        y_range: None,
+        series,
+    };
+    write_line_chart(path, &chart)
+}
+
+/// (iteration, loss_cls) from a run's metrics.csv, smoothed by a running mean over 5% of the run.
+fn read_loss_curve(path: &Path) -> Result<Vec<(f64, f64)>> {
+    let mut r = csv::Reader::from_path(path)?;
+    let h = r.headers()?.clone();
+    let col = |name: &str| {
+        h.iter()
+            .position(|x| x == name)
+            .ok_or_else(|| anyhow!("no column {name}"))
+    };
+    let (ci, cl) = (col("iteration")?, col("loss_cls")?);
+    let mut raw = Vec::new();
+    for rec in r.records() {
+        let rec = rec?;
+        let (Some(i), Some(l)) = (rec.get(ci), rec.get(cl)) else {
+            continue;
+        };
+        if let (Ok(i), Ok(l)) = (i.parse::<f64>(), l.parse::<f64>()) {
+            if l.is_finite() {
+                raw.push((i, l));
+            }
+        }
+    }
+    let w = (raw.len() / 20).max(1);
+    Ok(raw
+        .windows(w)
+        .step_by((w / 2).max(1))
+        .map(|win| {
+            (
+                win[win.len() - 1].0,
+                win.iter().map(|p| p.1).sum::<f64>() / win.len() as f64,
+            )
+        })
+        .collect())
+}
+
+pub fn write_summary_md(
+    path: &Path,
+    spec: &ExperimentSpec,
+    c: &Collected,
+    context_note: &str,
+) -> Result<()> {
+    let mut s = String::new();
+    let _ = writeln!(s, "# {}\n", spec.title);
+    let _ = writeln!(s, "Paper: {}.\n", spec.paper);
+    if !context_note.is_empty() {
+        let _ = writeln!(s, "{context_note}\n");
+    }
+    let seeds = c.summaries.iter().map(|v| v.runs).max().unwrap_or(0);
+    let _ = writeln!(
+        s,
+        "{} finished runs ({} seeds at most per variant){}. AP is COCO AP in percent; ours is mean ± std over seeds.\n",
+        c.rows.len(),
+        seeds,
+        if c.missing > 0 { format!(", {} runs not finished yet", c.missing) } else { String::new() }
+    );
+    let _ = writeln!(
+        s,
+        "| variant | paper AP | paper AP50 | paper AP75 | AP | AP50 | AP75 | runs | diverged |"
+    );
+    let _ = writeln!(s, "|---|---|---|---|---|---|---|---|---|");
+    let pm = |v: &crate::experiments::collect::Stat| {
+        if v.mean.is_finite() {
+            format!("{:.1} ± {:.1}", 100.0 * v.mean, 100.0 * v.std)
+        } else {
+            "–".into()
+        }
+    };
+    for v in &c.summaries {
+        let (a, b, cc) = match v.paper {
+            Some(p) => (
+                format!("{:.1}", p.ap),
+                format!("{:.1}", p.ap50),
+                format!("{:.1}", p.ap75),
+            ),
+            None => ("–".into(), "–".into(), "–".into()),
+        };
+        let _ = writeln!(
+            s,
+            "| {} | {a} | {b} | {cc} | {} | {} | {} | {} | {} |",
+            v.label,
+            pm(&v.ap),
+            pm(&v.ap50),
+            pm(&v.ap75),
+            v.runs,
+            v.diverged
+        );
+    }
+    if !c.verdicts.is_empty() {
+        let _ = writeln!(s, "\n## The paper's findings\n");
+        for v in &c.verdicts {
+            let verdict = match v.reproduced {
+                Some(true) => "**Reproduced.**",
+                Some(false) => "**Not reproduced.**",
+                None => "**Not yet known.**",
+            };
+            let _ = writeln!(s, "- Paper: {}. {verdict} Ours: {}.", v.paper, v.ours);
+        }
+    }
+    crate::util::write_atomic(path, s.as_bytes())
+}
