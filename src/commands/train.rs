@@ -1,8 +1,10 @@
 //! `fl-lab train`: train one RetinaNet from a preset plus overrides, into `runs/<name>/`.
 
 use crate::config::Config;
+use crate::data::loader::{Dataset, LoaderConfig};
+use crate::train::dataset_source::DatasetSource;
 use crate::train::{train, RandomSource, TrainOptions};
-use anyhow::{bail, Result};
+use anyhow::{bail, Context, Result};
 use std::path::{Path, PathBuf};
 
 #[derive(Debug, clap::Args)]
@@ -70,12 +72,37 @@ pub fn run(args: Args, quiet: bool) -> Result<()> {
     Ok(())
 }
 
-/// Datasets on disk need the data loader, which this build does not have yet.
-fn dataset_source(cfg: &Config, _quiet: bool) -> Result<RandomSource> {
-    bail!(
-        "data.source = '{}': only 'random' is available in this build",
-        cfg.data.source
-    )
+/// Opens the configured dataset and checks it against the model.
+fn dataset_source(cfg: &Config, quiet: bool) -> Result<DatasetSource> {
+    let source = match cfg.data.source.as_str() {
+        "builtin" => crate::data::resolve(None, None, crate::data::Split::Train, quiet)?,
+        path => {
+            let images = (!cfg.data.images.is_empty()).then(|| Path::new(&cfg.data.images));
+            crate::data::resolve(
+                Some(Path::new(path)),
+                images,
+                crate::data::Split::Train,
+                quiet,
+            )
+            .with_context(|| format!("data.source = '{path}'"))?
+        }
+    };
+    let loader = LoaderConfig {
+        input_size: cfg.data.input_size,
+        hflip: cfg.data.flip,
+        ..Default::default()
+    };
+    let ds = Dataset::open(&source, loader)?;
+    if ds.num_classes() != cfg.model.num_classes {
+        bail!(
+            "model.num_classes = {} but the dataset {} has {} categories; pass --set model.num_classes={}",
+            cfg.model.num_classes,
+            source.json.display(),
+            ds.num_classes(),
+            ds.num_classes()
+        );
+    }
+    DatasetSource::new(ds, cfg.data.max_images, cfg.seed, cfg.data.flip)
 }
 
 /// Prints the outcome table on stdout.

@@ -1,5 +1,6 @@
 //! Training: SGD with momentum, the learning-rate schedule, targets, losses and the resumable loop.
 
+pub mod dataset_source;
 pub mod objective;
 pub mod schedule;
 pub mod sgd;
