@@ -5,3 +5,4 @@ pub mod data;
 pub mod eval;
 pub mod loss_cdf;
 pub mod loss_curves;
+pub mod train;
