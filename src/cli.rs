@@ -39,6 +39,8 @@ pub enum Command {
     LossCurves(crate::commands::loss_curves::Args),
     /// Speed measurements: sgemm peak, per-layer convolution kernels vs candle's.
     Bench(crate::commands::bench::Args),
+    /// Train a RetinaNet from a preset and overrides into runs/<name>/.
+    Train(crate::commands::train::Args),
 }
 
 /// Parses the command line and runs the chosen command.
@@ -55,5 +57,6 @@ pub fn try_main() -> Result<()> {
         Command::OhemVsFocal(args) => crate::commands::sweep::run("ohem-vs-focal", args, quiet),
         Command::LossCurves(args) => crate::commands::loss_curves::run(args, quiet),
         Command::Bench(args) => crate::commands::bench::run(args, quiet),
+        Command::Train(args) => crate::commands::train::run(args, quiet),
     }
 }

@@ -12,6 +12,8 @@ pub mod experiments;
 pub mod geometry;
 pub mod infer;
 pub mod loss;
+pub mod model;
 pub mod ops;
 pub mod report;
+pub mod train;
 pub mod util;

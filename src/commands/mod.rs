@@ -6,3 +6,4 @@ pub mod eval;
 pub mod loss_cdf;
 pub mod loss_curves;
 pub mod sweep;
+pub mod train;

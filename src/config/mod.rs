@@ -184,32 +184,34 @@ impl AnchorsConfig {
     }
 }
 
-/// Which anchors are forced positive when their best IoU is below `fg_iou`.
+/// Which anchors are forced positive when their best IoU is below `pos_iou`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum LowQualityKind {
     /// The paper: no extra positives.
     None,
-    /// Detectron: the best anchor for each box, only if its IoU is at least `bg_iou`.
+    /// Detectron: the best anchor for each box, only if its IoU is at least `neg_iou`.
     Detectron,
     /// detectron2 / torchvision: the best anchor(s) for each box at any IoU.
-    All,
+    Any,
 }
 
 /// Anchor-to-box assignment (paper §4: IoU >= 0.5 object, < 0.4 background, between ignored).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct MatcherConfig {
-    pub fg_iou: f64,
-    pub bg_iou: f64,
+    /// Anchors with best IoU >= pos_iou are foreground.
+    pub pos_iou: f64,
+    /// Anchors with best IoU < neg_iou are background; the band between is ignored.
+    pub neg_iou: f64,
     pub low_quality: LowQualityKind,
 }
 
 impl Default for MatcherConfig {
     fn default() -> Self {
         MatcherConfig {
-            fg_iou: 0.5,
-            bg_iou: 0.4,
+            pos_iou: 0.5,
+            neg_iou: 0.4,
             low_quality: LowQualityKind::Detectron,
         }
     }
@@ -323,14 +325,15 @@ impl Default for ScheduleConfig {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct DataConfig {
-    /// `builtin` (the synthetic dataset) or a path to a COCO-format annotation JSON.
+    /// `builtin` (the generated shapes benchmark), a COCO-format annotation JSON (or a directory
+    /// holding `train.json`), or `random` (noise images with random boxes: for timing only).
     pub source: String,
-    /// Image directory for a COCO source ("" = beside the JSON).
+    /// Image directory for a COCO source ("" = the loader's default for that JSON).
     pub images: String,
     /// Square input side in pixels; a multiple of 32.
     pub input_size: usize,
-    /// Images in the built-in synthetic dataset.
-    pub builtin_images: usize,
+    /// Train on only the first this many images (0: all), e.g. for smoke runs.
+    pub max_images: usize,
     /// Random horizontal flip (the paper's only augmentation).
     pub flip: bool,
 }
@@ -341,7 +344,7 @@ impl Default for DataConfig {
             source: "builtin".into(),
             images: String::new(),
             input_size: 128,
-            builtin_images: 512,
+            max_images: 0,
             flip: true,
         }
     }
@@ -432,7 +435,7 @@ impl Config {
                 depths.len()
             );
         }
-        if depths.iter().any(|&d| d == 0) {
+        if depths.contains(&0) {
             bail!("model.depths: every stage needs at least one block, got {depths:?}");
         }
         positive("model.width", m.width)?;
@@ -471,11 +474,11 @@ impl Config {
             positive("anchors.aspect_ratios", *r)?;
         }
         let mt = &self.matcher;
-        if !(mt.bg_iou > 0.0 && mt.bg_iou <= mt.fg_iou && mt.fg_iou <= 1.0) {
+        if !(mt.neg_iou > 0.0 && mt.neg_iou <= mt.pos_iou && mt.pos_iou <= 1.0) {
             bail!(
-                "matcher: need 0 < bg_iou <= fg_iou <= 1, got bg_iou = {} and fg_iou = {}",
-                mt.bg_iou,
-                mt.fg_iou
+                "matcher.neg_iou / matcher.pos_iou: need 0 < neg_iou <= pos_iou <= 1, got {} and {}",
+                mt.neg_iou,
+                mt.pos_iou
             );
         }
         let l = &self.loss;
@@ -547,9 +550,6 @@ impl Config {
                 "data.input_size must be a positive multiple of {stride} (the C5 stride), got {}",
                 d.input_size
             );
-        }
-        if d.source == "builtin" {
-            nonzero("data.builtin_images", d.builtin_images)?;
         }
         nonzero("train.log_every", self.train.log_every)?;
         if self.device.trim().is_empty() {

@@ -17,12 +17,13 @@ impl Executor for TrainAndEvaluate {
         let mut source = crate::train::dataset_source::open(cfg, Split::Train, quiet)?;
         let opts = crate::train::TrainOptions {
             run_dir: run_dir.to_path_buf(),
-            resume: true,
+            resume: run_dir.join("checkpoint.json").exists(),
             quiet,
             stop_after: None,
         };
         let summary = crate::train::train(cfg, &mut source, &device, &opts)?;
-        let positives_per_image = positives_per_image(&run_dir.join("metrics.csv"), cfg.schedule.batch_size);
+        let positives_per_image =
+            positives_per_image(&run_dir.join("metrics.csv"), cfg.schedule.batch_size);
         let mut record = RunRecord {
             ap: 0.0,
             ap50: 0.0,
@@ -46,7 +47,8 @@ impl Executor for TrainAndEvaluate {
         let model = crate::model::RetinaNet::load(&run_dir.join("model.safetensors"), &device)
             .with_context(|| format!("cannot load the trained model of {}", run_dir.display()))?;
         let val = crate::train::dataset_source::open_dataset(cfg, Split::Val, quiet)?;
-        let dets = crate::infer::model::detect_dataset(&model, &val, &InferConfig::default(), 16, quiet)?;
+        let dets =
+            crate::infer::model::detect_dataset(&model, &val, &InferConfig::default(), 16, quiet)?;
         crate::eval::results::save_results(&run_dir.join("detections.json"), &dets)?;
         let ev = crate::eval::coco::evaluate(&val.coco, &dets)?;
         let s = &ev.stats;
@@ -56,14 +58,17 @@ impl Executor for TrainAndEvaluate {
         record.aps = s[3];
         record.apm = s[4];
         record.apl = s[5];
-        crate::util::write_atomic(&run_dir.join("eval.txt"), ev.summary_lines().join("\n").as_bytes())?;
+        crate::util::write_atomic(
+            &run_dir.join("eval.txt"),
+            ev.summary_lines().join("\n").as_bytes(),
+        )?;
         Ok(record)
     }
 }
 
 /// Mean positive anchors per image over the run's logged iterations.
 fn positives_per_image(metrics: &Path, batch_size: usize) -> f64 {
-    let Ok(rows) = crate::train::read_metrics(metrics) else {
+    let Ok(rows) = crate::train::trainer::read_metrics(metrics) else {
         return f64::NAN;
     };
     if rows.is_empty() || batch_size == 0 {

@@ -43,15 +43,9 @@ pub const BUILTIN_SPECS: [(&str, &str); 4] = [
 
 /// Training presets: `smoke` (seconds per run, for tests), `cpu` (the default), `paper` (GPU).
 pub const BUILTIN_PRESETS: [(&str, &str); 3] = [
-    (
-        "smoke",
-        include_str!("../../experiments/presets/smoke.toml"),
-    ),
-    ("cpu", include_str!("../../experiments/presets/cpu.toml")),
-    (
-        "paper",
-        include_str!("../../experiments/presets/paper.toml"),
-    ),
+    ("smoke", include_str!("../../experiments/smoke.toml")),
+    ("cpu", include_str!("../../experiments/cpu.toml")),
+    ("paper", include_str!("../../experiments/paper.toml")),
 ];
 
 #[derive(Debug, Clone, Deserialize)]

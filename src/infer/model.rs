@@ -2,9 +2,9 @@
 //! back to original image coordinates, COCO result records.
 
 use super::{coco_results_with_map, detect_image, InferConfig};
-use crate::geometry::coder::BoxCoder;
 use crate::data::loader::Dataset;
 use crate::eval::results::Detection as CocoDetection;
+use crate::geometry::coder::BoxCoder;
 use crate::model::RetinaNet;
 use anyhow::{Context, Result};
 

@@ -1,0 +1,113 @@
+//! `fl-lab train`: train one RetinaNet from a preset plus overrides, into `runs/<name>/`.
+
+use crate::config::Config;
+use crate::train::{train, RandomSource, TrainOptions};
+use anyhow::{bail, Result};
+use std::path::{Path, PathBuf};
+
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    /// Preset to start from (TOML; every key has a default).
+    #[arg(long, default_value = "experiments/cpu.toml")]
+    pub config: PathBuf,
+    /// Override one key, e.g. `--set loss.gamma=0 --set schedule.lr=5e-3` (value parsed as TOML).
+    #[arg(long = "set", value_name = "KEY=VALUE")]
+    pub set: Vec<String>,
+    /// Run name: the output goes to `<runs-dir>/<name>/` (default: preset name and config hash).
+    #[arg(long)]
+    pub name: Option<String>,
+    /// Continue the run from its last checkpoint (the config must be the same).
+    #[arg(long)]
+    pub resume: bool,
+    /// cpu, cuda or cuda:N (overrides the config's `device`).
+    #[arg(long)]
+    pub device: Option<String>,
+    /// Where run directories are created.
+    #[arg(long, default_value = "runs")]
+    pub runs_dir: PathBuf,
+    /// Stop after this many iterations without a final checkpoint, as an interruption would.
+    #[arg(long, hide = true)]
+    pub stop_after: Option<usize>,
+}
+
+/// The top-level entry point for `fl-lab train`.
+pub fn run(args: Args, quiet: bool) -> Result<()> {
+    let mut sets = args.set.clone();
+    if let Some(d) = &args.device {
+        sets.push(format!("device=\"{d}\""));
+    }
+    let cfg = Config::load(&args.config, &sets)?;
+    let device = crate::device::parse_device(&cfg.device)?;
+    let name = match &args.name {
+        Some(n) => {
+            if n.is_empty() || n.contains(['/', '\\']) || n == "." || n == ".." {
+                bail!("--name '{n}': use a plain directory name");
+            }
+            n.clone()
+        }
+        None => default_name(&args.config, &cfg)?,
+    };
+    let run_dir = args.runs_dir.join(&name);
+
+    let opts = TrainOptions {
+        run_dir: run_dir.clone(),
+        resume: args.resume,
+        quiet,
+        stop_after: args.stop_after,
+    };
+    let s = if cfg.data.source == "random" {
+        let mut data = RandomSource {
+            seed: cfg.seed,
+            size: cfg.data.input_size,
+            num_classes: cfg.model.num_classes,
+        };
+        train(&cfg, &mut data, &device, &opts)?
+    } else {
+        let mut data = crate::train::dataset_source::open(&cfg, crate::data::Split::Train, quiet)?;
+        train(&cfg, &mut data, &device, &opts)?
+    };
+    report(&args, &run_dir, &s);
+    Ok(())
+}
+
+/// Opens the configured dataset and checks it against the model.
+fn report(args: &Args, run_dir: &Path, s: &crate::train::Summary) {
+    let status = if s.diverged {
+        format!(
+            "DIVERGED at iteration {} (non-finite loss)",
+            s.diverged_at.unwrap_or(0)
+        )
+    } else if s.finished {
+        "finished".to_string()
+    } else {
+        "stopped (resume with --resume)".to_string()
+    };
+    println!("run         {}", run_dir.display());
+    println!("status      {status}");
+    println!(
+        "config      {} (hash {})",
+        args.config.display(),
+        s.config_hash
+    );
+    println!("device      {}", s.device);
+    println!("parameters  {}", s.parameters);
+    println!("iterations  {}", s.iterations);
+    println!(
+        "final loss  cls {:.5}  box {:.5}",
+        s.final_loss_cls, s.final_loss_box
+    );
+    println!(
+        "time        {:.1} s total, {:.1} ms per step (median)",
+        s.seconds,
+        s.median_step_seconds * 1e3
+    );
+}
+
+/// `<preset stem>-<first 8 hex digits of the config hash>`.
+fn default_name(config: &Path, cfg: &Config) -> Result<String> {
+    let stem = config
+        .file_stem()
+        .map(|s| s.to_string_lossy().into_owned())
+        .unwrap_or_else(|| "run".into());
+    Ok(format!("{stem}-{}", &cfg.hash()?[..8]))
+}

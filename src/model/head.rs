@@ -1,0 +1,76 @@
+//! Class and box subnets (paper §4): each a stack of 3x3 conv + ReLU and a 3x3 predictor, shared
+//! across pyramid levels but not with each other. All head convs start from N(0, 0.01) with bias 0,
+//! except the class predictor's bias, -log((1 - pi) / pi), so every anchor starts at foreground
+//! probability pi (§3.3).
+
+use super::layers::{Conv, ConvInit};
+use super::params::ParamStore;
+use crate::ops;
+use candle_core::{Result, Tensor};
+
+pub struct Subnet {
+    convs: Vec<Conv>,
+    pred: Conv,
+}
+
+impl Subnet {
+    #[allow(clippy::too_many_arguments)]
+    pub fn new(
+        store: &mut ParamStore,
+        name: &str,
+        c_in: usize,
+        width: usize,
+        depth: usize,
+        outputs: usize,
+        pred_bias: f64,
+    ) -> Result<Subnet> {
+        let g = ConvInit::Gaussian {
+            std: 0.01,
+            bias: 0.0,
+        };
+        let mut convs = Vec::with_capacity(depth);
+        let mut c = c_in;
+        for i in 0..depth {
+            convs.push(Conv::new(
+                store,
+                &format!("{name}.conv{i}"),
+                c,
+                width,
+                3,
+                1,
+                true,
+                g,
+            )?);
+            c = width;
+        }
+        let pred_init = ConvInit::Gaussian {
+            std: 0.01,
+            bias: pred_bias,
+        };
+        let pred = Conv::new(
+            store,
+            &format!("{name}.pred"),
+            c,
+            outputs,
+            3,
+            1,
+            true,
+            pred_init,
+        )?;
+        Ok(Subnet { convs, pred })
+    }
+
+    /// `[N, F, H, W]` -> `[N, outputs, H, W]`.
+    pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        let mut y = x.clone();
+        for c in &self.convs {
+            y = ops::relu(&c.forward(&y)?)?;
+        }
+        self.pred.forward(&y)
+    }
+}
+
+/// The class predictor's bias for prior probability `pi`: -log((1 - pi) / pi).
+pub fn prior_bias(pi: f64) -> f64 {
+    -((1.0 - pi) / pi).ln()
+}

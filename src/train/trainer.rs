@@ -1,0 +1,433 @@
+//! The training loop: batches -> targets -> loss -> backward -> SGD, with metrics, checkpoints,
+//! resumption and divergence detection.
+//!
+//! A run directory holds:
+//! - `config.toml`: the resolved config (a resumed run must match it);
+//! - `metrics.csv`: iteration, lr, loss_cls, loss_box, positives, seconds (cumulative training time);
+//! - `loss.png`: the loss curves;
+//! - `checkpoint.json` + `checkpoint-<iter>.safetensors`: model, optimizer and loop state. The JSON
+//!   is written last and names the weights file, so a crash between the two leaves the previous
+//!   checkpoint valid;
+//! - `model.safetensors` + `model.toml`: the final model;
+//! - `summary.json`: outcome (finished or diverged), timings, config hash.
+//!
+//! Batches are a pure function of (seed, iteration), so the only state a resume needs is the weights,
+//! the momentum buffers, the EMA normalizer and the iteration: a resumed run reproduces the metrics of
+//! an uninterrupted one.
+
+use super::objective::{self, Normalizer};
+use super::schedule::lr_at;
+use super::sgd::{Sgd, STATE_PREFIX};
+use super::targets::{GtBoxes, TargetBuilder};
+use crate::config::Config;
+use crate::model::RetinaNet;
+use anyhow::{bail, Context, Result};
+use candle_core::{Device, Tensor};
+use serde::{Deserialize, Serialize};
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+/// One minibatch: images `[N, 3, H, W]` and each image's ground truth.
+#[derive(Clone)]
+pub struct TrainBatch {
+    pub images: Tensor,
+    pub gt: Vec<GtBoxes>,
+}
+
+/// Where training batches come from. `batch(iteration)` must depend only on the iteration (and
+/// whatever seed the source was built with), so that resumed runs see the same data.
+pub trait BatchSource {
+    fn batch(&mut self, iteration: usize, batch_size: usize, device: &Device)
+        -> Result<TrainBatch>;
+}
+
+/// How to run.
+#[derive(Debug, Clone, Default)]
+pub struct TrainOptions {
+    pub run_dir: PathBuf,
+    /// Continue from the run directory's checkpoint.
+    pub resume: bool,
+    /// Hide the progress bar.
+    pub quiet: bool,
+    /// Stop (after checkpointing) once this iteration count is reached, as an interruption would.
+    pub stop_after: Option<usize>,
+}
+
+/// One row of `metrics.csv`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct MetricsRow {
+    pub iteration: usize,
+    pub lr: f64,
+    pub loss_cls: f64,
+    pub loss_box: f64,
+    pub positives: usize,
+    pub seconds: f64,
+}
+
+/// The outcome of a run, written to `summary.json`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Summary {
+    pub config_hash: String,
+    pub device: String,
+    pub parameters: usize,
+    /// Iterations completed (optimizer steps taken).
+    pub iterations: usize,
+    pub finished: bool,
+    pub diverged: bool,
+    /// The iteration whose loss was not finite.
+    pub diverged_at: Option<usize>,
+    pub final_loss_cls: f64,
+    pub final_loss_box: f64,
+    pub seconds: f64,
+    /// Median wall time of one training step (forward, loss, backward, update; not data loading)
+    /// in this session.
+    pub median_step_seconds: f64,
+}
+
+/// Loop state saved beside the weights.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct CheckpointMeta {
+    /// The next iteration to run.
+    iteration: usize,
+    config_hash: String,
+    weights: String,
+    normalizer: f64,
+    seconds: f64,
+}
+
+pub struct RunPaths {
+    pub dir: PathBuf,
+}
+
+impl RunPaths {
+    pub fn config(&self) -> PathBuf {
+        self.dir.join("config.toml")
+    }
+    pub fn metrics(&self) -> PathBuf {
+        self.dir.join("metrics.csv")
+    }
+    pub fn plot(&self) -> PathBuf {
+        self.dir.join("loss.png")
+    }
+    pub fn checkpoint(&self) -> PathBuf {
+        self.dir.join("checkpoint.json")
+    }
+    pub fn model(&self) -> PathBuf {
+        self.dir.join("model.safetensors")
+    }
+    pub fn summary(&self) -> PathBuf {
+        self.dir.join("summary.json")
+    }
+}
+
+/// Trains `cfg` on `data`, writing into `opts.run_dir`. A diverged run returns `Ok` with
+/// `diverged = true`: a failed configuration is a result, not an error.
+pub fn train(
+    cfg: &Config,
+    data: &mut dyn BatchSource,
+    device: &Device,
+    opts: &TrainOptions,
+) -> Result<Summary> {
+    cfg.validate()?;
+    let paths = RunPaths {
+        dir: opts.run_dir.clone(),
+    };
+    let hash = cfg.hash()?;
+    let model = RetinaNet::new(cfg, device)?;
+    let norm_names: std::collections::HashSet<String> =
+        model.store.norm_params.iter().cloned().collect();
+    let s = &cfg.schedule;
+    let params = model
+        .store
+        .named_vars()
+        .into_iter()
+        .map(|(name, var)| {
+            let wd = if norm_names.contains(&name) {
+                s.weight_decay_norm
+            } else {
+                s.weight_decay
+            };
+            (name, var, wd)
+        })
+        .collect();
+    let mut sgd = Sgd::new(params, s.momentum);
+    let mut normalizer = Normalizer::new(cfg.loss.normalizer, cfg.loss.ema_momentum);
+    let mut rows: Vec<MetricsRow> = Vec::new();
+    let mut start = 0usize;
+    let mut seconds = 0.0f64;
+
+    if opts.resume {
+        let meta = read_meta(&paths)?;
+        if meta.config_hash != hash {
+            let saved = std::fs::read_to_string(paths.config()).unwrap_or_default();
+            bail!(
+                "cannot resume {}: its config (hash {}) differs from this one (hash {hash}); \
+                 run without --resume under another --name, or use the saved config:\n{saved}",
+                paths.dir.display(),
+                meta.config_hash
+            );
+        }
+        let wpath = paths.dir.join(&meta.weights);
+        let tensors = candle_core::safetensors::load(&wpath, device)
+            .with_context(|| format!("cannot read checkpoint {}", wpath.display()))?;
+        model.store.load_from(&tensors)?;
+        sgd.load_state(&tensors)?;
+        normalizer.value = meta.normalizer;
+        start = meta.iteration;
+        seconds = meta.seconds;
+        rows = read_metrics(&paths.metrics())?
+            .into_iter()
+            .filter(|r| r.iteration < start)
+            .collect();
+    } else {
+        if paths.checkpoint().exists() {
+            bail!(
+                "{} already holds a run; pass --resume to continue it or choose another --name",
+                paths.dir.display()
+            );
+        }
+        std::fs::create_dir_all(&paths.dir)
+            .with_context(|| format!("cannot create {}", paths.dir.display()))?;
+    }
+    crate::util::write_atomic(&paths.config(), cfg.to_toml()?.as_bytes())?;
+
+    let end = match opts.stop_after {
+        Some(n) => n.min(s.iterations),
+        None => s.iterations,
+    };
+    let bar = progress_bar(opts.quiet, s.iterations, start);
+    let mut targets = TargetBuilder::new(&cfg.anchors, &cfg.matcher);
+    let mut step_times = Vec::new();
+    let mut diverged_at = None;
+    let mut last = (f64::NAN, f64::NAN);
+
+    for it in start..end {
+        let t0 = Instant::now();
+        let lr = lr_at(s, it);
+        let batch = data.batch(it, s.batch_size, device)?;
+        let t_step = Instant::now();
+        let (_, _, h, w) = batch.images.dims4()?;
+        let tg = targets.build(&batch.gt, h, w);
+        let out = model.forward(&batch.images, true)?;
+        let terms = objective::compute(&out, &tg, &targets, cfg, &mut normalizer)?;
+        let loss_cls = terms
+            .cls
+            .to_dtype(candle_core::DType::F64)?
+            .to_scalar::<f64>()?;
+        let loss_box = terms
+            .boxes
+            .to_dtype(candle_core::DType::F64)?
+            .to_scalar::<f64>()?;
+        let dt = t0.elapsed().as_secs_f64();
+        if !(loss_cls.is_finite() && loss_box.is_finite()) {
+            seconds += dt;
+            rows.push(MetricsRow {
+                iteration: it,
+                lr,
+                loss_cls,
+                loss_box,
+                positives: tg.positives.len(),
+                seconds,
+            });
+            diverged_at = Some(it);
+            break;
+        }
+        let grads = terms.total.backward()?;
+        sgd.step(&grads, lr)?;
+        seconds += t0.elapsed().as_secs_f64();
+        step_times.push(t_step.elapsed().as_secs_f64());
+        last = (loss_cls, loss_box);
+        if it % cfg.train.log_every == 0 || it + 1 == end {
+            rows.push(MetricsRow {
+                iteration: it,
+                lr,
+                loss_cls,
+                loss_box,
+                positives: tg.positives.len(),
+                seconds,
+            });
+        }
+        bar.set_position((it + 1) as u64);
+        bar.set_message(format!("cls {loss_cls:.4} box {loss_box:.4}"));
+        let done = it + 1;
+        let ckpt = cfg.train.checkpoint_every;
+        // `stop_after` imitates an interruption: no extra checkpoint at the stop.
+        if (ckpt > 0 && done % ckpt == 0) || done == s.iterations {
+            write_metrics(&paths.metrics(), &rows)?;
+            save_checkpoint(&paths, &model, &sgd, done, &hash, normalizer.value, seconds)?;
+        }
+    }
+    bar.finish_and_clear();
+
+    let diverged = diverged_at.is_some();
+    let iterations = match diverged_at {
+        Some(i) => i,
+        None => end.max(start),
+    };
+    let finished = !diverged && iterations >= s.iterations;
+    write_metrics(&paths.metrics(), &rows)?;
+    if let Err(e) = plot_losses(&paths.plot(), &rows, &paths.dir) {
+        eprintln!("warning: could not draw {}: {e:#}", paths.plot().display());
+    }
+    if finished {
+        model.save(&paths.model())?;
+    }
+    step_times.sort_by(|a, b| a.total_cmp(b));
+    let (final_cls, final_box) = match rows.last() {
+        Some(r) if diverged => (r.loss_cls, r.loss_box),
+        _ => last,
+    };
+    let summary = Summary {
+        config_hash: hash,
+        device: crate::device::device_name(device),
+        parameters: model.store.num_params(),
+        iterations,
+        finished,
+        diverged,
+        diverged_at,
+        final_loss_cls: final_cls,
+        final_loss_box: final_box,
+        seconds,
+        median_step_seconds: step_times
+            .get(step_times.len() / 2)
+            .copied()
+            .unwrap_or(f64::NAN),
+    };
+    crate::util::write_atomic(
+        &paths.summary(),
+        serde_json::to_string_pretty(&summary)?.as_bytes(),
+    )?;
+    Ok(summary)
+}
+
+fn progress_bar(quiet: bool, total: usize, start: usize) -> indicatif::ProgressBar {
+    if quiet {
+        return indicatif::ProgressBar::hidden();
+    }
+    let bar = indicatif::ProgressBar::new(total as u64);
+    bar.set_style(
+        indicatif::ProgressStyle::with_template(
+            "{elapsed_precise} [{wide_bar}] {pos}/{len} {msg} ETA {eta}",
+        )
+        .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+    );
+    bar.set_position(start as u64);
+    bar.reset_eta();
+    bar
+}
+
+fn read_meta(paths: &RunPaths) -> Result<CheckpointMeta> {
+    let p = paths.checkpoint();
+    let text = std::fs::read_to_string(&p).with_context(|| {
+        format!(
+            "cannot resume: no checkpoint at {} (start the run without --resume)",
+            p.display()
+        )
+    })?;
+    serde_json::from_str(&text).with_context(|| format!("corrupt checkpoint {}", p.display()))
+}
+
+fn save_checkpoint(
+    paths: &RunPaths,
+    model: &RetinaNet,
+    sgd: &Sgd,
+    iteration: usize,
+    hash: &str,
+    normalizer: f64,
+    seconds: f64,
+) -> Result<()> {
+    let previous = read_meta(paths).ok();
+    let mut tensors = model.store.all_tensors();
+    for (k, v) in sgd.state() {
+        debug_assert!(k.starts_with(STATE_PREFIX));
+        tensors.insert(k, v);
+    }
+    let weights = format!("checkpoint-{iteration}.safetensors");
+    crate::model::save_tensors(&paths.dir.join(&weights), &tensors)?;
+    let meta = CheckpointMeta {
+        iteration,
+        config_hash: hash.to_string(),
+        weights: weights.clone(),
+        normalizer,
+        seconds,
+    };
+    crate::util::write_atomic(
+        &paths.checkpoint(),
+        serde_json::to_string_pretty(&meta)?.as_bytes(),
+    )?;
+    if let Some(prev) = previous {
+        if prev.weights != weights {
+            let _ = std::fs::remove_file(paths.dir.join(prev.weights));
+        }
+    }
+    Ok(())
+}
+
+/// Writes the metrics table atomically.
+pub fn write_metrics(path: &Path, rows: &[MetricsRow]) -> Result<()> {
+    let mut w = csv::Writer::from_writer(Vec::new());
+    for r in rows {
+        w.serialize(r)?;
+    }
+    if rows.is_empty() {
+        w.write_record([
+            "iteration",
+            "lr",
+            "loss_cls",
+            "loss_box",
+            "positives",
+            "seconds",
+        ])?;
+    }
+    let bytes = w.into_inner().context("finishing metrics.csv")?;
+    crate::util::write_atomic(path, &bytes)
+}
+
+/// Reads a metrics table written by [`write_metrics`].
+pub fn read_metrics(path: &Path) -> Result<Vec<MetricsRow>> {
+    let mut r =
+        csv::Reader::from_path(path).with_context(|| format!("cannot read {}", path.display()))?;
+    let mut out = Vec::new();
+    for row in r.deserialize() {
+        out.push(row.with_context(|| format!("bad row in {}", path.display()))?);
+    }
+    Ok(out)
+}
+
+fn plot_losses(path: &Path, rows: &[MetricsRow], dir: &Path) -> Result<()> {
+    use crate::report::plot::{write_line_chart, LineChart, Series};
+    let finite = |v: f64| v.is_finite();
+    let pts = |f: &dyn Fn(&MetricsRow) -> f64| -> Vec<(f64, f64)> {
+        rows.iter()
+            .filter(|r| finite(f(r)))
+            .map(|r| ((r.iteration + 1) as f64, f(r)))
+            .collect()
+    };
+    let name = dir
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let chart = LineChart {
+        title: format!("Training loss: {name}"),
+        x_label: "iteration".into(),
+        y_label: "loss".into(),
+        x_range: None,
+        y_range: None,
+        series: vec![
+            Series {
+                label: "classification".into(),
+                points: pts(&|r| r.loss_cls),
+                ..Default::default()
+            },
+            Series {
+                label: "box regression".into(),
+                points: pts(&|r| r.loss_box),
+                ..Default::default()
+            },
+        ],
+    };
+    if chart.series.iter().all(|s| s.points.is_empty()) {
+        return Ok(());
+    }
+    write_line_chart(path, &chart)
+}

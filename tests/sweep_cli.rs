@@ -1,0 +1,150 @@
+//! Drives the real sweep commands with the `smoke` preset on a tiny generated dataset, checks the files
+//! they write, and kills a sweep mid-run to show that a restart loses at most the run in progress.
+
+use std::path::Path;
+use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+fn fl_lab(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_fl-lab"))
+        .args(args)
+        .arg("--quiet")
+        .output()
+        .expect("cannot run fl-lab")
+}
+
+fn ok(o: &Output) -> String {
+    let stdout = String::from_utf8_lossy(&o.stdout).into_owned();
+    assert!(
+        o.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    stdout
+}
+
+fn tiny_dataset(root: &Path) -> String {
+    let r = root.to_str().unwrap();
+    ok(&fl_lab(&[
+        "data", "gen", "--root", r, "--name", "tiny", "--train", "16", "--val", "8", "--size", "64",
+    ]));
+    root.join("tiny").to_str().unwrap().to_string()
+}
+
+fn lines(path: &Path) -> usize {
+    std::fs::read_to_string(path)
+        .unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+        .lines()
+        .count()
+}
+
+#[test]
+fn every_sweep_runs_with_the_smoke_preset_and_writes_its_files() {
+    let t = tempfile::tempdir().unwrap();
+    let data = tiny_dataset(t.path());
+    for (name, variants) in [
+        ("sweep-gamma", 7),
+        ("sweep-alpha", 7),
+        ("anchors", 7),
+        ("ohem-vs-focal", 10),
+    ] {
+        let out = t.path().join(name);
+        let stdout = ok(&fl_lab(&[
+            name,
+            "--preset",
+            "smoke",
+            "--data",
+            &data,
+            "--out",
+            out.to_str().unwrap(),
+        ]));
+        assert!(
+            stdout.contains(&format!("{name}: {variants} runs")),
+            "{stdout}"
+        );
+        assert_eq!(lines(&out.join("results.csv")), 1 + variants, "{name}");
+        assert_eq!(lines(&out.join("summary.csv")), 1 + variants, "{name}");
+        let md = std::fs::read_to_string(out.join("summary.md")).unwrap();
+        assert!(
+            md.contains("| paper AP |") && md.contains("The paper's findings"),
+            "{md}"
+        );
+        for png in ["ap_bars.png", "loss_curves.png"] {
+            let img = image::open(out.join(png)).unwrap();
+            assert!(img.width() >= 1200, "{png}");
+        }
+        let header = std::fs::read_to_string(out.join("results.csv")).unwrap();
+        let header = header.lines().next().unwrap();
+        for col in [
+            "seed",
+            "ap",
+            "ap50",
+            "ap75",
+            "diverged",
+            "git_revision",
+            "device",
+        ] {
+            assert!(
+                header.split(',').any(|c| c == col),
+                "{name}: no column {col} in {header}"
+            );
+        }
+    }
+}
+
+#[test]
+fn a_killed_sweep_continues_where_it_stopped() {
+    let t = tempfile::tempdir().unwrap();
+    let data = tiny_dataset(t.path());
+    let out = t.path().join("sg");
+    let args = [
+        "sweep-gamma",
+        "--quiet",
+        "--preset",
+        "smoke",
+        "--data",
+        &data,
+        "--out",
+        out.to_str().unwrap(),
+    ];
+    let mut child = Command::new(env!("CARGO_BIN_EXE_fl-lab"))
+        .args(args)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let start = Instant::now();
+    let finished = |dir: &Path| {
+        std::fs::read_dir(dir.join("runs"))
+            .map(|d| {
+                d.filter_map(|e| e.ok())
+                    .filter(|e| e.path().join("result.json").exists())
+                    .count()
+            })
+            .unwrap_or(0)
+    };
+    while finished(&out) < 2 && start.elapsed() < Duration::from_secs(120) {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let done = finished(&out);
+    assert!(done >= 1, "no run finished before the kill");
+    assert!(!out.join("results.csv").exists() || lines(&out.join("results.csv")) >= 1);
+    let o = Command::new(env!("CARGO_BIN_EXE_fl-lab"))
+        .args(args)
+        .output()
+        .unwrap();
+    let stdout = ok(&o);
+    let reused: usize = stdout
+        .split("runs (")
+        .nth(1)
+        .and_then(|s| s.split(" reused").next())
+        .and_then(|s| s.trim().parse().ok())
+        .unwrap_or_else(|| panic!("{stdout}"));
+    assert!(
+        reused >= done,
+        "{stdout}: {done} runs had finished before the kill"
+    );
+    assert_eq!(lines(&out.join("results.csv")), 8);
+}

@@ -1,0 +1,107 @@
+//! `fl-lab train` end to end on the tiny preset with random data.
+
+use std::process::Command;
+
+fn fl_lab(args: &[&str]) -> std::process::Output {
+    Command::new(env!("CARGO_BIN_EXE_fl-lab"))
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .args(args)
+        .output()
+        .unwrap()
+}
+
+#[test]
+fn train_writes_a_run_and_resumes() {
+    let dir = tempfile::tempdir().unwrap();
+    let runs = dir.path().to_str().unwrap();
+    let base = [
+        "train",
+        "--quiet",
+        "--config",
+        "experiments/tiny.toml",
+        "--set",
+        "data.source=random",
+        "--set",
+        "schedule.iterations=4",
+        "--set",
+        "train.checkpoint_every=2",
+        "--runs-dir",
+        runs,
+        "--name",
+        "smoke",
+    ];
+    let mut first = base.to_vec();
+    first.extend(["--stop-after", "3"]);
+    let out = fl_lab(&first);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(stdout.contains("stopped"), "{stdout}");
+
+    let mut again = base.to_vec();
+    again.push("--resume");
+    let out = fl_lab(&again);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).contains("finished"));
+    let run = dir.path().join("smoke");
+    for f in [
+        "config.toml",
+        "metrics.csv",
+        "loss.png",
+        "checkpoint.json",
+        "model.safetensors",
+        "model.toml",
+        "summary.json",
+    ] {
+        assert!(run.join(f).is_file(), "missing {f}");
+    }
+    let csv = std::fs::read_to_string(run.join("metrics.csv")).unwrap();
+    let lines: Vec<&str> = csv.lines().collect();
+    assert_eq!(lines[0], "iteration,lr,loss_cls,loss_box,positives,seconds");
+    let iters: Vec<&str> = lines[1..]
+        .iter()
+        .map(|l| l.split(',').next().unwrap())
+        .collect();
+    assert_eq!(iters, ["0", "1", "2", "3"]);
+}
+
+#[test]
+fn bad_configs_fail_with_the_key_named() {
+    let cases: [(&[&str], &str); 5] = [
+        (&["--set", "schedule.lr=-0.01"], "schedule.lr"),
+        (&["--set", "model.widht=0.5"], "model.widht"),
+        (
+            &["--set", "schedule.iterations=\"many\""],
+            "schedule.iterations",
+        ),
+        (
+            &[
+                "--set",
+                "anchors.min_level=5",
+                "--set",
+                "anchors.max_level=4",
+            ],
+            "zero pyramid levels",
+        ),
+        (&["--set", "loss.kind=hinge"], "hinge"),
+    ];
+    for (sets, key) in cases {
+        let mut args = vec!["train", "--quiet", "--config", "experiments/tiny.toml"];
+        args.extend_from_slice(sets);
+        let out = fl_lab(&args);
+        assert_eq!(out.status.code(), Some(2), "{sets:?}");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains(key), "{sets:?}: {err}");
+        assert!(!err.contains("panicked"), "{err}");
+    }
+    let out = fl_lab(&["train", "--config", "experiments/missing.toml"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("missing.toml"));
+}

@@ -1,0 +1,135 @@
+//! Checkpoints: a run interrupted and resumed writes the same metrics as an uninterrupted run, and a
+//! run whose loss becomes non-finite stops cleanly as diverged.
+
+mod common;
+
+use candle_core::Device;
+use fl_lab::train::trainer::read_metrics;
+use fl_lab::train::{train, FixedSource, MetricsRow, TrainOptions};
+
+fn without_time(rows: Vec<MetricsRow>) -> Vec<(usize, f64, f64, f64, usize)> {
+    rows.into_iter()
+        .map(|r| (r.iteration, r.lr, r.loss_cls, r.loss_box, r.positives))
+        .collect()
+}
+
+#[test]
+fn resume_after_interruption_reproduces_metrics() {
+    // BatchNorm and the EMA normalizer put state outside the weights into the checkpoint too.
+    let sets = [
+        "schedule.iterations=8",
+        "schedule.warmup_iters=4",
+        "schedule.steps=[6]",
+        "train.checkpoint_every=3",
+        "loss.normalizer=ema",
+        "model.norm=bn",
+    ];
+    let cfg = common::tiny(&sets);
+    let batch = common::two_boxes();
+    let dir = tempfile::tempdir().unwrap();
+    let full = TrainOptions {
+        run_dir: dir.path().join("full"),
+        quiet: true,
+        ..Default::default()
+    };
+    let a = train(&cfg, &mut FixedSource(batch.clone()), &Device::Cpu, &full).unwrap();
+    assert!(a.finished);
+
+    let cut = TrainOptions {
+        run_dir: dir.path().join("cut"),
+        quiet: true,
+        stop_after: Some(5),
+        ..Default::default()
+    };
+    // Stops after 5 iterations; the last checkpoint is at 3, so iterations 3 and 4 are redone.
+    let b = train(&cfg, &mut FixedSource(batch.clone()), &Device::Cpu, &cut).unwrap();
+    assert!(!b.finished && b.iterations == 5);
+    assert_eq!(
+        read_metrics(&cut.run_dir.join("metrics.csv"))
+            .unwrap()
+            .len(),
+        5
+    );
+    // A second start without --resume refuses to overwrite the run.
+    let again = train(&cfg, &mut FixedSource(batch.clone()), &Device::Cpu, &cut);
+    assert!(format!("{:#}", again.unwrap_err()).contains("--resume"));
+    let resumed = TrainOptions {
+        resume: true,
+        stop_after: None,
+        ..cut.clone()
+    };
+    let c = train(
+        &cfg,
+        &mut FixedSource(batch.clone()),
+        &Device::Cpu,
+        &resumed,
+    )
+    .unwrap();
+    assert!(c.finished);
+
+    let ma = without_time(read_metrics(&full.run_dir.join("metrics.csv")).unwrap());
+    let mc = without_time(read_metrics(&cut.run_dir.join("metrics.csv")).unwrap());
+    assert_eq!(ma.len(), 8);
+    assert_eq!(ma, mc);
+
+    // A resumed run must use the same config.
+    let other = common::tiny(&["schedule.iterations=9"]);
+    let err = train(&other, &mut FixedSource(batch), &Device::Cpu, &resumed).unwrap_err();
+    assert!(format!("{err:#}").contains("differs"), "{err:#}");
+}
+
+#[test]
+fn non_finite_loss_is_recorded_as_divergence() {
+    let cfg = common::tiny(&[
+        "schedule.iterations=30",
+        "schedule.lr=1e12",
+        "schedule.warmup_iters=0",
+        "loss.kind=ce",
+    ]);
+    let dir = tempfile::tempdir().unwrap();
+    let opts = TrainOptions {
+        run_dir: dir.path().join("boom"),
+        quiet: true,
+        ..Default::default()
+    };
+    let s = train(
+        &cfg,
+        &mut FixedSource(common::two_boxes()),
+        &Device::Cpu,
+        &opts,
+    )
+    .unwrap();
+    assert!(s.diverged && !s.finished, "{s:?}");
+    let at = s.diverged_at.unwrap();
+    let rows = read_metrics(&opts.run_dir.join("metrics.csv")).unwrap();
+    let last = rows.last().unwrap();
+    assert_eq!(last.iteration, at);
+    assert!(!(last.loss_cls + last.loss_box).is_finite());
+    let summary = std::fs::read_to_string(opts.run_dir.join("summary.json")).unwrap();
+    assert!(summary.contains("\"diverged\": true"));
+}
+
+#[test]
+fn every_loss_kind_trains_a_few_steps() {
+    for kind in ["focal", "ce", "fl_star", "ohem"] {
+        let k = format!("loss.kind={kind}");
+        let cfg = common::tiny(&["schedule.iterations=3", &k, "loss.ohem_ratio=3"]);
+        let dir = tempfile::tempdir().unwrap();
+        let opts = TrainOptions {
+            run_dir: dir.path().join(kind),
+            quiet: true,
+            ..Default::default()
+        };
+        let s = train(
+            &cfg,
+            &mut FixedSource(common::two_boxes()),
+            &Device::Cpu,
+            &opts,
+        )
+        .unwrap();
+        assert!(
+            s.finished && s.final_loss_cls.is_finite() && s.final_loss_cls > 0.0,
+            "{kind}: {s:?}"
+        );
+    }
+}
