@@ -61,10 +61,12 @@ impl SampleSets {
         if !value.is_finite() {
             bail!("score {value} is not a finite number");
         }
-        let positive = match target {
-            t if t == 1.0 => true,
-            t if t == 0.0 => false,
-            t => bail!("target {t} is not 0 or 1"),
+        let positive = if target == 1.0 {
+            true
+        } else if target == 0.0 {
+            false
+        } else {
+            bail!("target {target} is not 0 or 1")
         };
         let logit = match kind {
             ValueKind::Logits => value,
