@@ -73,6 +73,9 @@ fn every_sweep_runs_with_the_smoke_preset_and_writes_its_files() {
             let img = image::open(out.join(png)).unwrap();
             assert!(img.width() >= 1200, "{png}");
         }
+        if name == "sweep-gamma" {
+            eval_run_agrees_with_the_sweep(&out, &data);
+        }
         let header = std::fs::read_to_string(out.join("results.csv")).unwrap();
         let header = header.lines().next().unwrap();
         for col in [
@@ -147,4 +150,49 @@ fn a_killed_sweep_continues_where_it_stopped() {
         "{stdout}: {done} runs had finished before the kill"
     );
     assert_eq!(lines(&out.join("results.csv")), 8);
+}
+
+/// `fl-lab eval --run` on a sweep's run directory gives the AP the sweep recorded, and its written
+/// detections evaluate to the same numbers through `--gt --dets`.
+fn eval_run_agrees_with_the_sweep(out: &Path, data: &str) {
+    let run = std::fs::read_dir(out.join("runs"))
+        .unwrap()
+        .next()
+        .unwrap()
+        .unwrap()
+        .path();
+    let record: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(run.join("result.json")).unwrap()).unwrap();
+    let ev_dir = out.join("eval-run");
+    ok(&fl_lab(&[
+        "eval",
+        "--run",
+        run.to_str().unwrap(),
+        "--data",
+        data,
+        "--out",
+        ev_dir.to_str().unwrap(),
+    ]));
+    let metrics: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(ev_dir.join("metrics.json")).unwrap())
+            .unwrap();
+    let ap = metrics["stats"]["AP"].as_f64().unwrap_or(0.0);
+    assert_eq!(ap, record["ap"].as_f64().unwrap(), "{metrics}");
+    let gt = Path::new(data).join("val.json");
+    let dets = ev_dir.join("detections.json");
+    let again = out.join("eval-dets");
+    let text = ok(&fl_lab(&[
+        "eval",
+        "--gt",
+        gt.to_str().unwrap(),
+        "--dets",
+        dets.to_str().unwrap(),
+        "--out",
+        again.to_str().unwrap(),
+    ]));
+    assert!(text.contains("Average Precision"), "{text}");
+    let second: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(again.join("metrics.json")).unwrap())
+            .unwrap();
+    assert_eq!(metrics["stats"], second["stats"]);
 }

@@ -11,13 +11,21 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 #[derive(Debug, clap::Args)]
+#[command(group(clap::ArgGroup::new("input").required(true).args(["dets", "run"])))]
 pub struct Args {
     /// Ground truth: a COCO instances JSON (images, annotations, categories).
-    #[arg(long, value_name = "instances.json")]
-    pub gt: PathBuf,
+    #[arg(long, value_name = "instances.json", requires = "dets")]
+    pub gt: Option<PathBuf>,
     /// Detections: a COCO results JSON, an array of {image_id, category_id, bbox [x,y,w,h], score}.
-    #[arg(long, value_name = "results.json")]
-    pub dets: PathBuf,
+    #[arg(long, value_name = "results.json", requires = "gt")]
+    pub dets: Option<PathBuf>,
+    /// Evaluate the trained model of a run directory (`fl-lab train` or a sweep run) on the validation
+    /// split of its dataset (or of --data); its detections are written to --out as detections.json.
+    #[arg(long, value_name = "runs/NAME", conflicts_with_all = ["gt", "dets"])]
+    pub run: Option<PathBuf>,
+    /// With --run: evaluate on this COCO dataset instead of the one the run was trained on.
+    #[arg(long, requires = "run")]
+    pub data: Option<PathBuf>,
     /// Directory for metrics.json, metrics.csv, per_category.csv, pr_curves.csv and pr_curves.png.
     #[arg(long, value_name = "DIR", default_value = "plots/eval")]
     pub out: PathBuf,
@@ -34,26 +42,32 @@ pub struct EvalSource {
     pub extra: Vec<(String, String)>,
 }
 
-/// The top-level entry point for `fl-lab eval --gt --dets`.
+/// The top-level entry point for `fl-lab eval`: `--gt --dets` (any detector) or `--run` (a trained model).
 pub fn run(args: Args, quiet: bool) -> Result<()> {
-    let gt = CocoDataset::load(&args.gt)?;
-    let dets = load_results(&args.dets, &gt)?;
-    if dets.is_empty() {
-        eprintln!(
-            "warning: {} holds no detections; every category with ground truth scores 0 \
-             (pycocotools' loadRes raises IndexError on an empty list, detectron2 reports NaN)",
-            args.dets.display()
-        );
-    }
-    let source = EvalSource {
-        gt: args.gt.display().to_string(),
-        dets: args.dets.display().to_string(),
-        extra: vec![
-            ("gt_sha256".into(), sha256_file(&args.gt)?),
-            ("dets_sha256".into(), sha256_file(&args.dets)?),
-        ],
+    let ev = match (&args.run, &args.gt, &args.dets) {
+        (Some(run_dir), _, _) => evaluate_run(run_dir, args.data.as_deref(), &args.out, quiet)?,
+        (None, Some(gt_path), Some(dets_path)) => {
+            let gt = CocoDataset::load(gt_path)?;
+            let dets = load_results(dets_path, &gt)?;
+            if dets.is_empty() {
+                eprintln!(
+                    "warning: {} holds no detections; every category with ground truth scores 0 \
+                     (pycocotools' loadRes raises IndexError on an empty list, detectron2 reports NaN)",
+                    dets_path.display()
+                );
+            }
+            let source = EvalSource {
+                gt: gt_path.display().to_string(),
+                dets: dets_path.display().to_string(),
+                extra: vec![
+                    ("gt_sha256".into(), sha256_file(gt_path)?),
+                    ("dets_sha256".into(), sha256_file(dets_path)?),
+                ],
+            };
+            evaluate_and_report(&gt, &dets, &args.out, &source)?
+        }
+        _ => anyhow::bail!("give either --gt and --dets, or --run"),
     };
-    let ev = evaluate_and_report(&gt, &dets, &args.out, &source)?;
     for line in ev.summary_lines() {
         println!("{line}");
     }
@@ -64,6 +78,44 @@ pub fn run(args: Args, quiet: bool) -> Result<()> {
         );
     }
     Ok(())
+}
+
+/// Runs a trained model over the validation split and evaluates its detections.
+fn evaluate_run(run_dir: &Path, data: Option<&Path>, out: &Path, quiet: bool) -> Result<CocoEval> {
+    let weights = run_dir.join("model.safetensors");
+    if !weights.exists() {
+        anyhow::bail!(
+            "{} has no model.safetensors: is it a finished `fl-lab train` run?",
+            run_dir.display()
+        );
+    }
+    let config = crate::config::Config::load(&crate::model::config_path(&weights), &[])?;
+    let device = crate::device::parse_device(&config.device)?;
+    let model = crate::model::RetinaNet::load(&weights, &device)?;
+    let mut cfg = model.config().clone();
+    if let Some(d) = data {
+        cfg.data.source = d.display().to_string();
+    }
+    let val = crate::train::dataset_source::open_dataset(&cfg, crate::data::Split::Val, quiet)?;
+    let dets = crate::infer::model::detect_dataset(
+        &model,
+        &val,
+        &crate::infer::InferConfig::default(),
+        16,
+        quiet,
+    )?;
+    std::fs::create_dir_all(out).with_context(|| format!("cannot create {}", out.display()))?;
+    crate::eval::results::save_results(&out.join("detections.json"), &dets)?;
+    let source = EvalSource {
+        gt: val.source.json.display().to_string(),
+        dets: format!(
+            "model {} (config hash {})",
+            weights.display(),
+            config.hash()?
+        ),
+        extra: vec![("device".into(), crate::device::device_name(&device))],
+    };
+    evaluate_and_report(&val.coco, &dets, out, &source)
 }
 
 fn sha256_file(path: &Path) -> Result<String> {
