@@ -75,6 +75,7 @@ fn every_sweep_runs_with_the_smoke_preset_and_writes_its_files() {
         }
         if name == "sweep-gamma" {
             eval_run_agrees_with_the_sweep(&out, &data);
+            loss_cdf_of_a_trained_run(&out, &data);
         }
         let header = std::fs::read_to_string(out.join("results.csv")).unwrap();
         let header = header.lines().next().unwrap();
@@ -195,4 +196,41 @@ fn eval_run_agrees_with_the_sweep(out: &Path, data: &str) {
         serde_json::from_str(&std::fs::read_to_string(again.join("metrics.json")).unwrap())
             .unwrap();
     assert_eq!(metrics["stats"], second["stats"]);
+}
+
+/// `fl-lab loss-cdf --run` samples a trained model's (anchor, class) outputs on the validation images.
+fn loss_cdf_of_a_trained_run(out: &Path, data: &str) {
+    let run = std::fs::read_dir(out.join("runs"))
+        .unwrap()
+        .next()
+        .unwrap()
+        .unwrap()
+        .path();
+    let cdf = out.join("cdf");
+    let stdout = ok(&fl_lab(&[
+        "loss-cdf",
+        "--run",
+        run.to_str().unwrap(),
+        "--data",
+        data,
+        "--max-neg",
+        "5000",
+        "--out",
+        cdf.to_str().unwrap(),
+    ]));
+    assert!(stdout.contains("negative  2      5000"), "{stdout}");
+    let md = std::fs::read_to_string(cdf.join("summary.md")).unwrap();
+    assert!(
+        md.contains("validation images") && md.contains("| \"approximately 20%"),
+        "{md}"
+    );
+    // 4 gammas x 2 sets, each curve from (0, 0) to (1, 1)
+    let csv = std::fs::read_to_string(cdf.join("cdf.csv")).unwrap();
+    assert_eq!(
+        csv.lines()
+            .filter(|l| l.ends_with(",1.000000,1.000000000"))
+            .count(),
+        8,
+        "{csv}"
+    );
 }

@@ -12,8 +12,16 @@ use std::path::PathBuf;
 pub struct Args {
     /// Binary samples of any detector: CSV with a header ('logit' or 'prob', and 'target' 0/1) or an
     /// (N, 2) .npy array of [score, target].
+    #[arg(long, conflicts_with_all = ["run", "data"])]
+    pub samples: Option<PathBuf>,
+    /// A trained run (`fl-lab train`) whose model is applied to the validation images. With neither
+    /// --samples nor --run, the default gamma = 2 model is trained on the built-in benchmark first
+    /// (experiments/cpu.toml, into runs/loss-cdf-default) and reused afterwards.
+    #[arg(long, value_name = "runs/NAME")]
+    pub run: Option<PathBuf>,
+    /// With --run: take the images of this COCO dataset's validation split instead of the run's own.
     #[arg(long)]
-    pub samples: PathBuf,
+    pub data: Option<PathBuf>,
     /// What the score column holds (required for .npy; CSV headers say it themselves).
     #[arg(long, value_enum)]
     pub values: Option<ValueKind>,
@@ -51,21 +59,61 @@ pub fn check_gammas(gammas: &[f64]) -> Result<()> {
 }
 
 /// The top-level entry point for `fl-lab loss-cdf`.
-pub fn run(args: Args, _quiet: bool) -> Result<()> {
+pub fn run(args: Args, quiet: bool) -> Result<()> {
     check_gammas(&args.gammas)?;
     if args.max_pos == 0 || args.max_neg == 0 || args.points < 2 {
         bail!("--max-pos and --max-neg must be positive and --points at least 2");
     }
     let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(args.seed);
-    let sets = read_samples(
-        &args.samples,
-        args.values,
-        args.max_pos,
-        args.max_neg,
-        &mut rng,
-    )?;
+    let (sets, source) = match &args.samples {
+        Some(path) => (
+            read_samples(path, args.values, args.max_pos, args.max_neg, &mut rng)?,
+            format!("samples file `{}`", path.display()),
+        ),
+        None => {
+            let run_dir = match &args.run {
+                Some(r) => r.clone(),
+                None => default_model(quiet)?,
+            };
+            let weights = run_dir.join("model.safetensors");
+            if !weights.exists() {
+                bail!(
+                    "{} has no model.safetensors: is it a finished `fl-lab train` run?",
+                    run_dir.display()
+                );
+            }
+            let config = crate::config::Config::load(&crate::model::config_path(&weights), &[])?;
+            let device = crate::device::parse_device(&config.device)?;
+            let model = crate::model::RetinaNet::load(&weights, &device)?;
+            let mut cfg = model.config().clone();
+            if let Some(d) = &args.data {
+                cfg.data.source = d.display().to_string();
+            }
+            let val =
+                crate::train::dataset_source::open_dataset(&cfg, crate::data::Split::Val, quiet)?;
+            let sets = crate::analysis::model_samples::model_samples(
+                &model,
+                &val,
+                args.max_pos,
+                args.max_neg,
+                16,
+                quiet,
+                &mut rng,
+            )?;
+            let source = format!(
+                "model `{}` (loss {:?}, gamma {}, alpha {}) on {} validation images of `{}`",
+                weights.display(),
+                cfg.loss.kind,
+                cfg.loss.gamma,
+                cfg.loss.alpha,
+                val.len(),
+                val.source.json.display()
+            );
+            (sets, source)
+        }
+    };
     let provenance = Provenance {
-        source: format!("samples file `{}`", args.samples.display()),
+        source,
         positives_seen: sets.positives.seen(),
         negatives_seen: sets.negatives.seen(),
         note: if sets.clamped > 0 {
@@ -91,6 +139,42 @@ pub fn run(args: Args, _quiet: bool) -> Result<()> {
     })?;
     print_summary(&curves, &args.out);
     Ok(())
+}
+
+/// Trains (once) the default gamma = 2 model the paper analyses, on the built-in benchmark.
+fn default_model(quiet: bool) -> Result<PathBuf> {
+    let run_dir = PathBuf::from("runs/loss-cdf-default");
+    if run_dir.join("model.safetensors").exists() {
+        return Ok(run_dir);
+    }
+    let preset = crate::experiments::spec::preset_text("cpu")?.0;
+    let cfg = crate::config::Config::from_toml_str(
+        &preset,
+        &[
+            "loss.kind=focal".into(),
+            "loss.gamma=2.0".into(),
+            "loss.alpha=0.25".into(),
+        ],
+    )?;
+    let device = crate::device::parse_device(&cfg.device)?;
+    if !quiet {
+        eprintln!(
+            "training the default gamma = 2 model into {} (once)",
+            run_dir.display()
+        );
+    }
+    let mut source = crate::train::dataset_source::open(&cfg, crate::data::Split::Train, quiet)?;
+    let opts = crate::train::TrainOptions {
+        run_dir: run_dir.clone(),
+        resume: run_dir.join("checkpoint.json").exists(),
+        quiet,
+        stop_after: None,
+    };
+    let summary = crate::train::train(&cfg, &mut source, &device, &opts)?;
+    if summary.diverged {
+        bail!("the default model diverged; train one with `fl-lab train` and pass --run");
+    }
+    Ok(run_dir)
 }
 
 fn print_summary(curves: &[crate::analysis::loss_cdf::Curve], out: &std::path::Path) {
