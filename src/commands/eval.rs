@@ -82,16 +82,8 @@ pub fn run(args: Args, quiet: bool) -> Result<()> {
 
 /// Runs a trained model over the validation split and evaluates its detections.
 fn evaluate_run(run_dir: &Path, data: Option<&Path>, out: &Path, quiet: bool) -> Result<CocoEval> {
-    let weights = run_dir.join("model.safetensors");
-    if !weights.exists() {
-        anyhow::bail!(
-            "{} has no model.safetensors: is it a finished `fl-lab train` run?",
-            run_dir.display()
-        );
-    }
-    let config = crate::config::Config::load(&crate::model::config_path(&weights), &[])?;
-    let device = crate::device::parse_device(&config.device)?;
-    let model = crate::model::RetinaNet::load(&weights, &device)?;
+    let model = crate::model::RetinaNet::load_run(run_dir)?;
+    let device = model.device().clone();
     let mut cfg = model.config().clone();
     if let Some(d) = data {
         cfg.data.source = d.display().to_string();
@@ -110,8 +102,8 @@ fn evaluate_run(run_dir: &Path, data: Option<&Path>, out: &Path, quiet: bool) ->
         gt: val.source.json.display().to_string(),
         dets: format!(
             "model {} (config hash {})",
-            weights.display(),
-            config.hash()?
+            run_dir.display(),
+            model.config().hash()?
         ),
         extra: vec![("device".into(), crate::device::device_name(&device))],
     };

@@ -75,16 +75,7 @@ pub fn run(args: Args, quiet: bool) -> Result<()> {
                 Some(r) => r.clone(),
                 None => default_model(quiet)?,
             };
-            let weights = run_dir.join("model.safetensors");
-            if !weights.exists() {
-                bail!(
-                    "{} has no model.safetensors: is it a finished `fl-lab train` run?",
-                    run_dir.display()
-                );
-            }
-            let config = crate::config::Config::load(&crate::model::config_path(&weights), &[])?;
-            let device = crate::device::parse_device(&config.device)?;
-            let model = crate::model::RetinaNet::load(&weights, &device)?;
+            let model = crate::model::RetinaNet::load_run(&run_dir)?;
             let mut cfg = model.config().clone();
             if let Some(d) = &args.data {
                 cfg.data.source = d.display().to_string();
@@ -102,7 +93,7 @@ pub fn run(args: Args, quiet: bool) -> Result<()> {
             )?;
             let source = format!(
                 "model `{}` (loss {:?}, gamma {}, alpha {}) on {} validation images of `{}`",
-                weights.display(),
+                run_dir.display(),
                 cfg.loss.kind,
                 cfg.loss.gamma,
                 cfg.loss.alpha,

@@ -172,6 +172,21 @@ impl RetinaNet {
         Ok(model)
     }
 
+    /// Loads the final model of a run directory (`fl-lab train` or a sweep run) on the device its
+    /// config names.
+    pub fn load_run(run_dir: &Path) -> Result<RetinaNet> {
+        let weights = run_dir.join("model.safetensors");
+        if !weights.exists() {
+            anyhow::bail!(
+                "{} has no model.safetensors: is it a finished `fl-lab train` run?",
+                run_dir.display()
+            );
+        }
+        let cfg = Config::load(&config_path(&weights), &[])?;
+        let device = crate::device::parse_device(&cfg.device)?;
+        RetinaNet::load(&weights, &device)
+    }
+
     /// Overwrites parameters and buffers from a safetensors file.
     pub fn load_weights(&self, path: &Path) -> Result<()> {
         let tensors = candle_core::safetensors::load(path, self.device())

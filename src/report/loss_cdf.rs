@@ -2,7 +2,7 @@
 
 use super::plot::{write_panels, LineChart, Series};
 use crate::analysis::loss_cdf::{paper_findings, Curve, SampleSet, HARD_FRACTIONS};
-use anyhow::{Context, Result};
+use anyhow::Result;
 use std::fmt::Write as _;
 use std::path::Path;
 
@@ -26,14 +26,8 @@ pub fn write_all(out_dir: &Path, curves: &[Curve], provenance: &Provenance) -> R
     write_summary_md(&out_dir.join("summary.md"), curves, provenance)
 }
 
-fn csv_bytes(build: impl FnOnce(&mut csv::Writer<Vec<u8>>) -> csv::Result<()>) -> Result<Vec<u8>> {
-    let mut w = csv::Writer::from_writer(Vec::new());
-    build(&mut w)?;
-    w.into_inner().context("cannot finish CSV")
-}
-
 pub fn write_cdf_csv(path: &Path, curves: &[Curve]) -> Result<()> {
-    let bytes = csv_bytes(|w| {
+    let bytes = super::csv_bytes(|w| {
         w.write_record(["gamma", "set", "fraction", "cumulative_loss"])?;
         for c in curves {
             for &(f, y) in &c.points {
@@ -84,7 +78,7 @@ pub fn write_figure(path: &Path, curves: &[Curve], caption: &str) -> Result<()> 
 }
 
 pub fn write_summary_csv(path: &Path, curves: &[Curve]) -> Result<()> {
-    let bytes = csv_bytes(|w| {
+    let bytes = super::csv_bytes(|w| {
         let mut header = vec!["gamma".to_string(), "set".into(), "samples".into()];
         header.extend(
             HARD_FRACTIONS

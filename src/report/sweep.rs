@@ -27,14 +27,8 @@ pub fn write_all(
     write_summary_md(&out.join("summary.md"), spec, c, context_note)
 }
 
-fn csv_bytes(build: impl FnOnce(&mut csv::Writer<Vec<u8>>) -> csv::Result<()>) -> Result<Vec<u8>> {
-    let mut w = csv::Writer::from_writer(Vec::new());
-    build(&mut w)?;
-    w.into_inner().context("cannot finish CSV")
-}
-
 pub fn write_results_csv(path: &Path, spec: &ExperimentSpec, c: &Collected) -> Result<()> {
-    let bytes = csv_bytes(|w| {
+    let bytes = super::csv_bytes(|w| {
         let mut header: Vec<String> = vec![
             "experiment".into(),
             "label".into(),
@@ -102,7 +96,7 @@ pub fn write_results_csv(path: &Path, spec: &ExperimentSpec, c: &Collected) -> R
 }
 
 pub fn write_summary_csv(path: &Path, c: &Collected) -> Result<()> {
-    let bytes = csv_bytes(|w| {
+    let bytes = super::csv_bytes(|w| {
         w.write_record([
             "label",
             "runs",
