@@ -153,15 +153,20 @@ fn a_killed_sweep_continues_where_it_stopped() {
     assert_eq!(lines(&out.join("results.csv")), 8);
 }
 
-/// `fl-lab eval --run` on a sweep's run directory gives the AP the sweep recorded, and its written
-/// detections evaluate to the same numbers through `--gt --dets`.
-fn eval_run_agrees_with_the_sweep(out: &Path, data: &str) {
-    let run = std::fs::read_dir(out.join("runs"))
+/// Some finished run directory of a sweep.
+fn first_run(out: &Path) -> std::path::PathBuf {
+    std::fs::read_dir(out.join("runs"))
         .unwrap()
         .next()
         .unwrap()
         .unwrap()
-        .path();
+        .path()
+}
+
+/// `fl-lab eval --run` on a sweep's run directory gives the AP the sweep recorded, and its written
+/// detections evaluate to the same numbers through `--gt --dets`.
+fn eval_run_agrees_with_the_sweep(out: &Path, data: &str) {
+    let run = first_run(out);
     let record: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(run.join("result.json")).unwrap()).unwrap();
     let ev_dir = out.join("eval-run");
@@ -200,12 +205,7 @@ fn eval_run_agrees_with_the_sweep(out: &Path, data: &str) {
 
 /// `fl-lab loss-cdf --run` samples a trained model's (anchor, class) outputs on the validation images.
 fn loss_cdf_of_a_trained_run(out: &Path, data: &str) {
-    let run = std::fs::read_dir(out.join("runs"))
-        .unwrap()
-        .next()
-        .unwrap()
-        .unwrap()
-        .path();
+    let run = first_run(out);
     let cdf = out.join("cdf");
     let stdout = ok(&fl_lab(&[
         "loss-cdf",
