@@ -25,6 +25,8 @@ pub enum Command {
     LossCdf(crate::commands::loss_cdf::Args),
     /// Generate, describe and draw datasets (the built-in benchmark, Fashion-MNIST scenes, COCO files).
     Data(crate::commands::data::Args),
+    /// Draw a trained model's detections on an image, with class names and scores.
+    Detect(crate::commands::detect::Args),
     /// Evaluate COCO detection results against ground truth, exactly as pycocotools does.
     Eval(crate::commands::eval::Args),
     /// Table 1b: train FL for gamma in {0, .1, .2, .5, 1, 2, 5} (with the paper's alpha each) and compare.
@@ -50,6 +52,7 @@ pub fn try_main() -> Result<()> {
     match cli.command {
         Command::LossCdf(args) => crate::commands::loss_cdf::run(args, quiet),
         Command::Data(args) => crate::commands::data::run(args, quiet),
+        Command::Detect(args) => crate::commands::detect::run(args, quiet),
         Command::Eval(args) => crate::commands::eval::run(args, quiet),
         Command::SweepGamma(args) => crate::commands::sweep::run("sweep-gamma", args, quiet),
         Command::SweepAlpha(args) => crate::commands::sweep::run("sweep-alpha", args, quiet),

@@ -627,26 +627,9 @@ fn run_stats(a: StatsArgs, quiet: bool) -> Result<()> {
     Ok(())
 }
 
-/// A distinct, readable colour per class.
-fn class_colour(k: usize) -> plotters::style::RGBColor {
-    const P: [(u8, u8, u8); 10] = [
-        (230, 25, 75),
-        (60, 180, 75),
-        (255, 225, 25),
-        (0, 130, 200),
-        (245, 130, 48),
-        (145, 30, 180),
-        (70, 240, 240),
-        (240, 50, 230),
-        (210, 245, 60),
-        (250, 190, 212),
-    ];
-    let (r, g, b) = P[k % P.len()];
-    plotters::style::RGBColor(r, g, b)
-}
-
+/// Draws one image of a dataset with its ground-truth boxes and class names.
 fn run_show(a: ShowArgs, quiet: bool) -> Result<()> {
-    use plotters::prelude::*;
+    use crate::report::boxes::LabelledBox;
     let src = crate::data::resolve(
         a.sel.data.as_deref(),
         a.sel.images.as_deref(),
@@ -661,67 +644,36 @@ fn run_show(a: ShowArgs, quiet: bool) -> Result<()> {
                 src.json.display()
             )
         })?,
-        None => &coco.images[0],
+        None => coco
+            .images
+            .first()
+            .with_context(|| format!("{} has no images", src.json.display()))?,
     };
     let pixels = crate::data::image_io::decode_rgb(&src.images.join(&img.file_name))?;
-    let (w, h) = pixels.dimensions();
-    let scale = a
-        .scale
-        .unwrap_or_else(|| 512u32.div_ceil(w.max(h)).max(1))
-        .clamp(1, 64);
-    let (sw, sh) = (w * scale, h * scale);
-    if sw as u64 * sh as u64 > 100_000_000 {
-        bail!("--scale {scale} makes a {sw}x{sh} image; choose a smaller --scale");
-    }
-    // Nearest-neighbour upscaling keeps the pixels honest: the boxes are drawn on the real pixels.
-    let mut buf =
-        image::imageops::resize(&pixels, sw, sh, image::imageops::FilterType::Nearest).into_raw();
+    let scale = crate::report::boxes::scale_for(pixels.width(), pixels.height(), a.scale);
     let cats = coco.category_map();
     let anns: Vec<_> = coco
         .annotations
         .iter()
         .filter(|x| x.image_id == img.id)
         .collect();
-    crate::report::font::ensure_registered();
-    {
-        let root = BitMapBackend::with_buffer(&mut buf, (sw, sh)).into_drawing_area();
-        let font_px = (10 + sw / 60).min(28);
-        for an in &anns {
-            let k = cats.index_of(an.category_id).unwrap_or(0);
-            let colour = class_colour(k);
-            let s = scale as f64;
+    let boxes: Vec<LabelledBox> = anns
+        .iter()
+        .map(|an| {
             let [x, y, bw, bh] = an.bbox;
-            let (x0, y0) = ((x * s).round() as i32, (y * s).round() as i32);
-            let (x1, y1) = (
-                ((x + bw) * s).round() as i32 - 1,
-                ((y + bh) * s).round() as i32 - 1,
-            );
-            root.draw(&Rectangle::new(
-                [(x0, y0), (x1, y1)],
-                colour.stroke_width(2),
-            ))?;
-            let label = format!(
-                "{}{}",
-                coco.category_name(an.category_id).unwrap_or("?"),
-                if an.iscrowd != 0 { " (crowd)" } else { "" }
-            );
-            let style = ("sans-serif", font_px).into_font().color(&BLACK);
-            let (tw, th) = root.estimate_text_size(&label, &style)?;
-            let ty = if y0 >= th as i32 + 2 {
-                y0 - th as i32 - 2
-            } else {
-                y0 + 2
-            };
-            root.draw(&Rectangle::new(
-                [(x0, ty), (x0 + tw as i32 + 4, ty + th as i32 + 2)],
-                colour.filled(),
-            ))?;
-            root.draw(&Text::new(label, (x0 + 2, ty + 1), style))?;
-        }
-        root.present()?;
-    }
-    let out =
-        image::RgbImage::from_raw(sw, sh, buf).context("drawing buffer has the wrong size")?;
+            LabelledBox {
+                bbox: [x as f32, y as f32, (x + bw) as f32, (y + bh) as f32],
+                class: cats.index_of(an.category_id).unwrap_or(0),
+                label: format!(
+                    "{}{}",
+                    coco.category_name(an.category_id).unwrap_or("?"),
+                    if an.iscrowd != 0 { " (crowd)" } else { "" }
+                ),
+            }
+        })
+        .collect();
+    let out = crate::report::boxes::draw_boxes(&pixels, &boxes, scale)
+        .with_context(|| format!("--scale {scale}"))?;
     crate::data::image_io::write_png(&a.out, &out)?;
     println!(
         "wrote {} (image id {}, '{}', {} boxes, {}x upscaled)",

@@ -2,6 +2,7 @@
 
 pub mod bench;
 pub mod data;
+pub mod detect;
 pub mod eval;
 pub mod loss_cdf;
 pub mod loss_curves;

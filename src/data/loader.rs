@@ -147,6 +147,40 @@ pub fn transform_box(b: [f32; 4], orig: (u32, u32), resized: (u32, u32), flip: b
     }
 }
 
+/// Writes an image already resized to fit `s x s` into `out` (`[3, s, s]`): normalised, mirrored if
+/// `flip`, at the top-left, zero (the mean colour) elsewhere.
+pub fn write_input(img: &RgbImage, s: usize, flip: bool, out: &mut [f32]) {
+    out.fill(0.0);
+    let (w, h) = (img.width() as usize, img.height() as usize);
+    let raw = img.as_raw();
+    for c in 0..3 {
+        let (m, inv) = (PIXEL_MEAN[c], 1.0 / PIXEL_STD[c]);
+        let plane = &mut out[c * s * s..(c + 1) * s * s];
+        for y in 0..h {
+            let row = &mut plane[y * s..y * s + w];
+            let src = &raw[y * w * 3..(y + 1) * w * 3];
+            for (x, v) in row.iter_mut().enumerate() {
+                let sx = if flip { w - 1 - x } else { x };
+                *v = (src[sx * 3 + c] as f32 - m) * inv;
+            }
+        }
+    }
+}
+
+/// One image as the model input `[1, 3, s, s]`, resized and normalised exactly as the loader does,
+/// with its content size `(w, h)` inside the padded square.
+pub fn image_input(img: &RgbImage, s: usize, device: &Device) -> Result<(Tensor, (u32, u32))> {
+    let resized = resized_size(img.width(), img.height(), s);
+    let mut buf = vec![0f32; 3 * s * s];
+    if resized == img.dimensions() {
+        write_input(img, s, false, &mut buf);
+    } else {
+        let r = super::image_io::resize_rgb(img, resized.0, resized.1);
+        write_input(&r, s, false, &mut buf);
+    }
+    Ok((Tensor::from_vec(buf, (1, 3, s, s), device)?, resized))
+}
+
 impl Dataset {
     /// Loads and validates the COCO file, checks every image file exists, and (per the cache policy)
     /// decodes all images up front. Errors name the file and the image.
@@ -304,22 +338,7 @@ impl Dataset {
                 &decoded
             }
         };
-        let s = self.cfg.input_size;
-        out.fill(0.0);
-        let (w, h) = (img.width() as usize, img.height() as usize);
-        let raw = img.as_raw();
-        for c in 0..3 {
-            let (m, inv) = (PIXEL_MEAN[c], 1.0 / PIXEL_STD[c]);
-            let plane = &mut out[c * s * s..(c + 1) * s * s];
-            for y in 0..h {
-                let row = &mut plane[y * s..y * s + w];
-                let src = &raw[y * w * 3..(y + 1) * w * 3];
-                for (x, v) in row.iter_mut().enumerate() {
-                    let sx = if flip { w - 1 - x } else { x };
-                    *v = (src[sx * 3 + c] as f32 - m) * inv;
-                }
-            }
-        }
+        write_input(img, self.cfg.input_size, flip, out);
         Ok(())
     }
 

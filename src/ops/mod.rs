@@ -12,11 +12,22 @@ pub mod reference;
 mod testing;
 
 use candle_core::{DType, Result, Tensor};
+use std::sync::atomic::{AtomicBool, Ordering};
+
+static CANDLE_KERNELS_ONLY: AtomicBool = AtomicBool::new(false);
+
+/// Makes every layer run candle's kernels (`reference`) even where the fast CPU kernels apply:
+/// for side-by-side checks and benchmarks of the two, process-wide.
+pub fn use_candle_kernels_only(on: bool) {
+    CANDLE_KERNELS_ONLY.store(on, Ordering::Relaxed);
+}
 
 /// Whether the fast CPU kernels apply to these tensors.
 fn fast_path(ts: &[&Tensor]) -> bool {
-    ts.iter()
-        .all(|t| t.device().is_cpu() && t.dtype() == DType::F32)
+    !CANDLE_KERNELS_ONLY.load(Ordering::Relaxed)
+        && ts
+            .iter()
+            .all(|t| t.device().is_cpu() && t.dtype() == DType::F32)
 }
 
 /// 2-D convolution with square stride and zero padding, plus an optional bias `[C_out]`.

@@ -1,5 +1,6 @@
 //! Output: CSV tables and PNG figures. Computes no statistics itself.
 
+pub mod boxes;
 pub mod font;
 pub mod loss_cdf;
 pub mod plot;
