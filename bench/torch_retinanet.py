@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Times one RetinaNet training step in PyTorch (CPU) side by side with fl-lab on the same model.
+"""Times one RetinaNet training step in PyTorch (CPU) side by side with `fl-lab bench train` on the same model.
 
 The PyTorch model mirrors experiments/cpu.toml: a ResNet-18-like backbone at 1/4 width (stem
 conv3x3/2 3->16, stages of 2 basic blocks with 16, 32, 64, 128 channels, each stage starting with a
@@ -12,9 +12,10 @@ of positives, backward, SGD (momentum 0.9, weight decay 1e-4). Batch 8 x 3 x 128
 Anchor matching is not timed on either side (fl-lab matches in plain Rust in well under 1 ms);
 the PyTorch targets are fixed random labels with ~1% positives.
 
-Usage (from the repository root, after `cargo build --release`):
-    python3 bench/torch_retinanet.py [--steps 20] [--rounds 2] [--threads 2] [--fl-lab target/release/fl-lab]
-Needs `pip install torch`. Prints the median step time of each side per round and the ratio.
+Usage (from the repository root, after `cargo build --release`; bench/compare_torch.sh does both):
+    python3 bench/torch_retinanet.py [--steps 20] [--rounds 3] [--threads 2] [--fl-lab target/release/fl-lab]
+Needs `pip install torch`. Prints the median step time of each side per round (the two alternate, so
+both see the same machine load), the medians over rounds and their ratio.
 """
 
 import argparse
@@ -152,25 +153,19 @@ def torch_steps(steps, threads):
 
 
 def fl_lab_steps(binary, steps, threads):
-    env = dict(os.environ, RAYON_NUM_THREADS=str(threads))
-    with tempfile.TemporaryDirectory() as runs:
-        cmd = [
-            binary, "train", "--quiet", "--config", "experiments/cpu.toml",
-            "--set", "data.source=random", "--set", f"model.num_classes={K}",
-            "--set", f"schedule.batch_size={BATCH}", "--set", f"data.input_size={SIZE}",
-            "--set", f"schedule.iterations={steps + 3}", "--set", "train.checkpoint_every=0",
-            "--runs-dir", runs, "--name", "bench",
-        ]
-        subprocess.run(cmd, check=True, env=env, stdout=subprocess.DEVNULL)
-        with open(os.path.join(runs, "bench", "summary.json")) as f:
-            s = json.load(f)
-    return s["median_step_seconds"], s["parameters"]
+    cmd = [
+        binary, "bench", "train", "--json", "--no-peak", "--config", "experiments/cpu.toml",
+        "--set", f"model.num_classes={K}", "--set", f"schedule.batch_size={BATCH}",
+        "--set", f"data.input_size={SIZE}", "--steps", str(steps), "--threads", str(threads),
+    ]
+    out = json.loads(subprocess.run(cmd, check=True, capture_output=True, text=True).stdout)
+    return out["times"]["total_ms"] * 1e-3, None
 
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--steps", type=int, default=20)
-    ap.add_argument("--rounds", type=int, default=2)
+    ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--fl-lab", default="target/release/fl-lab")
     a = ap.parse_args()
@@ -178,11 +173,16 @@ def main():
         sys.exit(f"{a.fl_lab} not found: run `cargo build --release` first (or pass --fl-lab)")
     print(f"training step, batch {BATCH} x 3 x {SIZE} x {SIZE}, K = {K}, {a.threads} threads, "
           f"median of {a.steps} steps")
-    print("round  pytorch_ms  fl_lab_ms  ratio  (params torch / fl-lab)")
+    print("round  pytorch_ms  fl_lab_ms  ratio (fl-lab / pytorch)")
+    torch_ms, fl_ms = [], []
     for r in range(a.rounds):
         tt, tp = torch_steps(a.steps, a.threads)
-        ft, fp = fl_lab_steps(a.fl_lab, a.steps, a.threads)
-        print(f"{r:5d}  {tt * 1e3:10.1f}  {ft * 1e3:9.1f}  {ft / tt:5.2f}  ({tp} / {fp})")
+        ft, _ = fl_lab_steps(a.fl_lab, a.steps, a.threads)
+        torch_ms.append(tt * 1e3)
+        fl_ms.append(ft * 1e3)
+        print(f"{r:5d}  {tt * 1e3:10.1f}  {ft * 1e3:9.1f}  {ft / tt:5.2f}", flush=True)
+    tm, fm = statistics.median(torch_ms), statistics.median(fl_ms)
+    print(f"median {tm:10.1f}  {fm:9.1f}  {fm / tm:5.2f}   (PyTorch model: {tp} parameters)")
 
 
 if __name__ == "__main__":

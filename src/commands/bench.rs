@@ -47,6 +47,34 @@ pub enum What {
         #[arg(long)]
         only: Option<String>,
     },
+    /// A training step of a config, part by part (forward, backward, optimizer), with its
+    /// convolution GFLOP/s as a fraction of the measured sgemm peak. Random images and boxes.
+    Train {
+        /// Preset to time (TOML).
+        #[arg(long, default_value = "experiments/cpu.toml")]
+        config: std::path::PathBuf,
+        /// Override one key, as in `fl-lab train` (e.g. `--set model.num_classes=10`).
+        #[arg(long = "set", value_name = "KEY=VALUE")]
+        set: Vec<String>,
+        /// Timed steps (the median is reported).
+        #[arg(long, default_value_t = 10)]
+        steps: usize,
+        /// Untimed steps first.
+        #[arg(long, default_value_t = 3)]
+        warmup: usize,
+        /// Worker threads.
+        #[arg(long, default_value_t = 2)]
+        threads: usize,
+        /// Time candle's own convolution and group-norm kernels instead of fl-lab's.
+        #[arg(long)]
+        candle_kernels: bool,
+        /// Skip the sgemm peak measurement.
+        #[arg(long)]
+        no_peak: bool,
+        /// Print one JSON object instead of the table.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 pub fn run(args: Args, _quiet: bool) -> Result<()> {
@@ -62,7 +90,90 @@ pub fn run(args: Args, _quiet: bool) -> Result<()> {
             reps,
             only,
         } => with_pool(threads, || conv_table(batch, reps, only.as_deref())),
+        What::Train {
+            config,
+            set,
+            steps,
+            warmup,
+            threads,
+            candle_kernels,
+            no_peak,
+            json,
+        } => {
+            reps_ok(steps).context("--steps must be in 1..=256")?;
+            let cfg = crate::config::Config::load(&config, &set)?;
+            let device = crate::device::parse_device(&cfg.device)?;
+            crate::ops::use_candle_kernels_only(candle_kernels);
+            let t = with_pool(threads, || {
+                crate::train::step_timing::time_steps(&cfg, &device, steps, warmup)
+            })?;
+            let peak = if no_peak || !device.is_cpu() {
+                None
+            } else {
+                Some(with_pool(threads, || measure_peak(2048, threads, 5))?)
+            };
+            report_train(&config, &cfg, threads, candle_kernels, &t, peak, json)
+        }
     }
+}
+
+fn report_train(
+    config: &std::path::Path,
+    cfg: &crate::config::Config,
+    threads: usize,
+    candle_kernels: bool,
+    t: &crate::train::step_timing::StepTimes,
+    peak: Option<f64>,
+    json: bool,
+) -> Result<()> {
+    let gflops = t.step_gflop / (t.total_ms * 1e-3);
+    let of_peak = peak.map(|p| gflops / p);
+    if json {
+        let v = serde_json::json!({
+            "config": config.display().to_string(),
+            "device": cfg.device,
+            "threads": threads,
+            "kernels": if candle_kernels { "candle" } else { "fl-lab" },
+            "batch": cfg.schedule.batch_size,
+            "input_size": cfg.data.input_size,
+            "num_classes": cfg.model.num_classes,
+            "times": t,
+            "gflop_per_s": gflops,
+            "peak_gflop_per_s": peak,
+            "fraction_of_peak": of_peak,
+        });
+        println!("{v}");
+        return Ok(());
+    }
+    let s = cfg.data.input_size;
+    println!(
+        "{}: batch {} x 3 x {s} x {s}, K = {}, {threads} threads, {} kernels, median of {} steps",
+        config.display(),
+        cfg.schedule.batch_size,
+        cfg.model.num_classes,
+        if candle_kernels { "candle" } else { "fl-lab" },
+        t.steps
+    );
+    println!("part        ms");
+    for (name, ms) in [
+        ("forward", t.forward_ms),
+        ("backward", t.backward_ms),
+        ("optimizer", t.optimizer_ms),
+        ("step", t.total_ms),
+    ] {
+        println!("{name:<10}{ms:>8.1}");
+    }
+    println!(
+        "convolutions: {:.2} GFLOP per step (forward, input and weight gradients) = {gflops:.1} GFLOP/s",
+        t.step_gflop
+    );
+    if let (Some(p), Some(f)) = (peak, of_peak) {
+        println!(
+            "sgemm peak 2048, {threads} threads: {p:.1} GFLOP/s; the step runs at {:.0}% of it",
+            100.0 * f
+        );
+    }
+    Ok(())
 }
 
 fn with_pool<R: Send>(threads: usize, f: impl FnOnce() -> Result<R> + Send) -> Result<R> {

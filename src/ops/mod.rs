@@ -12,7 +12,7 @@ pub mod reference;
 mod testing;
 
 use candle_core::{DType, Result, Tensor};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 static CANDLE_KERNELS_ONLY: AtomicBool = AtomicBool::new(false);
 
@@ -20,6 +20,56 @@ static CANDLE_KERNELS_ONLY: AtomicBool = AtomicBool::new(false);
 /// for side-by-side checks and benchmarks of the two, process-wide.
 pub fn use_candle_kernels_only(on: bool) {
     CANDLE_KERNELS_ONLY.store(on, Ordering::Relaxed);
+}
+
+static COUNTING: AtomicBool = AtomicBool::new(false);
+static FORWARD_MACS: AtomicU64 = AtomicU64::new(0);
+static INPUT_GRAD_MACS: AtomicU64 = AtomicU64::new(0);
+
+/// Multiply-accumulates of the convolutions of one piece of work. A convolution's weight gradient
+/// costs as many as its forward pass, and so does its input gradient when the input needs one (not
+/// for the image the stem reads).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ConvWork {
+    pub forward_macs: u64,
+    pub input_grad_macs: u64,
+}
+
+impl ConvWork {
+    /// Floating-point operations (2 per MAC) of forward, input and weight gradient together.
+    pub fn training_flops(&self) -> u64 {
+        2 * (2 * self.forward_macs + self.input_grad_macs)
+    }
+}
+
+/// Runs `f` and returns the convolution work it did (process-wide: run nothing else meanwhile).
+pub fn count_conv_work<R>(f: impl FnOnce() -> R) -> (R, ConvWork) {
+    FORWARD_MACS.store(0, Ordering::Relaxed);
+    INPUT_GRAD_MACS.store(0, Ordering::Relaxed);
+    COUNTING.store(true, Ordering::Relaxed);
+    let r = f();
+    COUNTING.store(false, Ordering::Relaxed);
+    let work = ConvWork {
+        forward_macs: FORWARD_MACS.load(Ordering::Relaxed),
+        input_grad_macs: INPUT_GRAD_MACS.load(Ordering::Relaxed),
+    };
+    (r, work)
+}
+
+fn count(x: &Tensor, w: &Tensor, stride: usize, padding: usize) {
+    if !COUNTING.load(Ordering::Relaxed) {
+        return;
+    }
+    let (Ok((n, _, h, wd)), Ok((co, ci, kh, kw))) = (x.dims4(), w.dims4()) else {
+        return;
+    };
+    let ho = (h + 2 * padding).saturating_sub(kh) / stride + 1;
+    let wo = (wd + 2 * padding).saturating_sub(kw) / stride + 1;
+    let macs = (n * co * ho * wo * ci * kh * kw) as u64;
+    FORWARD_MACS.fetch_add(macs, Ordering::Relaxed);
+    if x.track_op() {
+        INPUT_GRAD_MACS.fetch_add(macs, Ordering::Relaxed);
+    }
 }
 
 /// Whether the fast CPU kernels apply to these tensors.
@@ -38,6 +88,7 @@ pub fn conv2d(
     stride: usize,
     padding: usize,
 ) -> Result<Tensor> {
+    count(x, w, stride, padding);
     if fast_path(&[x, w]) && b.is_none_or(|b| fast_path(&[b])) {
         conv::conv2d_cpu(x, w, b, stride, padding, false)
     } else {
@@ -54,6 +105,7 @@ pub fn conv2d_bias_relu(
     stride: usize,
     padding: usize,
 ) -> Result<Tensor> {
+    count(x, w, stride, padding);
     if fast_path(&[x, w]) && b.is_none_or(|b| fast_path(&[b])) {
         conv::conv2d_cpu(x, w, b, stride, padding, true)
     } else {

@@ -122,21 +122,10 @@ impl RunPaths {
 
 /// Trains `cfg` on `data`, writing into `opts.run_dir`. A diverged run returns `Ok` with
 /// `diverged = true`: a failed configuration is a result, not an error.
-pub fn train(
-    cfg: &Config,
-    data: &mut dyn BatchSource,
-    device: &Device,
-    opts: &TrainOptions,
-) -> Result<Summary> {
-    cfg.validate()?;
-    let paths = RunPaths {
-        dir: opts.run_dir.clone(),
-    };
-    let hash = cfg.hash()?;
-    let model = RetinaNet::new(cfg, device)?;
+/// SGD over every parameter of `model`, normalization scales and shifts with their own weight decay.
+pub fn sgd_for(model: &RetinaNet, s: &crate::config::ScheduleConfig) -> Sgd {
     let norm_names: std::collections::HashSet<String> =
         model.store.norm_params.iter().cloned().collect();
-    let s = &cfg.schedule;
     let params = model
         .store
         .named_vars()
@@ -150,7 +139,23 @@ pub fn train(
             (name, var, wd)
         })
         .collect();
-    let mut sgd = Sgd::new(params, s.momentum);
+    Sgd::new(params, s.momentum)
+}
+
+pub fn train(
+    cfg: &Config,
+    data: &mut dyn BatchSource,
+    device: &Device,
+    opts: &TrainOptions,
+) -> Result<Summary> {
+    cfg.validate()?;
+    let paths = RunPaths {
+        dir: opts.run_dir.clone(),
+    };
+    let hash = cfg.hash()?;
+    let model = RetinaNet::new(cfg, device)?;
+    let s = &cfg.schedule;
+    let mut sgd = sgd_for(&model, s);
     let mut normalizer = Normalizer::new(cfg.loss.normalizer, cfg.loss.ema_momentum);
     let mut rows: Vec<MetricsRow> = Vec::new();
     let mut start = 0usize;
