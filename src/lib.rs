@@ -15,5 +15,6 @@ pub mod loss;
 pub mod model;
 pub mod ops;
 pub mod report;
+pub mod runtime;
 pub mod train;
 pub mod util;

@@ -3,6 +3,7 @@
 use std::process::ExitCode;
 
 fn main() -> ExitCode {
+    fl_lab::runtime::tune_for_training();
     match fl_lab::cli::try_main() {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {
