@@ -87,6 +87,10 @@ pub struct ModelConfig {
     pub head_convs: usize,
     /// Subnet width; 0 means `fpn_channels` (paper: C = 256 = FPN width).
     pub head_channels: usize,
+    /// GroupNorm after each subnet conv (detectron2's `RETINANET.NORM = "GN"`, torchvision's v2
+    /// head), shared across levels; the paper's subnets have none. With narrow heads the paper's
+    /// N(0, 0.01) init shrinks the signal at every layer and training stalls for hundreds of steps.
+    pub head_gn: bool,
     /// Number of object classes K (no background class: sigmoid outputs).
     pub num_classes: usize,
     /// Initialize the class predictor's bias to -log((1-pi)/pi) (paper §3.3); false gives bias 0.
@@ -107,6 +111,7 @@ impl Default for ModelConfig {
             fpn_channels: 64,
             head_convs: 4,
             head_channels: 0,
+            head_gn: false,
             num_classes: 10,
             prior_init: true,
             prior_prob: 0.01,

@@ -3,13 +3,15 @@
 //! except the class predictor's bias, -log((1 - pi) / pi), so every anchor starts at foreground
 //! probability pi (§3.3).
 
-use super::layers::{Conv, ConvInit};
+use super::layers::{Conv, ConvInit, Norm};
 use super::params::ParamStore;
 use crate::ops;
 use candle_core::{Result, Tensor};
 
 pub struct Subnet {
     convs: Vec<Conv>,
+    /// GroupNorm after each conv when the config asks for it (shared across levels like the convs).
+    norms: Vec<Norm>,
     pred: Conv,
 }
 
@@ -23,12 +25,14 @@ impl Subnet {
         depth: usize,
         outputs: usize,
         pred_bias: f64,
+        gn_groups: Option<usize>,
     ) -> Result<Subnet> {
         let g = ConvInit::Gaussian {
             std: 0.01,
             bias: 0.0,
         };
         let mut convs = Vec::with_capacity(depth);
+        let mut norms = Vec::new();
         let mut c = c_in;
         for i in 0..depth {
             convs.push(Conv::new(
@@ -41,6 +45,15 @@ impl Subnet {
                 true,
                 g,
             )?);
+            if let Some(groups) = gn_groups {
+                norms.push(Norm::new(
+                    store,
+                    &format!("{name}.norm{i}"),
+                    crate::config::NormKind::Gn,
+                    width,
+                    groups,
+                )?);
+            }
             c = width;
         }
         let pred_init = ConvInit::Gaussian {
@@ -57,14 +70,18 @@ impl Subnet {
             true,
             pred_init,
         )?;
-        Ok(Subnet { convs, pred })
+        Ok(Subnet { convs, norms, pred })
     }
 
     /// `[N, F, H, W]` -> `[N, outputs, H, W]`.
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
         let mut y = x.clone();
-        for c in &self.convs {
-            y = ops::relu(&c.forward(&y)?)?;
+        for (i, c) in self.convs.iter().enumerate() {
+            y = c.forward(&y)?;
+            if let Some(n) = self.norms.get(i) {
+                y = n.forward(&y, true)?;
+            }
+            y = ops::relu(&y)?;
         }
         self.pred.forward(&y)
     }

@@ -60,6 +60,7 @@ impl RetinaNet {
         } else {
             0.0
         };
+        let head_gn = m.head_gn.then_some(m.gn_groups);
         let cls_head = head::Subnet::new(
             &mut store,
             "head.cls",
@@ -68,6 +69,7 @@ impl RetinaNet {
             m.head_convs,
             na * k,
             bias,
+            head_gn,
         )?;
         let box_head = head::Subnet::new(
             &mut store,
@@ -77,6 +79,7 @@ impl RetinaNet {
             m.head_convs,
             na * 4,
             0.0,
+            head_gn,
         )?;
         Ok(RetinaNet {
             config: config.clone(),
@@ -329,9 +332,11 @@ mod tests {
 
     #[test]
     fn every_parameter_gets_a_gradient() {
-        for norm in [crate::config::NormKind::Gn, crate::config::NormKind::Bn] {
+        use crate::config::NormKind::{Bn, Gn};
+        for (norm, head_gn) in [(Gn, false), (Bn, false), (Gn, true)] {
             let mut cfg = tiny_config();
             cfg.model.norm = norm;
+            cfg.model.head_gn = head_gn;
             let m = RetinaNet::new(&cfg, &Device::Cpu).unwrap();
             let out = m.forward(&input(2, 64, 3), true).unwrap();
             let r1 = input(1, 1, 4); // a few fixed weights to break symmetry of the sum
