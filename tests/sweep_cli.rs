@@ -234,3 +234,49 @@ fn loss_cdf_of_a_trained_run(out: &Path, data: &str) {
         "{csv}"
     );
 }
+
+#[test]
+fn a_full_gamma_by_alpha_grid_gets_a_heat_map() {
+    let t = tempfile::tempdir().unwrap();
+    let data = tiny_dataset(t.path());
+    let spec = t.path().join("grid.toml");
+    std::fs::write(
+        &spec,
+        r#"name = "grid"
+title = "gamma x alpha"
+paper = "none"
+set = ["loss.kind=focal", "schedule.iterations=4"]
+x = { key = "loss.gamma", label = "gamma" }
+
+[[variants]]
+label = "gamma 0"
+set = ["loss.gamma=0.0"]
+
+[[variants]]
+label = "gamma 2"
+set = ["loss.gamma=2.0"]
+"#,
+    )
+    .unwrap();
+    let out = t.path().join("grid");
+    let (spec, out_s) = (spec.to_str().unwrap(), out.to_str().unwrap());
+    let args = [
+        "sweep-gamma",
+        "--preset",
+        "smoke",
+        "--data",
+        &data,
+        "--spec",
+        spec,
+        "--out",
+        out_s,
+    ];
+    ok(&fl_lab(&args));
+    assert!(!out.join("heatmap.png").exists(), "no grid, no heat map");
+    let mut grid = args.to_vec();
+    grid.extend(["--alphas", ".25,.75"]);
+    let stdout = ok(&fl_lab(&grid));
+    assert!(stdout.contains("4 runs"), "{stdout}");
+    let img = image::open(out.join("heatmap.png")).unwrap();
+    assert_eq!((img.width(), img.height()), (200 + 2 * 140, 200 + 2 * 90));
+}

@@ -41,10 +41,14 @@ pub fn run_experiment(
     executor: &dyn Executor,
     quiet: bool,
 ) -> Result<SweepOutcome> {
-    let spec = match &opts.spec {
+    let mut spec = match &opts.spec {
         Some(path) => ExperimentSpec::load(path)?,
         None => ExperimentSpec::builtin(name)?,
     };
+    // Crossed with --alphas, the variants form a grid: one AP curve per alpha, and a heat map.
+    if !opts.alphas.is_empty() && spec.series_key.is_none() {
+        spec.series_key = Some("loss.alpha".into());
+    }
     let (preset, preset_origin) = preset_text(&opts.preset)?;
     let jobs = expand(&spec, &preset, &opts.overrides, &opts.alphas, opts.seeds)?;
     std::fs::create_dir_all(&opts.out)

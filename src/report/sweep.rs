@@ -23,6 +23,7 @@ pub fn write_all(
     }
     write_ap_figure(&out.join("ap.png"), spec, c)?;
     write_ap_bars(&out.join("ap_bars.png"), spec, c)?;
+    write_grid_heatmap(&out.join("heatmap.png"), spec, c)?;
     write_loss_curves(&out.join("loss_curves.png"), spec, c, out)?;
     write_summary_md(&out.join("summary.md"), spec, c, context_note)
 }
@@ -208,6 +209,55 @@ fn write_ap_figure(path: &Path, spec: &ExperimentSpec, c: &Collected) -> Result<
         series,
     };
     write_line_chart(path, &chart)
+}
+
+/// Mean AP over the x key (columns) and the series key (rows), written only when every combination
+/// of their values was trained (for example `sweep-gamma --alphas`).
+fn write_grid_heatmap(path: &Path, spec: &ExperimentSpec, c: &Collected) -> Result<()> {
+    let (Some(x), Some(series_key)) = (&spec.x, &spec.series_key) else {
+        return Ok(());
+    };
+    let cells: Vec<_> = c
+        .summaries
+        .iter()
+        .filter_map(|s| Some((s.x?, s.series.clone()?, s)))
+        .collect();
+    let mut xs: Vec<f64> = cells.iter().map(|c| c.0).collect();
+    xs.sort_by(f64::total_cmp);
+    xs.dedup();
+    let mut ys: Vec<String> = cells.iter().map(|c| c.1.clone()).collect();
+    ys.sort_by(|a, b| match (a.parse::<f64>(), b.parse::<f64>()) {
+        (Ok(a), Ok(b)) => a.total_cmp(&b),
+        _ => a.cmp(b),
+    });
+    ys.dedup();
+    if xs.len() < 2 || ys.len() < 2 || cells.len() != xs.len() * ys.len() {
+        return Ok(());
+    }
+    let values = ys
+        .iter()
+        .map(|y| {
+            xs.iter()
+                .map(|&xv| {
+                    cells
+                        .iter()
+                        .find(|c| c.0 == xv && &c.1 == y)
+                        .filter(|c| c.2.runs > 0)
+                        .map(|c| 100.0 * c.2.ap.mean)
+                })
+                .collect()
+        })
+        .collect();
+    let map = super::heatmap::HeatMap {
+        title: format!("{}: mean AP (%)", spec.title),
+        x_label: x.label.clone(),
+        y_label: series_key.clone(),
+        cols: xs.iter().map(|v| format!("{v}")).collect(),
+        rows: ys,
+        values,
+        format: |v| format!("{v:.1}"),
+    };
+    super::heatmap::write_heatmap(path, &map)
 }
 
 /// One bar per variant (mean AP, error bar = std over seeds), the paper's AP as a hollow bar beside it.
