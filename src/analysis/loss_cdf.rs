@@ -168,6 +168,16 @@ pub struct Curve {
     pub hardest_shares: Vec<f64>,
 }
 
+/// The curves (positives, negatives) of one model saved during a run, for `--over-training`.
+#[derive(Debug, Clone)]
+pub struct Checkpoint {
+    /// Iterations trained when the weights were saved.
+    pub iteration: usize,
+    /// The run's schedule length.
+    pub of_iterations: usize,
+    pub curves: Vec<Curve>,
+}
+
 /// The fractions of hardest samples reported in the summary.
 pub const HARD_FRACTIONS: [f64; 5] = [0.01, 0.05, 0.10, 0.20, 0.50];
 
