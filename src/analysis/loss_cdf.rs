@@ -9,7 +9,8 @@
 //! Alpha is left out: it is a constant factor within each set and cancels in the normalization.
 //!
 //! FL(p_t) = -(1 - p_t)^gamma log(p_t) is decreasing in `x_t` for every gamma >= 0, so ascending loss
-//! is descending margin for *all* gammas: the samples are sorted once and every gamma is a linear pass.
+//! is descending margin for *all* gammas: the samples are sorted once (radix sort) and all gammas are
+//! accumulated in one linear pass.
 
 use anyhow::{bail, Result};
 use rand::Rng;
