@@ -105,3 +105,77 @@ fn bad_configs_fail_with_the_key_named() {
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("missing.toml"));
 }
+
+#[test]
+fn train_keeps_the_snapshots_asked_for() {
+    let dir = tempfile::tempdir().unwrap();
+    let runs = dir.path().to_str().unwrap();
+    let mut args = vec![
+        "train",
+        "--quiet",
+        "--config",
+        "experiments/tiny.toml",
+        "--set",
+        "data.source=random",
+        "--set",
+        "schedule.iterations=4",
+        "--set",
+        "train.checkpoint_every=1",
+        "--runs-dir",
+        runs,
+        "--name",
+        "snap",
+    ];
+    let mut bad = args.clone();
+    bad.extend(["--snapshots", "10%,five"]);
+    let out = fl_lab(&bad);
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("--snapshots") && err.contains("'five'"),
+        "{err}"
+    );
+
+    args.extend(["--snapshots", "1,50%"]);
+    let out = fl_lab(&args);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let run = dir.path().join("snap");
+    let mut names: Vec<String> = std::fs::read_dir(&run)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| n.starts_with("snapshot-") || n.starts_with('.'))
+        .collect();
+    names.sort();
+    // kept although checkpoints after them replaced each other; no temporary files left
+    assert_eq!(names, ["snapshot-1.safetensors", "snapshot-2.safetensors"]);
+    let model = fl_lab::model::RetinaNet::load_run(&run).unwrap();
+    // Copied out before loading: a parameter's tensor shares its storage with the variable.
+    let values = |m: &fl_lab::model::RetinaNet| -> Vec<(String, Vec<f32>)> {
+        m.store
+            .all_tensors()
+            .into_iter()
+            .map(|(k, v)| (k, v.flatten_all().unwrap().to_vec1().unwrap()))
+            .collect()
+    };
+    let final_weights = values(&model);
+    model
+        .load_weights(&run.join("snapshot-1.safetensors"))
+        .unwrap();
+    let snapshot = values(&model);
+    assert_eq!(final_weights.len(), snapshot.len());
+    assert!(
+        final_weights
+            .iter()
+            .zip(&snapshot)
+            .all(|((a, _), (b, _))| a == b),
+        "the snapshot holds other tensors than the model"
+    );
+    assert!(
+        final_weights != snapshot,
+        "the snapshot after iteration 1 equals the final model"
+    );
+}

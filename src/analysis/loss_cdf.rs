@@ -9,7 +9,8 @@
 //! Alpha is left out: it is a constant factor within each set and cancels in the normalization.
 //!
 //! FL(p_t) = -(1 - p_t)^gamma log(p_t) is decreasing in `x_t` for every gamma >= 0, so ascending loss
-//! is descending margin for *all* gammas: the samples are sorted once and every gamma is a linear pass.
+//! is descending margin for *all* gammas: the samples are sorted once (radix sort) and all gammas are
+//! accumulated in one linear pass.
 
 use anyhow::{bail, Result};
 use rand::Rng;
@@ -77,12 +78,13 @@ pub struct SortedMargins {
 }
 
 impl SortedMargins {
-    pub fn new(mut margins: Vec<f32>) -> Result<Self> {
+    pub fn new(margins: Vec<f32>) -> Result<Self> {
         if let Some(i) = margins.iter().position(|m| m.is_nan()) {
             bail!("sample {i} has a NaN logit");
         }
-        margins.par_sort_unstable_by(|a, b| b.total_cmp(a));
-        Ok(Self { margins })
+        Ok(Self {
+            margins: sort_descending(margins),
+        })
     }
 
     pub fn len(&self) -> usize {
@@ -92,14 +94,63 @@ impl SortedMargins {
     pub fn is_empty(&self) -> bool {
         self.margins.is_empty()
     }
+}
 
-    /// Focal losses in ascending order for one gamma.
-    pub fn losses(&self, gamma: f64) -> Vec<f64> {
-        self.margins
-            .par_iter()
-            .map(|&m| focal_of_margin(m as f64, gamma))
-            .collect()
+/// Sorts margins in descending order (`total_cmp` order, reversed) with an LSD radix sort on
+/// order-preserving integer keys: three 11-bit passes are several times faster than a comparison
+/// sort of 10^7 floats, and the result is the same permutation-free sequence of values.
+fn sort_descending(margins: Vec<f32>) -> Vec<f32> {
+    const BITS: u32 = 11;
+    const BUCKETS: usize = 1 << BITS;
+    const PASSES: usize = 3; // 3 * 11 >= 32
+                             // Ascending in the key = descending in total_cmp order: flip the usual monotone map.
+    let key = |v: f32| {
+        let b = v.to_bits();
+        let ordered = if b & 0x8000_0000 != 0 {
+            !b
+        } else {
+            b | 0x8000_0000
+        };
+        !ordered
+    };
+    let unkey = |k: u32| {
+        let ordered = !k;
+        let b = if ordered & 0x8000_0000 != 0 {
+            ordered & 0x7fff_ffff
+        } else {
+            !ordered
+        };
+        f32::from_bits(b)
+    };
+    let mut keys: Vec<u32> = margins.iter().map(|&v| key(v)).collect();
+    drop(margins);
+    let mut counts = vec![[0usize; BUCKETS]; PASSES];
+    for &k in &keys {
+        for (p, c) in counts.iter_mut().enumerate() {
+            c[((k >> (p as u32 * BITS)) as usize) & (BUCKETS - 1)] += 1;
+        }
     }
+    let mut scratch = vec![0u32; keys.len()];
+    for (p, c) in counts.iter().enumerate() {
+        // A pass whose digit is the same for every key moves nothing.
+        if c.contains(&keys.len()) {
+            continue;
+        }
+        let mut offsets = [0usize; BUCKETS];
+        let mut acc = 0;
+        for (o, &n) in offsets.iter_mut().zip(c.iter()) {
+            *o = acc;
+            acc += n;
+        }
+        let shift = p as u32 * BITS;
+        for &k in &keys {
+            let d = ((k >> shift) as usize) & (BUCKETS - 1);
+            scratch[offsets[d]] = k;
+            offsets[d] += 1;
+        }
+        std::mem::swap(&mut keys, &mut scratch);
+    }
+    keys.into_iter().map(unkey).collect()
 }
 
 /// FL of a sample with margin `x_t`, without alpha (see the module doc).
@@ -118,6 +169,16 @@ pub struct Curve {
     pub hardest_shares: Vec<f64>,
 }
 
+/// The curves (positives, negatives) of one model saved during a run, for `--over-training`.
+#[derive(Debug, Clone)]
+pub struct Checkpoint {
+    /// Iterations trained when the weights were saved.
+    pub iteration: usize,
+    /// The run's schedule length.
+    pub of_iterations: usize,
+    pub curves: Vec<Curve>,
+}
+
 /// The fractions of hardest samples reported in the summary.
 pub const HARD_FRACTIONS: [f64; 5] = [0.01, 0.05, 0.10, 0.20, 0.50];
 
@@ -128,62 +189,117 @@ pub fn curve(
     gamma: f64,
     max_points: usize,
 ) -> Result<Curve> {
+    let mut c = curves(sorted, set, &[gamma], max_points)?;
+    Ok(c.remove(0))
+}
+
+/// Builds the curves of one set for every gamma in one pass over the sorted samples.
+///
+/// Only the cumulative loss at the plotted fractions and at the hardest-share cut points is ever
+/// read, so the samples are cut into segments between those indices: each segment's loss is summed
+/// sequentially (segments in parallel), and the segment sums are accumulated in order. The segments
+/// depend only on `n` and `max_points`, so the result does not depend on the thread count. Each
+/// sample's exponential and logarithm are computed once and shared by all gammas.
+pub fn curves(
+    sorted: &SortedMargins,
+    set: SampleSet,
+    gammas: &[f64],
+    max_points: usize,
+) -> Result<Vec<Curve>> {
     let n = sorted.len();
     if n == 0 {
         bail!("no {} samples: the CDF needs at least one", set.name());
     }
-    let losses = sorted.losses(gamma);
-    let cumulative = prefix_sums(&losses);
-    let total = cumulative[n - 1];
-    if !(total.is_finite() && total > 0.0) {
-        bail!(
-            "the total {} loss at gamma {gamma} is {total}: the curve cannot be normalized",
-            set.name()
-        );
-    }
-    // cumulative[i] holds the loss of the i+1 easiest samples.
-    let at = |k: usize| {
-        if k == 0 {
-            0.0
-        } else {
-            cumulative[k - 1] / total
-        }
-    };
+    // The indices k (number of easiest samples) whose cumulative loss is read.
     let step = (n as f64 / max_points.max(1) as f64).max(1.0);
-    let mut points = Vec::with_capacity(max_points + 2);
+    let mut point_ks = Vec::with_capacity(max_points + 2);
     let mut t = 0.0f64;
     while (t.round() as usize) < n {
-        let k = t.round() as usize;
-        points.push((k as f64 / n as f64, at(k)));
+        point_ks.push(t.round() as usize);
         t += step;
     }
-    points.push((1.0, 1.0));
-    let hardest_shares = HARD_FRACTIONS
+    let hard_ks: Vec<usize> = HARD_FRACTIONS
         .iter()
-        .map(|&q| {
-            let hardest = ((q * n as f64).round() as usize).min(n);
-            1.0 - at(n - hardest)
+        .map(|&q| n - ((q * n as f64).round() as usize).min(n))
+        .collect();
+    let mut bounds: Vec<usize> = point_ks.iter().chain(&hard_ks).copied().collect();
+    bounds.push(0);
+    bounds.push(n);
+    bounds.sort_unstable();
+    bounds.dedup();
+
+    let kinds: Vec<u8> = gammas
+        .iter()
+        .map(|&g| crate::loss::focal::gamma_kind(g))
+        .collect();
+    let segment_sums: Vec<Vec<f64>> = bounds
+        .par_windows(2)
+        .map(|w| {
+            let mut sums = vec![0.0f64; gammas.len()];
+            for &m in &sorted.margins[w[0]..w[1]] {
+                focal_all_gammas(m as f64, gammas, &kinds, &mut sums);
+            }
+            sums
         })
         .collect();
-    Ok(Curve {
-        gamma,
-        set,
-        samples: n,
-        points,
-        hardest_shares,
-    })
+    // cumulative[b][g]: loss of the bounds[b] easiest samples at gamma g.
+    let mut cumulative = Vec::with_capacity(bounds.len());
+    let mut acc = vec![0.0f64; gammas.len()];
+    cumulative.push(acc.clone());
+    for s in &segment_sums {
+        for (a, v) in acc.iter_mut().zip(s) {
+            *a += v;
+        }
+        cumulative.push(acc.clone());
+    }
+    let slot = |k: usize| bounds.partition_point(|&b| b < k);
+
+    let mut out = Vec::with_capacity(gammas.len());
+    for (gi, &gamma) in gammas.iter().enumerate() {
+        let total = acc[gi];
+        if !(total.is_finite() && total > 0.0) {
+            bail!(
+                "the total {} loss at gamma {gamma} is {total}: the curve cannot be normalized",
+                set.name()
+            );
+        }
+        let at = |k: usize| cumulative[slot(k)][gi] / total;
+        let mut points: Vec<(f64, f64)> = point_ks
+            .iter()
+            .map(|&k| (k as f64 / n as f64, if k == 0 { 0.0 } else { at(k) }))
+            .collect();
+        points.push((1.0, 1.0));
+        let hardest_shares = hard_ks.iter().map(|&k| 1.0 - at(k)).collect();
+        out.push(Curve {
+            gamma,
+            set,
+            samples: n,
+            points,
+            hardest_shares,
+        });
+    }
+    Ok(out)
 }
 
-/// Sequential prefix sums in f64 (sequential keeps the result independent of the thread count).
-fn prefix_sums(values: &[f64]) -> Vec<f64> {
-    let mut acc = 0.0;
-    values
-        .iter()
-        .map(|v| {
-            acc += v;
-            acc
-        })
-        .collect()
+/// Adds FL(margin) for every gamma to `sums`, with the same arithmetic as
+/// [`crate::loss::focal::focal_terms`] (so each term equals [`focal_of_margin`]) but one exp and one
+/// log1p per sample instead of one per gamma.
+#[inline]
+fn focal_all_gammas(margin: f64, gammas: &[f64], kinds: &[u8], sums: &mut [f64]) {
+    use crate::loss::focal::{GAMMA_ONE, GAMMA_TWO, GAMMA_ZERO};
+    use crate::loss::stable::{LogitParts, StdMath, Transcendental};
+    let parts = LogitParts::<f64>::new::<StdMath>(margin);
+    let (_, q) = parts.sigmoids();
+    let nlp = parts.softplus_neg();
+    for ((s, &g), &kind) in sums.iter_mut().zip(gammas).zip(kinds) {
+        let w = match kind {
+            GAMMA_ZERO => 1.0,
+            GAMMA_ONE => q,
+            GAMMA_TWO => q * q,
+            _ => <StdMath as Transcendental<f64>>::exp_nonpos(-(g * parts.softplus())),
+        };
+        *s += w * nlp;
+    }
 }
 
 /// Curves for both sets and every gamma.
@@ -203,13 +319,11 @@ pub fn analyze(
         (SampleSet::Positive, SortedMargins::new(positives)?),
         (SampleSet::Negative, SortedMargins::new(negatives)?),
     ];
-    let mut curves = Vec::new();
+    let mut out = Vec::new();
     for (set, sorted) in &sets {
-        for &g in gammas {
-            curves.push(curve(sorted, *set, g, max_points)?);
-        }
+        out.extend(curves(sorted, *set, gammas, max_points)?);
     }
-    Ok(curves)
+    Ok(out)
 }
 
 #[cfg(test)]
@@ -296,6 +410,66 @@ mod tests {
                 "{f}: {y} vs {}",
                 expected[k]
             );
+        }
+    }
+
+    #[test]
+    fn radix_sort_matches_a_comparison_sort() {
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(11);
+        let mut m: Vec<f32> = (0..20_000)
+            .map(|i| match i % 5 {
+                0 => rng.gen_range(-1e-30f32..1e-30),
+                1 => rng.gen_range(-1e30f32..1e30),
+                _ => rng.gen_range(-20.0f32..20.0),
+            })
+            .collect();
+        m.extend([
+            0.0,
+            -0.0,
+            f32::INFINITY,
+            f32::NEG_INFINITY,
+            f32::MIN,
+            f32::MAX,
+            3.0,
+            3.0,
+        ]);
+        let mut expect = m.clone();
+        expect.sort_by(|a, b| b.total_cmp(a));
+        let got = SortedMargins::new(m).unwrap().margins;
+        assert_eq!(
+            got.iter().map(|v| v.to_bits()).collect::<Vec<_>>(),
+            expect.iter().map(|v| v.to_bits()).collect::<Vec<_>>()
+        );
+    }
+
+    #[test]
+    fn one_pass_curves_match_the_sort_per_gamma_recipe() {
+        // The straightforward recipe: losses per gamma, sorted ascending, sequential prefix sums.
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(5);
+        let n = 30_011;
+        let m: Vec<f32> = (0..n).map(|_| rng.gen_range(-12.0f32..9.0)).collect();
+        let gammas = [0.0, 0.5, 1.0, 2.0, 3.7];
+        let sorted = SortedMargins::new(m.clone()).unwrap();
+        let got = curves(&sorted, SampleSet::Negative, &gammas, 997).unwrap();
+        for (c, &g) in got.iter().zip(&gammas) {
+            let mut l: Vec<f64> = m.iter().map(|&x| focal_of_margin(x as f64, g)).collect();
+            l.sort_by(f64::total_cmp);
+            let mut cum = vec![0.0];
+            for v in &l {
+                cum.push(cum.last().unwrap() + v);
+            }
+            let total = cum[n];
+            for &(f, y) in &c.points {
+                let k = (f * n as f64).round() as usize;
+                assert!((y - cum[k] / total).abs() < 1e-12, "gamma {g} at {f}");
+            }
+            for (share, q) in c.hardest_shares.iter().zip(HARD_FRACTIONS) {
+                let k = n - (q * n as f64).round() as usize;
+                assert!(
+                    (share - (1.0 - cum[k] / total)).abs() < 1e-12,
+                    "gamma {g} q {q}"
+                );
+            }
         }
     }
 

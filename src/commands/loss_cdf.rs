@@ -1,12 +1,12 @@
 //! `fl-lab loss-cdf`: the paper's Figure 4 (cumulative distribution of the normalized focal loss
 //! over positive and negative samples) for a detector's binary samples.
 
-use crate::analysis::loss_cdf::analyze;
+use crate::analysis::loss_cdf::{analyze, Checkpoint};
 use crate::analysis::samples::{read_samples, ValueKind};
-use crate::report::loss_cdf::{write_all, Provenance};
+use crate::report::loss_cdf::{checkpoint_label, write_all, write_over_training, Provenance};
 use anyhow::{bail, Context, Result};
 use rand::SeedableRng;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 #[derive(Debug, clap::Args)]
 pub struct Args {
@@ -40,6 +40,14 @@ pub struct Args {
     /// Seed of the uniform sampling.
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
+    /// Curves of the run's snapshots (`fl-lab train --snapshots 10%,50%`) and final model, in one
+    /// figure: how the loss concentrates as training goes on. Each model is applied to the same
+    /// validation images and the curves use the gamma the run was trained with (its `loss.gamma`; 0
+    /// for a cross-entropy or OHEM run), so --gammas does not apply. Writes over_training.csv and
+    /// over_training.png, and adds the checkpoints to summary.csv and summary.md. With no --run,
+    /// the default model (trained with snapshots at 10% and 50%).
+    #[arg(long, conflicts_with_all = ["samples", "gammas"])]
+    pub over_training: bool,
     /// Output directory.
     #[arg(long, default_value = "plots/loss-cdf")]
     pub out: PathBuf,
@@ -63,6 +71,9 @@ pub fn run(args: Args, quiet: bool) -> Result<()> {
     check_gammas(&args.gammas)?;
     if args.max_pos == 0 || args.max_neg == 0 || args.points < 2 {
         bail!("--max-pos and --max-neg must be positive and --points at least 2");
+    }
+    if args.over_training {
+        return run_over_training(&args, quiet);
     }
     let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(args.seed);
     let (sets, source) = match &args.samples {
@@ -160,12 +171,146 @@ fn default_model(quiet: bool) -> Result<PathBuf> {
         resume: run_dir.join("checkpoint.json").exists(),
         quiet,
         stop_after: None,
+        snapshots: crate::commands::train::parse_snapshots(
+            &["10%".into(), "50%".into()],
+            cfg.schedule.iterations,
+        )?,
     };
     let summary = crate::train::train(&cfg, &mut source, &device, &opts)?;
     if summary.diverged {
         bail!("the default model diverged; train one with `fl-lab train` and pass --run");
     }
     Ok(run_dir)
+}
+
+/// The run's snapshots (`snapshot-<iteration>.safetensors`) in training order, then its final model.
+fn run_checkpoints(run_dir: &Path, iterations: usize) -> Result<Vec<(usize, PathBuf)>> {
+    let entries = std::fs::read_dir(run_dir)
+        .with_context(|| format!("cannot list the run directory {}", run_dir.display()))?;
+    let mut found = Vec::new();
+    for entry in entries {
+        let name = entry?.file_name().to_string_lossy().into_owned();
+        let iteration = name
+            .strip_prefix("snapshot-")
+            .and_then(|r| r.strip_suffix(".safetensors"))
+            .filter(|d| !d.is_empty() && d.bytes().all(|b| b.is_ascii_digit()))
+            .and_then(|d| d.parse::<usize>().ok());
+        // A snapshot at the end of training is the final model itself.
+        if let Some(i) = iteration.filter(|&i| i < iterations) {
+            found.push((i, run_dir.join(&name)));
+        }
+    }
+    if found.is_empty() {
+        bail!(
+            "{} has no snapshots (snapshot-<iteration>.safetensors) before its final model: train \
+             it with `fl-lab train --snapshots 10%,50% ...` to analyse it over training",
+            run_dir.display()
+        );
+    }
+    found.sort();
+    found.push((iterations, run_dir.join("model.safetensors")));
+    Ok(found)
+}
+
+/// `loss-cdf --over-training`: the curves of every snapshot of a run and of its final model.
+fn run_over_training(args: &Args, quiet: bool) -> Result<()> {
+    let run_dir = match &args.run {
+        Some(r) => r.clone(),
+        None => default_model(quiet)?,
+    };
+    let model = crate::model::RetinaNet::load_run(&run_dir)?;
+    let mut cfg = model.config().clone();
+    let iterations = cfg.schedule.iterations;
+    let checkpoints = run_checkpoints(&run_dir, iterations).map_err(|e| {
+        if args.run.is_none() {
+            e.context(format!(
+                "the default model predates snapshots: remove {} to train it again with them",
+                run_dir.display()
+            ))
+        } else {
+            e
+        }
+    })?;
+    if let Some(d) = &args.data {
+        cfg.data.source = d.display().to_string();
+    }
+    let gamma = match cfg.loss.kind {
+        crate::config::LossKind::Ce | crate::config::LossKind::Ohem => 0.0,
+        _ => cfg.loss.gamma,
+    };
+    let val = crate::train::dataset_source::open_dataset(&cfg, crate::data::Split::Val, quiet)?;
+    let mut results = Vec::with_capacity(checkpoints.len());
+    let mut seen = (0, 0);
+    for (iteration, weights) in &checkpoints {
+        if !quiet {
+            eprintln!("iteration {iteration}: {}", weights.display());
+        }
+        model.load_weights(weights)?;
+        // The same seed for every checkpoint: the same images give the same sample stream, so
+        // every checkpoint keeps the same (anchor, class) samples.
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(args.seed);
+        let sets = crate::analysis::model_samples::model_samples(
+            &model,
+            &val,
+            args.max_pos,
+            args.max_neg,
+            16,
+            quiet,
+            &mut rng,
+        )?;
+        seen = (sets.positives.seen(), sets.negatives.seen());
+        let curves = analyze(
+            sets.positives.into_items(),
+            sets.negatives.into_items(),
+            &[gamma],
+            args.points,
+        )
+        .with_context(|| format!("checkpoint {}", weights.display()))?;
+        results.push(Checkpoint {
+            iteration: *iteration,
+            of_iterations: iterations,
+            curves,
+        });
+    }
+    let provenance = Provenance {
+        source: format!(
+            "run `{}` (loss {:?}, gamma {}, alpha {}), {} checkpoints, on {} validation images of `{}`",
+            run_dir.display(),
+            cfg.loss.kind,
+            cfg.loss.gamma,
+            cfg.loss.alpha,
+            results.len(),
+            val.len(),
+            val.source.json.display()
+        ),
+        positives_seen: seen.0,
+        negatives_seen: seen.1,
+        note: String::new(),
+    };
+    write_over_training(&args.out, &results, &provenance).with_context(|| {
+        format!(
+            "cannot write the over-training outputs to {}",
+            args.out.display()
+        )
+    })?;
+    println!("checkpoint              set       samples     hardest 5%  hardest 20%");
+    for cp in &results {
+        for c in &cp.curves {
+            println!(
+                "{:<23} {:<9} {:<11} {:>9.1}%  {:>10.1}%",
+                checkpoint_label(cp),
+                c.set.name(),
+                c.samples,
+                100.0 * c.hardest_shares[1],
+                100.0 * c.hardest_shares[3]
+            );
+        }
+    }
+    println!(
+        "wrote {}/{{over_training.csv, over_training.png, summary.csv, summary.md}}",
+        args.out.display()
+    );
+    Ok(())
 }
 
 fn print_summary(curves: &[crate::analysis::loss_cdf::Curve], out: &std::path::Path) {

@@ -20,6 +20,7 @@ impl Executor for TrainAndEvaluate {
             resume: run_dir.join("checkpoint.json").exists(),
             quiet,
             stop_after: None,
+            snapshots: Vec::new(),
         };
         let summary = crate::train::train(cfg, &mut source, &device, &opts)?;
         let positives_per_image =

@@ -1,7 +1,11 @@
-//! Files of the loss-CDF analysis: `cdf.csv`, `figure4.png`, `summary.csv`, `summary.md`.
+//! Files of the loss-CDF analysis: `cdf.csv`, `figure4.png`, `summary.csv`, `summary.md`, and for
+//! `--over-training` `over_training.csv` and `over_training.png`.
+//!
+//! Both analyses share `summary.csv` and `summary.md` in one output directory: each rewrites its own
+//! rows (the `analysis` column) and its own part of the markdown and keeps the other's.
 
 use super::plot::{write_panels, LineChart, Series};
-use crate::analysis::loss_cdf::{paper_findings, Curve, SampleSet, HARD_FRACTIONS};
+use crate::analysis::loss_cdf::{paper_findings, Checkpoint, Curve, SampleSet, HARD_FRACTIONS};
 use anyhow::Result;
 use std::fmt::Write as _;
 use std::path::Path;
@@ -46,6 +50,15 @@ pub fn write_cdf_csv(path: &Path, curves: &[Curve]) -> Result<()> {
 
 /// Two panels as in the paper: positives (left) and negatives (right), one curve per gamma.
 pub fn write_figure(path: &Path, curves: &[Curve], caption: &str) -> Result<()> {
+    let labelled: Vec<(String, &Curve)> = curves
+        .iter()
+        .map(|c| (format!("γ = {}", c.gamma), c))
+        .collect();
+    write_two_panels(path, caption, &labelled)
+}
+
+/// Positives (left) and negatives (right), one labelled curve per entry.
+fn write_two_panels(path: &Path, caption: &str, curves: &[(String, &Curve)]) -> Result<()> {
     let panel = |set: SampleSet, title: &str, x_label: &str| LineChart {
         title: title.into(),
         x_label: x_label.into(),
@@ -54,9 +67,9 @@ pub fn write_figure(path: &Path, curves: &[Curve], caption: &str) -> Result<()> 
         y_range: Some((0.0, 1.0)),
         series: curves
             .iter()
-            .filter(|c| c.set == set)
-            .map(|c| Series {
-                label: format!("γ = {}", c.gamma),
+            .filter(|(_, c)| c.set == set)
+            .map(|(label, c)| Series {
+                label: label.clone(),
                 points: c.points.clone(),
                 ..Default::default()
             })
@@ -77,27 +90,86 @@ pub fn write_figure(path: &Path, curves: &[Curve], caption: &str) -> Result<()> 
     write_panels(path, caption, &panels, (2000, 900))
 }
 
+const FIGURE4: &str = "figure4";
+const OVER_TRAINING: &str = "over-training";
+
+/// `summary.csv`: one row per curve; `iteration` is empty for Figure 4 rows.
 pub fn write_summary_csv(path: &Path, curves: &[Curve]) -> Result<()> {
+    let rows: Vec<(Option<usize>, &Curve)> = curves.iter().map(|c| (None, c)).collect();
+    merge_summary_csv(path, FIGURE4, &rows)
+}
+
+fn summary_header() -> Vec<String> {
+    let mut header = vec![
+        "analysis".to_string(),
+        "iteration".into(),
+        "gamma".into(),
+        "set".into(),
+        "samples".into(),
+    ];
+    header.extend(
+        HARD_FRACTIONS
+            .iter()
+            .map(|q| format!("share_hardest_{}pct", (q * 100.0).round())),
+    );
+    header
+}
+
+/// Rewrites the rows of `analysis` in `summary.csv`, keeping the other analysis' rows (when the
+/// existing file has this header).
+fn merge_summary_csv(path: &Path, analysis: &str, rows: &[(Option<usize>, &Curve)]) -> Result<()> {
+    let header = summary_header();
+    let mut kept: Vec<csv::StringRecord> = Vec::new();
+    if let Ok(mut r) = csv::Reader::from_path(path) {
+        if r.headers().is_ok_and(|h| h.iter().eq(header.iter())) {
+            kept = r
+                .records()
+                .filter_map(|rec| rec.ok())
+                .filter(|rec| rec.get(0) != Some(analysis))
+                .collect();
+        }
+    }
     let bytes = super::csv_bytes(|w| {
-        let mut header = vec!["gamma".to_string(), "set".into(), "samples".into()];
-        header.extend(
-            HARD_FRACTIONS
-                .iter()
-                .map(|q| format!("share_hardest_{}pct", (q * 100.0).round())),
-        );
         w.write_record(&header)?;
-        for c in curves {
+        let mut mine = Vec::new();
+        for (iteration, c) in rows {
             let mut row = vec![
+                analysis.to_string(),
+                iteration.map(|i| i.to_string()).unwrap_or_default(),
                 c.gamma.to_string(),
                 c.set.name().into(),
                 c.samples.to_string(),
             ];
             row.extend(c.hardest_shares.iter().map(|s| format!("{s:.6}")));
-            w.write_record(&row)?;
+            mine.push(csv::StringRecord::from(row));
+        }
+        // Figure 4 first, then the checkpoints, whichever was written last.
+        let (first, second) = if analysis == FIGURE4 {
+            (mine, kept)
+        } else {
+            (kept, mine)
+        };
+        for rec in first.iter().chain(&second) {
+            w.write_record(rec)?;
         }
         Ok(())
     })?;
     crate::util::write_atomic(path, &bytes)
+}
+
+const OT_BEGIN: &str = "<!-- over-training: written by loss-cdf --over-training -->";
+const OT_END: &str = "<!-- /over-training -->";
+
+/// Splits `summary.md` text into (Figure 4 part, over-training section with its markers).
+fn split_summary_md(text: &str) -> (String, String) {
+    match (text.find(OT_BEGIN), text.find(OT_END)) {
+        (Some(a), Some(b)) if b > a => {
+            let end = b + OT_END.len();
+            let rest = format!("{}{}", &text[..a], &text[end..]);
+            (rest.trim_end().to_string(), text[a..end].to_string())
+        }
+        _ => (text.trim_end().to_string(), String::new()),
+    }
 }
 
 pub fn write_summary_md(path: &Path, curves: &[Curve], provenance: &Provenance) -> Result<()> {
@@ -147,5 +219,110 @@ pub fn write_summary_md(path: &Path, curves: &[Curve], provenance: &Provenance) 
             f.paper, f.criterion, f.ours, verdict
         );
     }
+    let existing = std::fs::read_to_string(path).unwrap_or_default();
+    let (_, section) = split_summary_md(&existing);
+    if !section.is_empty() {
+        let _ = writeln!(s, "\n{section}");
+    }
     crate::util::write_atomic(path, s.as_bytes())
+}
+
+/// `iteration N (x%)`: a checkpoint's legend label.
+pub fn checkpoint_label(c: &Checkpoint) -> String {
+    format!(
+        "iteration {} ({:.0}%)",
+        c.iteration,
+        100.0 * c.iteration as f64 / c.of_iterations.max(1) as f64
+    )
+}
+
+/// The files of `loss-cdf --over-training`: `over_training.csv`, `over_training.png`, and the
+/// checkpoints' rows in `summary.csv` and section in `summary.md`.
+pub fn write_over_training(
+    out_dir: &Path,
+    checkpoints: &[Checkpoint],
+    provenance: &Provenance,
+) -> Result<()> {
+    let bytes = super::csv_bytes(|w| {
+        w.write_record(["iteration", "set", "fraction", "cumulative_loss"])?;
+        for cp in checkpoints {
+            for c in &cp.curves {
+                for &(f, y) in &c.points {
+                    w.write_record([
+                        cp.iteration.to_string(),
+                        c.set.name().into(),
+                        format!("{f:.6}"),
+                        format!("{y:.9}"),
+                    ])?;
+                }
+            }
+        }
+        Ok(())
+    })?;
+    crate::util::write_atomic(&out_dir.join("over_training.csv"), &bytes)?;
+
+    let gamma = checkpoints
+        .first()
+        .and_then(|c| c.curves.first())
+        .map_or(0.0, |c| c.gamma);
+    let labelled: Vec<(String, &Curve)> = checkpoints
+        .iter()
+        .flat_map(|cp| cp.curves.iter().map(move |c| (checkpoint_label(cp), c)))
+        .collect();
+    write_two_panels(
+        &out_dir.join("over_training.png"),
+        &format!("Cumulative normalized loss during training (γ = {gamma})"),
+        &labelled,
+    )?;
+
+    let rows: Vec<(Option<usize>, &Curve)> = checkpoints
+        .iter()
+        .flat_map(|cp| cp.curves.iter().map(move |c| (Some(cp.iteration), c)))
+        .collect();
+    merge_summary_csv(&out_dir.join("summary.csv"), OVER_TRAINING, &rows)?;
+
+    let md_path = out_dir.join("summary.md");
+    let mut sec = String::new();
+    let _ = writeln!(sec, "{OT_BEGIN}\n");
+    let _ = writeln!(sec, "## Over training (γ = {gamma})\n");
+    let _ = writeln!(sec, "Source: {}\n", provenance.source);
+    if !provenance.note.is_empty() {
+        let _ = writeln!(sec, "{}\n", provenance.note);
+    }
+    let _ = writeln!(
+        sec,
+        "Share of the loss held by the hardest fraction of samples at each checkpoint \
+         (`over_training.png`, `over_training.csv`):\n"
+    );
+    let mut header = "| checkpoint | set | samples |".to_string();
+    let mut rule = "|---|---|---|".to_string();
+    for q in HARD_FRACTIONS {
+        let _ = write!(header, " hardest {}% |", (q * 100.0).round());
+        rule.push_str("---|");
+    }
+    let _ = writeln!(sec, "{header}\n{rule}");
+    for cp in checkpoints {
+        for c in &cp.curves {
+            let _ = write!(
+                sec,
+                "| {} | {} | {} |",
+                checkpoint_label(cp),
+                c.set.name(),
+                c.samples
+            );
+            for v in &c.hardest_shares {
+                let _ = write!(sec, " {:.1}% |", 100.0 * v);
+            }
+            let _ = writeln!(sec);
+        }
+    }
+    let _ = write!(sec, "\n{OT_END}");
+    let existing = std::fs::read_to_string(&md_path).unwrap_or_default();
+    let (figure4, _) = split_summary_md(&existing);
+    let text = if figure4.is_empty() {
+        format!("# Loss CDF\n\n{sec}\n")
+    } else {
+        format!("{figure4}\n\n{sec}\n")
+    };
+    crate::util::write_atomic(&md_path, text.as_bytes())
 }

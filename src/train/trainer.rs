@@ -9,6 +9,7 @@
 //!   is written last and names the weights file, so a crash between the two leaves the previous
 //!   checkpoint valid;
 //! - `model.safetensors` + `model.toml`: the final model;
+//! - `snapshot-<iter>.safetensors`: weights after the iterations in `TrainOptions::snapshots`;
 //! - `summary.json`: outcome (finished or diverged), timings, config hash.
 //!
 //! Batches are a pure function of (seed, iteration), so the only state a resume needs is the weights,
@@ -51,6 +52,9 @@ pub struct TrainOptions {
     pub quiet: bool,
     /// Stop (after checkpointing) once this iteration count is reached, as an interruption would.
     pub stop_after: Option<usize>,
+    /// Iterations after which weights-only `snapshot-<iteration>.safetensors` files are written and
+    /// kept (checkpoints are replaced; snapshots let analyses look at the model during training).
+    pub snapshots: Vec<usize>,
 }
 
 /// One row of `metrics.csv`.
@@ -255,6 +259,10 @@ pub fn train(
         bar.set_position((it + 1) as u64);
         bar.set_message(format!("cls {loss_cls:.4} box {loss_box:.4}"));
         let done = it + 1;
+        if opts.snapshots.contains(&done) {
+            let path = paths.dir.join(format!("snapshot-{done}.safetensors"));
+            crate::model::save_tensors(&path, &model.store.all_tensors())?;
+        }
         let ckpt = cfg.train.checkpoint_every;
         // `stop_after` imitates an interruption: no extra checkpoint at the stop.
         if (ckpt > 0 && done % ckpt == 0) || done == s.iterations {
