@@ -4,7 +4,7 @@
 The PyTorch model mirrors experiments/cpu.toml: a ResNet-18-like backbone at 1/4 width (stem
 conv3x3/2 3->16, stages of 2 basic blocks with 16, 32, 64, 128 channels, each stage starting with a
 stride-2 block), GroupNorm with gcd(8, C) groups, FPN P3-P7 with 64 channels (P6 = conv3x3/2 on C5,
-P7 = conv3x3/2 on ReLU(P6)), class and box subnets of 4 x (conv3x3 64 + ReLU) shared across levels,
+P7 = conv3x3/2 on ReLU(P6)), class and box subnets of 4 x (conv3x3 64 + GroupNorm + ReLU) shared across levels,
 9 anchors, K = 10 classes, prior init. One step = forward, sigmoid focal loss (alpha 0.25, gamma 2)
 over all anchors and classes + smooth L1 (beta 0.11) on the positives, both divided by the number
 of positives, backward, SGD (momentum 0.9, weight decay 1e-4). Batch 8 x 3 x 128 x 128.
@@ -57,7 +57,7 @@ class Basic(nn.Module):
 
 
 class RetinaNet(nn.Module):
-    def __init__(self, width=0.25, depths=(2, 2, 2, 2), fpn=64, head_convs=4):
+    def __init__(self, width=0.25, depths=(2, 2, 2, 2), fpn=64, head_convs=4, head_gn=True):
         super().__init__()
         stem = round(64 * width)
         chans = [round(64 * width * 2**i) for i in range(4)]
@@ -78,7 +78,7 @@ class RetinaNet(nn.Module):
         def tower():
             layers = []
             for _ in range(head_convs):
-                layers += [nn.Conv2d(fpn, fpn, 3, 1, 1), nn.ReLU()]
+                layers += [nn.Conv2d(fpn, fpn, 3, 1, 1)] + ([gn(fpn)] if head_gn else []) + [nn.ReLU()]
             return nn.Sequential(*layers)
 
         self.cls_tower, self.box_tower = tower(), tower()

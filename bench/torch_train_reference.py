@@ -13,7 +13,7 @@ detections per image.
 
 Usage (from the repository root; `cargo run --release -- data gen` or any fl-lab command makes data/builtin):
     python3 bench/torch_train_reference.py [--iters 800] [--lr 0.01] [--steps 600 720] [--loss focal|ce]
-        [--alpha 0.25] [--gamma 2] [--threads 2] [--out runs/torch-reference]
+        [--alpha 0.25] [--gamma 2] [--head-convs 4] [--no-head-gn] [--threads 2] [--out runs/torch-reference]
 Needs `pip install torch torchvision pycocotools pillow`. Writes metrics.csv and detections.json to
 --out and prints the COCO summary.
 """
@@ -193,16 +193,17 @@ def detect(model, x, anchors_t, level_counts, k, ids, cats):
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--data", default="data/builtin")
-    ap.add_argument("--iters", type=int, default=800)
+    ap.add_argument("--iters", type=int, default=1200)
     ap.add_argument("--batch", type=int, default=8)
     ap.add_argument("--lr", type=float, default=0.01)
-    ap.add_argument("--steps", type=int, nargs="*", default=[600, 720])
+    ap.add_argument("--steps", type=int, nargs="*", default=[900, 1080])
     ap.add_argument("--warmup", type=int, default=100)
     ap.add_argument("--warmup-factor", type=float, default=1 / 3)
     ap.add_argument("--loss", choices=["focal", "ce"], default="focal")
     ap.add_argument("--alpha", type=float, default=0.25)
     ap.add_argument("--gamma", type=float, default=2.0)
     ap.add_argument("--head-convs", type=int, default=4)
+    ap.add_argument("--no-head-gn", action="store_true", help="subnets without GroupNorm (model.head_gn = false)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--out", default="runs/torch-reference")
@@ -216,7 +217,7 @@ def main():
     val_coco, _, xva, _, _, ids = load_split(a.data, "val")
     k = len(cats)
     tr.K = k
-    model = tr.RetinaNet(head_convs=a.head_convs)
+    model = tr.RetinaNet(head_convs=a.head_convs, head_gn=not a.no_head_gn)
     anchors = make_anchors()
     anchors_t = torch.from_numpy(anchors)
     level_counts = [math.ceil(SIZE / 2 ** l) ** 2 * 9 * k for l in LEVELS]
