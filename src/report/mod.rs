@@ -2,6 +2,7 @@
 
 pub mod boxes;
 pub mod font;
+pub mod imbalance;
 pub mod loss_cdf;
 pub mod plot;
 pub mod pr_curve;
