@@ -58,13 +58,28 @@ pub fn prepare(
     counts: &ImageCounts,
     quiet: bool,
 ) -> Result<RungData> {
-    let dir = root.join(dataset_name(cfg, seed, counts)?);
+    let name = dataset_name(cfg, seed, counts)?;
+    let dir = root.join(&name);
     let want = manifest(cfg, seed, counts)?;
     if !generate::is_complete(&dir, &want) {
         if !quiet {
             eprintln!("generating {}", dir.display());
         }
-        generate::generate_shapes(&dir, cfg, seed, counts.train, counts.val, quiet)?;
+        // Into a private folder, then renamed: shards started together on one machine must not
+        // write the same files at once.
+        let tmp = root.join(format!(".{name}.tmp-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&tmp);
+        generate::generate_shapes(&tmp, cfg, seed, counts.train, counts.val, quiet)?;
+        if std::fs::rename(&tmp, &dir).is_err() {
+            if !generate::is_complete(&dir, &want) {
+                std::fs::remove_dir_all(&dir)
+                    .with_context(|| format!("cannot replace {}", dir.display()))?;
+                std::fs::rename(&tmp, &dir)
+                    .with_context(|| format!("cannot move {} into place", tmp.display()))?;
+            } else {
+                let _ = std::fs::remove_dir_all(&tmp);
+            }
+        }
     }
     let data = RungData {
         tune_train: dir.join(format!("tune-train-h{}.json", counts.holdout)),
