@@ -163,6 +163,7 @@ fn bad_flags_are_refused_with_their_names() {
         (vec!["--holdout-images", "16"], "holdout"),
         (vec!["--val-images", "0"], "validation image"),
         (vec!["--shard", "3/2"], "--shard"),
+        (vec!["--iterations", "0"], "--iterations"),
         (vec!["--preset", "nope"], "--preset"),
         (vec!["--set", "model.widht=1"], "widht"),
         (vec!["--spec", "/nonexistent.toml"], "/nonexistent.toml"),

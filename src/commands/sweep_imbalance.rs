@@ -27,6 +27,10 @@ pub struct Args {
     /// Extra config overrides for every run, e.g. --set schedule.iterations=3000 (a longer schedule).
     #[arg(long = "set", value_name = "KEY=VALUE")]
     pub set: Vec<String>,
+    /// Schedule length (focal loss may need longer to pay off): sets schedule.iterations and scales the
+    /// preset's lr steps and warm-up with it.
+    #[arg(long)]
+    pub iterations: Option<usize>,
     /// Learning rates both losses are trained at (default: the ladder spec's), e.g. --lrs 0.01,0.02,0.04.
     #[arg(long, value_delimiter = ',')]
     pub lrs: Vec<f64>,
@@ -69,6 +73,7 @@ pub fn run(args: Args, quiet: bool) -> Result<()> {
         train_images: args.train_images,
         holdout_images: args.holdout_images,
         val_images: args.val_images,
+        iterations: args.iterations,
         data_root: args
             .data_root
             .clone()

@@ -343,6 +343,8 @@ pub struct ImbalanceOptions {
     pub train_images: Option<usize>,
     pub holdout_images: Option<usize>,
     pub val_images: Option<usize>,
+    /// Schedule length: sets `schedule.iterations` and scales the preset's lr steps and warm-up with it.
+    pub iterations: Option<usize>,
     /// Where the rungs' datasets are generated (and found again).
     pub data_root: PathBuf,
     pub shard: Shard,
@@ -394,7 +396,11 @@ pub fn run_ladder(
     let (spec, counts) = resolve_spec(opts)?;
     let (preset, preset_origin) = preset_text(&opts.preset)?;
     // Fail on bad overrides before generating any data.
-    Config::from_toml_str(&preset, &opts.overrides).context("--set")?;
+    let base = Config::from_toml_str(&preset, &opts.overrides).context("--set")?;
+    let mut overrides = opts.overrides.clone();
+    if let Some(n) = opts.iterations {
+        overrides.extend(schedule_overrides(&base.schedule, n)?);
+    }
     let data = spec
         .rungs
         .iter()
@@ -409,7 +415,7 @@ pub fn run_ladder(
             .with_context(|| format!("rung '{}'", r.label))
         })
         .collect::<Result<Vec<_>>>()?;
-    let jobs = expand(&spec, &data, &preset, &opts.overrides, opts.seeds)?;
+    let jobs = expand(&spec, &data, &preset, &overrides, opts.seeds)?;
     std::fs::create_dir_all(&opts.out)
         .with_context(|| format!("cannot create {}", opts.out.display()))?;
     let mut progress = SweepProgress::default();
@@ -461,7 +467,13 @@ pub fn run_ladder(
         }
     }
     let ladder = select::Ladder::build(rungs, outcomes, missing, opts.seeds);
-    let note = context_note(&spec, &counts, &preset_origin, opts);
+    let schedule = &jobs[0].job.config.schedule;
+    let note = format!(
+        "{} Schedule: {} iterations of batch {}.",
+        context_note(&spec, &counts, &preset_origin, &overrides),
+        schedule.iterations,
+        schedule.batch_size
+    );
     crate::report::imbalance::write_all(&spec, &ladder, &opts.out, &note)?;
     Ok(ImbalanceOutcome {
         jobs: jobs.len(),
@@ -470,11 +482,35 @@ pub fn run_ladder(
     })
 }
 
+/// Overrides that stretch a schedule to `n` iterations: lr steps and warm-up keep their fractions
+/// of the schedule (and the warm-up at least one iteration if it had one).
+pub fn schedule_overrides(s: &crate::config::ScheduleConfig, n: usize) -> Result<Vec<String>> {
+    if n == 0 {
+        bail!("--iterations must be at least 1");
+    }
+    let scale = |v: usize| (v as f64 * n as f64 / s.iterations.max(1) as f64).round() as usize;
+    let steps: Vec<String> = s
+        .steps
+        .iter()
+        .map(|&v| scale(v).clamp(1, n.saturating_sub(1).max(1)).to_string())
+        .collect();
+    let warmup = if s.warmup_iters > 0 {
+        scale(s.warmup_iters).max(1)
+    } else {
+        0
+    };
+    Ok(vec![
+        format!("schedule.iterations={n}"),
+        format!("schedule.steps=[{}]", steps.join(", ")),
+        format!("schedule.warmup_iters={warmup}"),
+    ])
+}
+
 fn context_note(
     spec: &ImbalanceSpec,
     counts: &ImageCounts,
     preset_origin: &str,
-    opts: &ImbalanceOptions,
+    overrides: &[String],
 ) -> String {
     let list = |v: &[f64]| {
         v.iter()
@@ -495,8 +531,8 @@ fn context_note(
         counts.train - counts.holdout,
         counts.val,
     );
-    if !opts.overrides.is_empty() {
-        note += &format!(" Overrides: `{}`.", opts.overrides.join(" "));
+    if !overrides.is_empty() {
+        note += &format!(" Overrides: `{}`.", overrides.join(" "));
     }
     note
 }
@@ -534,6 +570,25 @@ mod tests {
         assert_eq!(j.job.config.data.input_size, last.size);
         assert_eq!(j.job.config.loss.kind, crate::config::LossKind::Ce);
         assert_eq!(j.job.config.loss.gamma, 0.0);
+    }
+
+    #[test]
+    fn a_longer_schedule_keeps_its_shape() {
+        let s = crate::config::ScheduleConfig {
+            iterations: 800,
+            steps: vec![600, 720],
+            warmup_iters: 100,
+            ..Default::default()
+        };
+        assert_eq!(
+            schedule_overrides(&s, 3200).unwrap(),
+            vec![
+                "schedule.iterations=3200",
+                "schedule.steps=[2400, 2880]",
+                "schedule.warmup_iters=400"
+            ]
+        );
+        assert!(schedule_overrides(&s, 0).is_err());
     }
 
     #[test]
