@@ -7,4 +7,5 @@ pub mod eval;
 pub mod loss_cdf;
 pub mod loss_curves;
 pub mod sweep;
+pub mod sweep_imbalance;
 pub mod train;

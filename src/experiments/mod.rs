@@ -3,6 +3,7 @@
 
 pub mod collect;
 pub mod executor;
+pub mod imbalance;
 pub mod runner;
 pub mod spec;
 

@@ -30,8 +30,12 @@ pub struct RunRecord {
     pub aps: f64,
     pub apm: f64,
     pub apl: f64,
+    /// NaN after a diverged run: JSON writes it as null, which reads back as NaN.
+    #[serde(deserialize_with = "nan_if_null")]
     pub final_loss_cls: f64,
+    #[serde(deserialize_with = "nan_if_null")]
     pub final_loss_box: f64,
+    #[serde(deserialize_with = "nan_if_null")]
     pub positives_per_image: f64,
     pub iterations: usize,
     pub wall_seconds: f64,
@@ -39,6 +43,10 @@ pub struct RunRecord {
     pub device: String,
     pub version: String,
     pub git_revision: String,
+}
+
+fn nan_if_null<'de, D: serde::Deserializer<'de>>(d: D) -> std::result::Result<f64, D::Error> {
+    Ok(Option::<f64>::deserialize(d)?.unwrap_or(f64::NAN))
 }
 
 /// Trains and evaluates one job in its run directory. Implementations resume from a checkpoint

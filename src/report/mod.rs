@@ -3,6 +3,7 @@
 pub mod boxes;
 pub mod font;
 pub mod heatmap;
+pub mod imbalance;
 pub mod loss_cdf;
 pub mod plot;
 pub mod pr_curve;

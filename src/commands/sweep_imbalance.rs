@@ -1,0 +1,144 @@
+//! `fl-lab sweep-imbalance`: at what foreground:background imbalance does focal loss start to beat
+//! alpha-balanced cross entropy, each at its own best learning rate?
+
+use crate::experiments::imbalance::executor::TrainTuneEvaluate;
+use crate::experiments::imbalance::{run_ladder, ImbalanceOptions};
+use crate::experiments::runner::{Executor, Shard};
+use anyhow::Result;
+use std::path::PathBuf;
+
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    /// Training preset: smoke (seconds per run, for tests), cpu (the default) or paper (GPU), or a TOML file.
+    #[arg(long, default_value = "cpu")]
+    pub preset: String,
+    /// Replicates per configuration (seeds 0..N); differences are paired by seed.
+    #[arg(long, default_value_t = 1)]
+    pub seeds: usize,
+    /// Where the rungs' datasets are generated and cached (default: $FL_LAB_DATA, else ./data).
+    #[arg(long)]
+    pub data_root: Option<PathBuf>,
+    /// cpu, cuda or cuda:N.
+    #[arg(long)]
+    pub device: Option<String>,
+    /// Output folder (default plots/sweep-imbalance); finished runs live in <out>/runs/<config hash>.
+    #[arg(long)]
+    pub out: Option<PathBuf>,
+    /// Extra config overrides for every run, e.g. --set schedule.iterations=3000 (a longer schedule).
+    #[arg(long = "set", value_name = "KEY=VALUE")]
+    pub set: Vec<String>,
+    /// Schedule length (focal loss may need longer to pay off): sets schedule.iterations and scales the
+    /// preset's lr steps and warm-up with it.
+    #[arg(long)]
+    pub iterations: Option<usize>,
+    /// Learning rates both losses are trained at (default: the ladder spec's), e.g. --lrs 0.01,0.02,0.04.
+    #[arg(long, value_delimiter = ',')]
+    pub lrs: Vec<f64>,
+    /// Alphas CE is trained at (default: the ladder spec's .25, .5, .75).
+    #[arg(long, value_delimiter = ',')]
+    pub ce_alphas: Vec<f64>,
+    /// Training images generated per rung, held-out ones included (default: the spec's, per preset).
+    #[arg(long)]
+    pub train_images: Option<usize>,
+    /// The last this many training images are held out to choose lr and alpha.
+    #[arg(long)]
+    pub holdout_images: Option<usize>,
+    /// Validation images per rung (the reported AP).
+    #[arg(long)]
+    pub val_images: Option<usize>,
+    /// Run only shard i of n (1-based), e.g. --shard 2/4; every shard writes into the same --out.
+    #[arg(long)]
+    pub shard: Option<String>,
+    /// Build the tables and figure from whatever runs exist in --out, training nothing.
+    #[arg(long)]
+    pub collect: bool,
+    /// Use this ladder spec instead of the built-in experiments/sweep-imbalance.toml.
+    #[arg(long)]
+    pub spec: Option<PathBuf>,
+}
+
+pub fn run(args: Args, quiet: bool) -> Result<()> {
+    let mut overrides = Vec::new();
+    if let Some(d) = &args.device {
+        overrides.push(format!("device={d:?}"));
+    }
+    overrides.extend(args.set.iter().cloned());
+    let opts = ImbalanceOptions {
+        spec: args.spec.clone(),
+        preset: args.preset.clone(),
+        seeds: args.seeds,
+        overrides,
+        lrs: args.lrs.clone(),
+        ce_alphas: args.ce_alphas.clone(),
+        train_images: args.train_images,
+        holdout_images: args.holdout_images,
+        val_images: args.val_images,
+        iterations: args.iterations,
+        data_root: args
+            .data_root
+            .clone()
+            .unwrap_or_else(crate::data::generate::default_data_root),
+        shard: match &args.shard {
+            Some(s) => Shard::parse(s)?,
+            None => Shard::ALL,
+        },
+        collect_only: args.collect,
+        out: args
+            .out
+            .clone()
+            .unwrap_or_else(|| crate::experiments::default_out("sweep-imbalance")),
+    };
+    if opts.seeds == 0 {
+        anyhow::bail!("--seeds must be at least 1");
+    }
+    let executor = |rungs| Box::new(TrainTuneEvaluate { rungs }) as Box<dyn Executor>;
+    let outcome = run_ladder(&opts, &executor, quiet)?;
+    let Some(ladder) = &outcome.collected else {
+        println!(
+            "sweep-imbalance shard {}/{}: {} runs trained, {} reused; when every shard has finished, run `fl-lab sweep-imbalance --collect --out {}` with the same flags",
+            opts.shard.index + 1,
+            opts.shard.count,
+            outcome.progress.trained,
+            outcome.progress.reused,
+            opts.out.display()
+        );
+        return Ok(());
+    };
+    println!(
+        "sweep-imbalance: {} runs ({} reused, {} trained, {} diverged)",
+        outcome.jobs, outcome.progress.reused, outcome.progress.trained, outcome.progress.diverged
+    );
+    println!(
+        "{:<24} {:>12} {:>14} {:>14} {:>14}",
+        "rung", "neg:pos", "FL AP", "CE AP", "FL - CE"
+    );
+    let ap = |c: &Option<crate::experiments::imbalance::select::Choice>| match c {
+        Some(c) => format!("{:.1} ± {:.1}", 100.0 * c.ap.mean, 100.0 * c.ap.std),
+        None => "–".into(),
+    };
+    for r in &ladder.rungs {
+        let diff = if r.diffs.is_empty() {
+            "–".into()
+        } else {
+            format!("{:+.1} ± {:.1}", 100.0 * r.diff.mean, 100.0 * r.diff.std)
+        };
+        println!(
+            "{:<24} {:>12} {:>14} {:>14} {:>14}",
+            r.info.label,
+            format!("1:{:.0}", r.info.imbalance.ratio()),
+            ap(&r.fl),
+            ap(&r.ce),
+            diff
+        );
+    }
+    println!(
+        "{}",
+        crate::report::imbalance::crossover_text(ladder).replace("**", "")
+    );
+    println!(
+        "wrote {}/{{results.csv, summary.csv, summary.md, {}}}",
+        opts.out.display(),
+        crate::report::imbalance::FIGURE
+    );
+    Ok(())
+}

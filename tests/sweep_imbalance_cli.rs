@@ -1,0 +1,178 @@
+//! Drives `fl-lab sweep-imbalance` with the `smoke` preset (tiny datasets, one lr, one CE alpha) and
+//! checks the files it writes, that a rerun reuses every run, that shards plus `--collect` cover the
+//! same runs, and that bad flags are refused with a message naming them.
+
+use std::path::Path;
+use std::process::{Command, Output};
+
+fn fl_lab(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_fl-lab"))
+        .args(args)
+        .arg("--quiet")
+        .output()
+        .expect("cannot run fl-lab")
+}
+
+fn ok(o: &Output) -> String {
+    let stdout = String::from_utf8_lossy(&o.stdout).into_owned();
+    assert!(
+        o.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    stdout
+}
+
+fn smoke<'a>(data_root: &'a str, out: &'a str, extra: &[&'a str]) -> Vec<&'a str> {
+    let mut a = vec![
+        "sweep-imbalance",
+        "--preset",
+        "smoke",
+        "--data-root",
+        data_root,
+        "--out",
+        out,
+        "--lrs",
+        "0.01",
+        "--ce-alphas",
+        "0.5",
+    ];
+    a.extend_from_slice(extra);
+    a
+}
+
+fn csv_rows(path: &Path) -> Vec<Vec<String>> {
+    let mut r = csv::Reader::from_path(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    let header: Vec<String> = r.headers().unwrap().iter().map(String::from).collect();
+    let mut rows = vec![header];
+    for rec in r.records() {
+        rows.push(rec.unwrap().iter().map(String::from).collect());
+    }
+    rows
+}
+
+fn column(rows: &[Vec<String>], name: &str) -> Vec<String> {
+    let i = rows[0]
+        .iter()
+        .position(|c| c == name)
+        .unwrap_or_else(|| panic!("no column {name} in {:?}", rows[0]));
+    rows[1..].iter().map(|r| r[i].clone()).collect()
+}
+
+#[test]
+fn smoke_ladder_writes_its_files_and_resumes() {
+    let t = tempfile::tempdir().unwrap();
+    let root = t.path().join("data");
+    let root = root.to_str().unwrap();
+    let out = t.path().join("out");
+    let out_s = out.to_str().unwrap();
+    let stdout = ok(&fl_lab(&smoke(root, out_s, &[])));
+    // 4 rungs x (FL at 1 lr + CE at 1 alpha x 1 lr)
+    assert!(
+        stdout.contains("sweep-imbalance: 8 runs (0 reused, 8 trained"),
+        "{stdout}"
+    );
+    assert!(stdout.contains("crossover"), "{stdout}");
+
+    let results = csv_rows(&out.join("results.csv"));
+    assert_eq!(results.len(), 1 + 8);
+    for col in [
+        "rung",
+        "neg_per_pos_binary",
+        "loss",
+        "alpha",
+        "lr",
+        "seed",
+        "holdout_ap",
+        "ap",
+        "chosen",
+        "diverged",
+        "git_revision",
+    ] {
+        column(&results, col);
+    }
+    let losses = column(&results, "loss");
+    assert_eq!(losses.iter().filter(|l| *l == "FL").count(), 4);
+    assert_eq!(losses.iter().filter(|l| *l == "CE").count(), 4);
+    // a single setting per loss is always the chosen one
+    assert!(column(&results, "chosen").iter().all(|c| c == "true"));
+
+    let summary = csv_rows(&out.join("summary.csv"));
+    assert_eq!(summary.len(), 1 + 4);
+    let ratios: Vec<f64> = column(&summary, "neg_per_pos_binary")
+        .iter()
+        .map(|v| v.parse().unwrap())
+        .collect();
+    assert!(ratios.windows(2).all(|w| w[0] <= w[1]), "{ratios:?}");
+    assert!(
+        ratios[3] / ratios[0] >= 30.0,
+        "the default ladder spans less than 30x: {ratios:?}"
+    );
+    assert_eq!(column(&summary, "fl_lr"), vec!["0.01"; 4]);
+    assert_eq!(column(&summary, "ce_alpha"), vec!["0.5"; 4]);
+    assert_eq!(column(&summary, "seeds"), vec!["1"; 4]);
+    // training uses the 12 tuning images of 16 (4 held out)
+    assert_eq!(column(&summary, "images"), vec!["12"; 4]);
+
+    let md = std::fs::read_to_string(out.join("summary.md")).unwrap();
+    assert!(
+        md.contains("## Crossover") && md.contains("| neg:pos binary |"),
+        "{md}"
+    );
+    assert!(md.contains("crossover") || md.contains("overtakes"), "{md}");
+    assert!(md.contains("one seed per rung"), "{md}");
+    let img = image::open(out.join("imbalance.png")).unwrap();
+    assert!(img.width() >= 1200 && img.height() >= 800);
+    for run in std::fs::read_dir(out.join("runs")).unwrap() {
+        let run = run.unwrap().path();
+        assert!(run.join("holdout.json").is_file(), "{}", run.display());
+    }
+
+    // a rerun trains nothing
+    let again = ok(&fl_lab(&smoke(root, out_s, &[])));
+    assert!(again.contains("8 runs (8 reused, 0 trained"), "{again}");
+
+    // two shards, then --collect, cover the same runs
+    let sharded = t.path().join("sharded");
+    let sh = sharded.to_str().unwrap();
+    for s in ["1/2", "2/2"] {
+        let o = ok(&fl_lab(&smoke(root, sh, &["--shard", s])));
+        assert!(o.contains("4 runs trained"), "{o}");
+    }
+    assert!(!sharded.join("summary.csv").exists());
+    ok(&fl_lab(&smoke(root, sh, &["--collect"])));
+    let mut a = column(&results, "config_hash");
+    let mut b = column(&csv_rows(&sharded.join("results.csv")), "config_hash");
+    a.sort();
+    b.sort();
+    assert_eq!(a, b);
+}
+
+#[test]
+fn bad_flags_are_refused_with_their_names() {
+    let t = tempfile::tempdir().unwrap();
+    let root = t.path().join("data");
+    let root = root.to_str().unwrap();
+    let out = t.path().join("out");
+    let out = out.to_str().unwrap();
+    for (extra, needle) in [
+        (vec!["--seeds", "0"], "--seeds"),
+        (vec!["--lrs", "0"], "--lrs"),
+        (vec!["--lrs", "fast"], "--lrs"),
+        (vec!["--ce-alphas", "1.5"], "--ce-alphas"),
+        (vec!["--holdout-images", "16"], "holdout"),
+        (vec!["--val-images", "0"], "validation image"),
+        (vec!["--shard", "3/2"], "--shard"),
+        (vec!["--iterations", "0"], "--iterations"),
+        (vec!["--preset", "nope"], "--preset"),
+        (vec!["--set", "model.widht=1"], "widht"),
+        (vec!["--spec", "/nonexistent.toml"], "/nonexistent.toml"),
+    ] {
+        let o = fl_lab(&smoke(root, out, &extra));
+        let stderr = String::from_utf8_lossy(&o.stderr);
+        assert!(!o.status.success(), "{extra:?} was accepted");
+        assert!(stderr.contains(needle), "{extra:?}: {stderr}");
+    }
+    // nothing was generated or trained
+    assert!(!Path::new(root).exists());
+}
