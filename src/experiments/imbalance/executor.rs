@@ -54,7 +54,7 @@ impl Executor for TrainTuneEvaluate {
             run_dir: run_dir.to_path_buf(),
             resume: run_dir.join("checkpoint.json").exists(),
             quiet,
-            stop_after: None,
+            ..Default::default()
         };
         let summary = crate::train::train(cfg, &mut source, &device, &opts)?;
         let mut record = RunRecord {
