@@ -1,51 +1,10 @@
 //! Inference end to end as a user runs it: a tiny model trained with `fl-lab train` on a one-image
 //! COCO dataset, evaluated with `fl-lab eval --run` and drawn with `fl-lab detect`.
 
-use std::path::Path;
+mod common;
+
+use common::{fl_lab_ok as fl_lab, write_two_box_dataset as write_dataset};
 use std::process::Command;
-
-fn fl_lab(args: &[&str]) -> std::process::Output {
-    let out = Command::new(env!("CARGO_BIN_EXE_fl-lab"))
-        .current_dir(env!("CARGO_MANIFEST_DIR"))
-        .args(args)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "fl-lab {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    out
-}
-
-/// A 64x64 dark image with a red box at [8, 8, 40, 40] and a green one at [36, 16, 60, 56], as a
-/// COCO dataset whose train and val splits are that image.
-fn write_dataset(dir: &Path) {
-    let mut img = image::RgbImage::from_pixel(64, 64, image::Rgb([20, 20, 20]));
-    for (colour, [x0, y0, x1, y1]) in [
-        ([230, 30, 30], [8, 8, 40, 40]),
-        ([30, 200, 30], [36, 16, 60, 56]),
-    ] {
-        for y in y0..y1 {
-            for x in x0..x1 {
-                img.put_pixel(x, y, image::Rgb(colour));
-            }
-        }
-    }
-    std::fs::create_dir_all(dir.join("images")).unwrap();
-    img.save(dir.join("images/scene.png")).unwrap();
-    let coco = serde_json::json!({
-        "images": [{"id": 7, "file_name": "scene.png", "width": 64, "height": 64}],
-        "annotations": [
-            {"id": 1, "image_id": 7, "category_id": 3, "bbox": [8, 8, 32, 32], "area": 1024, "iscrowd": 0},
-            {"id": 2, "image_id": 7, "category_id": 5, "bbox": [36, 16, 24, 40], "area": 960, "iscrowd": 0}
-        ],
-        "categories": [{"id": 3, "name": "red box"}, {"id": 5, "name": "green box"}]
-    });
-    for split in ["train", "val"] {
-        std::fs::write(dir.join(format!("{split}.json")), coco.to_string()).unwrap();
-    }
-}
 
 #[test]
 fn trained_model_is_evaluated_and_drawn() {

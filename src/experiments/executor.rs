@@ -2,8 +2,11 @@
 //! checkpoint if one exists), then detect on the validation split and evaluate with the COCO evaluator.
 
 use super::runner::{Executor, Job, RunRecord};
+use crate::config::Config;
 use crate::data::Split;
+use crate::eval::coco::CocoEval;
 use crate::infer::InferConfig;
+use crate::model::RetinaNet;
 use anyhow::{Context, Result};
 use std::path::Path;
 
@@ -13,58 +16,73 @@ pub struct TrainAndEvaluate;
 impl Executor for TrainAndEvaluate {
     fn execute(&self, job: &Job, run_dir: &Path, quiet: bool) -> Result<RunRecord> {
         let cfg = &job.config;
-        let device = crate::device::parse_device(&cfg.device)?;
-        let mut source = crate::train::dataset_source::open(cfg, Split::Train, quiet)?;
-        let opts = crate::train::TrainOptions {
-            run_dir: run_dir.to_path_buf(),
-            resume: run_dir.join("checkpoint.json").exists(),
-            quiet,
-            stop_after: None,
-            snapshots: Vec::new(),
-        };
-        let summary = crate::train::train(cfg, &mut source, &device, &opts)?;
-        let positives_per_image =
-            positives_per_image(&run_dir.join("metrics.csv"), cfg.schedule.batch_size);
-        let mut record = RunRecord {
-            ap: 0.0,
-            ap50: 0.0,
-            ap75: 0.0,
-            aps: 0.0,
-            apm: 0.0,
-            apl: 0.0,
-            final_loss_cls: summary.final_loss_cls,
-            final_loss_box: summary.final_loss_box,
-            positives_per_image,
-            iterations: summary.iterations,
-            wall_seconds: summary.seconds,
-            diverged: summary.diverged,
-            device: summary.device.clone(),
-            version: env!("CARGO_PKG_VERSION").to_string(),
-            git_revision: crate::util::git_revision(),
-        };
-        if summary.diverged {
+        let (mut record, model) = train_job(cfg, run_dir, quiet)?;
+        let Some(model) = model else {
             return Ok(record);
-        }
-        let model = crate::model::RetinaNet::load(&run_dir.join("model.safetensors"), &device)
-            .with_context(|| format!("cannot load the trained model of {}", run_dir.display()))?;
+        };
         let val = crate::train::dataset_source::open_dataset(cfg, Split::Val, quiet)?;
         let dets =
             crate::infer::model::detect_dataset(&model, &val, &InferConfig::default(), 16, quiet)?;
         crate::eval::results::save_results(&run_dir.join("detections.json"), &dets)?;
         let ev = crate::eval::coco::evaluate(&val.coco, &dets)?;
-        let s = &ev.stats;
-        record.ap = s[0];
-        record.ap50 = s[1];
-        record.ap75 = s[2];
-        record.aps = s[3];
-        record.apm = s[4];
-        record.apl = s[5];
-        crate::util::write_atomic(
-            &run_dir.join("eval.txt"),
-            ev.summary_lines().join("\n").as_bytes(),
-        )?;
+        record_eval(&mut record, &ev, run_dir)?;
         Ok(record)
     }
+}
+
+/// Trains `cfg` in `run_dir` (resuming from its checkpoint if one exists) and returns the run's
+/// record with zero APs, and the trained model unless the run diverged.
+pub fn train_job(
+    cfg: &Config,
+    run_dir: &Path,
+    quiet: bool,
+) -> Result<(RunRecord, Option<RetinaNet>)> {
+    let device = crate::device::parse_device(&cfg.device)?;
+    let mut source = crate::train::dataset_source::open(cfg, Split::Train, quiet)?;
+    let opts = crate::train::TrainOptions {
+        run_dir: run_dir.to_path_buf(),
+        resume: run_dir.join("checkpoint.json").exists(),
+        quiet,
+        ..Default::default()
+    };
+    let summary = crate::train::train(cfg, &mut source, &device, &opts)?;
+    let record = RunRecord {
+        ap: 0.0,
+        ap50: 0.0,
+        ap75: 0.0,
+        aps: 0.0,
+        apm: 0.0,
+        apl: 0.0,
+        final_loss_cls: summary.final_loss_cls,
+        final_loss_box: summary.final_loss_box,
+        positives_per_image: positives_per_image(
+            &run_dir.join("metrics.csv"),
+            cfg.schedule.batch_size,
+        ),
+        iterations: summary.iterations,
+        wall_seconds: summary.seconds,
+        diverged: summary.diverged,
+        device: summary.device.clone(),
+        version: env!("CARGO_PKG_VERSION").to_string(),
+        git_revision: crate::util::git_revision(),
+    };
+    if summary.diverged {
+        return Ok((record, None));
+    }
+    let model = RetinaNet::load(&run_dir.join("model.safetensors"), &device)
+        .with_context(|| format!("cannot load the trained model of {}", run_dir.display()))?;
+    Ok((record, Some(model)))
+}
+
+/// Copies the six AP numbers of `ev` into `record` and writes its 12-line summary to `eval.txt`.
+pub fn record_eval(record: &mut RunRecord, ev: &CocoEval, run_dir: &Path) -> Result<()> {
+    let s = &ev.stats;
+    (record.ap, record.ap50, record.ap75) = (s[0], s[1], s[2]);
+    (record.aps, record.apm, record.apl) = (s[3], s[4], s[5]);
+    crate::util::write_atomic(
+        &run_dir.join("eval.txt"),
+        ev.summary_lines().join("\n").as_bytes(),
+    )
 }
 
 /// Mean positive anchors per image over the run's logged iterations.

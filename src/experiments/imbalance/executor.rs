@@ -48,42 +48,13 @@ impl Executor for TrainTuneEvaluate {
                 cfg.data.source
             )
         })?;
-        let device = crate::device::parse_device(&cfg.device)?;
-        let mut source = crate::train::dataset_source::open(cfg, crate::data::Split::Train, quiet)?;
-        let opts = crate::train::TrainOptions {
-            run_dir: run_dir.to_path_buf(),
-            resume: run_dir.join("checkpoint.json").exists(),
-            quiet,
-            ..Default::default()
-        };
-        let summary = crate::train::train(cfg, &mut source, &device, &opts)?;
-        let mut record = RunRecord {
-            ap: 0.0,
-            ap50: 0.0,
-            ap75: 0.0,
-            aps: 0.0,
-            apm: 0.0,
-            apl: 0.0,
-            final_loss_cls: summary.final_loss_cls,
-            final_loss_box: summary.final_loss_box,
-            positives_per_image: positives_per_image(run_dir, cfg.schedule.batch_size),
-            iterations: summary.iterations,
-            wall_seconds: summary.seconds,
-            diverged: summary.diverged,
-            device: summary.device.clone(),
-            version: env!("CARGO_PKG_VERSION").to_string(),
-            git_revision: crate::util::git_revision(),
-        };
+        let (mut record, model) = crate::experiments::executor::train_job(cfg, run_dir, quiet)?;
         let mut holdout = HoldoutRecord {
             ap: 0.0,
             ap50: 0.0,
             ap75: 0.0,
         };
-        if !summary.diverged {
-            let model = crate::model::RetinaNet::load(&run_dir.join("model.safetensors"), &device)
-                .with_context(|| {
-                    format!("cannot load the trained model of {}", run_dir.display())
-                })?;
+        if let Some(model) = model {
             let evaluate = |json: &Path| -> Result<crate::eval::coco::CocoEval> {
                 let src = crate::data::resolve(Some(json), None, crate::data::Split::Val, quiet)?;
                 let ds = Dataset::open(
@@ -110,13 +81,7 @@ impl Executor for TrainTuneEvaluate {
                 ap75: h[2],
             };
             let ev = evaluate(&rung.val)?;
-            let s = &ev.stats;
-            (record.ap, record.ap50, record.ap75) = (s[0], s[1], s[2]);
-            (record.aps, record.apm, record.apl) = (s[3], s[4], s[5]);
-            crate::util::write_atomic(
-                &run_dir.join("eval.txt"),
-                ev.summary_lines().join("\n").as_bytes(),
-            )?;
+            crate::experiments::executor::record_eval(&mut record, &ev, run_dir)?;
         }
         // Written before the runner writes result.json, so a finished run always has both.
         crate::util::write_atomic(
@@ -124,19 +89,6 @@ impl Executor for TrainTuneEvaluate {
             &serde_json::to_vec_pretty(&holdout)?,
         )?;
         Ok(record)
-    }
-}
-
-/// Mean positive anchors per image over the run's logged iterations.
-fn positives_per_image(run_dir: &Path, batch_size: usize) -> f64 {
-    match crate::train::trainer::read_metrics(&run_dir.join("metrics.csv")) {
-        Ok(rows) if !rows.is_empty() && batch_size > 0 => {
-            rows.iter().map(|r| r.positives as f64).sum::<f64>()
-                / rows.len() as f64
-                / batch_size as f64
-        }
-        // not NaN: JSON has no NaN, and the record must read back
-        _ => 0.0,
     }
 }
 
