@@ -72,10 +72,12 @@ impl Block {
         let mut y = x.clone();
         let last = self.convs.len() - 1;
         for (i, (conv, norm)) in self.convs.iter().enumerate() {
-            y = norm.forward(&conv.forward(&y)?, train)?;
-            if i != last {
-                y = ops::relu(&y)?;
-            }
+            let z = conv.forward(&y)?;
+            y = if i != last {
+                norm.forward_relu(&z, train)?
+            } else {
+                norm.forward(&z, train)?
+            };
         }
         let sc = match &self.shortcut {
             Some((conv, norm)) => norm.forward(&conv.forward(x)?, train)?,
@@ -130,7 +132,7 @@ impl Backbone {
 
     /// `[N, 3, H, W]` -> `[C2, C3, C4, C5]`, strides 4, 8, 16, 32.
     pub fn forward(&self, x: &Tensor, train: bool) -> Result<Vec<Tensor>> {
-        let mut y = ops::relu(&self.stem.1.forward(&self.stem.0.forward(x)?, train)?)?;
+        let mut y = self.stem.1.forward_relu(&self.stem.0.forward(x)?, train)?;
         let mut outs = Vec::with_capacity(4);
         for stage in &self.stages {
             for block in stage {

@@ -5,7 +5,6 @@
 
 use super::layers::{Conv, ConvInit, Norm};
 use super::params::ParamStore;
-use crate::ops;
 use candle_core::{Result, Tensor};
 
 pub struct Subnet {
@@ -77,11 +76,10 @@ impl Subnet {
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
         let mut y = x.clone();
         for (i, c) in self.convs.iter().enumerate() {
-            y = c.forward(&y)?;
-            if let Some(n) = self.norms.get(i) {
-                y = n.forward(&y, true)?;
-            }
-            y = ops::relu(&y)?;
+            y = match self.norms.get(i) {
+                Some(n) => n.forward_relu(&c.forward(&y)?, true)?,
+                None => c.forward_relu(&y)?,
+            };
         }
         self.pred.forward(&y)
     }

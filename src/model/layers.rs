@@ -60,6 +60,11 @@ impl Conv {
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
         ops::conv2d(x, &self.w, self.b.as_ref(), self.stride, self.pad)
     }
+
+    /// `relu(self.forward(x))`, fused into one kernel on the CPU.
+    pub fn forward_relu(&self, x: &Tensor) -> Result<Tensor> {
+        ops::conv2d_bias_relu(x, &self.w, self.b.as_ref(), self.stride, self.pad)
+    }
 }
 
 /// GroupNorm or BatchNorm with a per-channel affine transform.
@@ -113,6 +118,18 @@ impl Norm {
                 running_var: store.buffer(&format!("{name}.running_var"), &[channels], 1.0)?,
             },
         })
+    }
+
+    /// `relu(self.forward(x, train))`, fused into one kernel for GroupNorm.
+    pub fn forward_relu(&self, x: &Tensor, train: bool) -> Result<Tensor> {
+        match self {
+            Norm::Group {
+                groups,
+                gamma,
+                beta,
+            } => ops::group_norm_relu(x, *groups, gamma, beta, EPS),
+            Norm::Batch { .. } => ops::relu(&self.forward(x, train)?),
+        }
     }
 
     /// `[N, C, H, W]` -> same. BatchNorm uses batch statistics (and updates its running ones) when

@@ -3,6 +3,9 @@
 //! an allocation). Statistics are accumulated in f64; the backward recomputes them from `x`
 //! rather than keeping them alive between the passes.
 //!
+//! A following ReLU can be fused in (`relu`): it is applied as the output is written, and its
+//! backward folds into the norm's, so the activation is not traversed twice more each way.
+//!
 //! Shapes: `x [N, C, H, W]` contiguous, `gamma`, `beta` `[C]`. In NCHW each (image, group) is one
 //! contiguous block of `C/groups * H * W` values, which is the unit of parallel work.
 
@@ -39,7 +42,8 @@ fn check(x_dims: &[usize], groups: usize, gamma: &[f32], beta: &[f32]) -> Result
     Ok((c / groups, h * w))
 }
 
-/// `y = (x - mean) / sqrt(var + eps) * gamma + beta` per (image, group).
+/// `y = (x - mean) / sqrt(var + eps) * gamma + beta` per (image, group), then `max(y, 0)` when
+/// `relu`.
 pub fn forward(
     x: &[f32],
     x_dims: &[usize],
@@ -47,6 +51,7 @@ pub fn forward(
     gamma: &[f32],
     beta: &[f32],
     eps: f64,
+    relu: bool,
 ) -> Result<Vec<f32>> {
     let (cg, hw) = check(x_dims, groups, gamma, beta)?;
     let mut y = vec![0f32; x.len()];
@@ -64,27 +69,37 @@ pub fn forward(
                 let scale = rstd * gamma[c0 + j] as f64;
                 let shift = beta[c0 + j] as f64 - mean * scale;
                 let (scale, shift) = (scale as f32, shift as f32);
-                for (o, &v) in yc.iter_mut().zip(xc) {
-                    *o = v * scale + shift;
+                if relu {
+                    for (o, &v) in yc.iter_mut().zip(xc) {
+                        *o = (v * scale + shift).max(0.0);
+                    }
+                } else {
+                    for (o, &v) in yc.iter_mut().zip(xc) {
+                        *o = v * scale + shift;
+                    }
                 }
             }
         });
     Ok(y)
 }
 
-/// Gradients `(dx [N, C, H, W], dgamma [C], dbeta [C])` from the output gradient `dy`.
+/// Gradients `(dx [N, C, H, W], dgamma [C], dbeta [C])` from the output gradient `dy`. With
+/// `relu_out` (the forward output of a fused ReLU) `dy` counts only where that output is positive.
 pub fn backward(
     x: &[f32],
     x_dims: &[usize],
     groups: usize,
     gamma: &[f32],
     dy: &[f32],
+    relu_out: Option<&[f32]>,
     eps: f64,
 ) -> Result<(Vec<f32>, Vec<f32>, Vec<f32>)> {
     let (cg, hw) = check(x_dims, groups, gamma, gamma)?;
-    if dy.len() != x.len() {
+    if dy.len() != x.len() || relu_out.is_some_and(|r| r.len() != x.len()) {
         bail!("group_norm backward: output gradient has the wrong size");
     }
+    // The ReLU's gradient mask: 1 where the output is positive.
+    let pass = |i: usize| relu_out.is_none_or(|r| r[i] > 0.0);
     let c = cg * groups;
     let n = x.len().checked_div(c * hw).unwrap_or(0);
     let mut dx = vec![0f32; x.len()];
@@ -97,8 +112,10 @@ pub fn backward(
             .zip(dbeta_nc.par_chunks_mut(cg))
             .enumerate()
             .for_each(|(ng, ((dxb, dgb), dbb))| {
-                let xb = &x[ng * cg * hw..(ng + 1) * cg * hw];
-                let dyb = &dy[ng * cg * hw..(ng + 1) * cg * hw];
+                let base = ng * cg * hw;
+                let xb = &x[base..base + cg * hw];
+                let dyb = &dy[base..base + cg * hw];
+                let d_at = |i: usize| if pass(base + i) { dyb[i] as f64 } else { 0.0 };
                 let (mean, rstd) = stats(xb, eps);
                 let c0 = (ng % groups) * cg;
                 // With xhat = (x - mean) * rstd and g = dy * gamma:
@@ -106,13 +123,10 @@ pub fn backward(
                 let (mut sum_g, mut sum_gx) = (0f64, 0f64);
                 for j in 0..cg {
                     let (mut s_dy, mut s_dyx) = (0f64, 0f64);
-                    for (&v, &d) in xb[j * hw..(j + 1) * hw]
-                        .iter()
-                        .zip(&dyb[j * hw..(j + 1) * hw])
-                    {
-                        let xhat = (v as f64 - mean) * rstd;
-                        s_dy += d as f64;
-                        s_dyx += d as f64 * xhat;
+                    for (i, &v) in xb.iter().enumerate().take((j + 1) * hw).skip(j * hw) {
+                        let (xhat, d) = ((v as f64 - mean) * rstd, d_at(i));
+                        s_dy += d;
+                        s_dyx += d * xhat;
                     }
                     dbb[j] = s_dy;
                     dgb[j] = s_dyx;
@@ -124,14 +138,9 @@ pub fn backward(
                 let (mean_g, mean_gx) = (sum_g / m, sum_gx / m);
                 for j in 0..cg {
                     let gm = gamma[c0 + j] as f64;
-                    let range = j * hw..(j + 1) * hw;
-                    for ((o, &v), &d) in dxb[range.clone()]
-                        .iter_mut()
-                        .zip(&xb[range.clone()])
-                        .zip(&dyb[range])
-                    {
-                        let xhat = (v as f64 - mean) * rstd;
-                        *o = (rstd * (d as f64 * gm - mean_g - xhat * mean_gx)) as f32;
+                    for i in j * hw..(j + 1) * hw {
+                        let xhat = (xb[i] as f64 - mean) * rstd;
+                        dxb[i] = (rstd * (d_at(i) * gm - mean_g - xhat * mean_gx)) as f32;
                     }
                 }
             });
@@ -144,16 +153,21 @@ pub fn backward(
     Ok((dx, reduce(&dgamma_nc), reduce(&dbeta_nc)))
 }
 
-/// The custom op over `(x, gamma, beta)`.
+/// The custom op over `(x, gamma, beta)`, optionally followed by ReLU.
 #[derive(Clone, Copy, Debug)]
 pub struct GroupNormOp {
     pub groups: usize,
     pub eps: f64,
+    pub relu: bool,
 }
 
 impl CustomOp3 for GroupNormOp {
     fn name(&self) -> &'static str {
-        "fl-group-norm"
+        if self.relu {
+            "fl-group-norm-relu"
+        } else {
+            "fl-group-norm"
+        }
     }
 
     fn cpu_fwd(
@@ -168,7 +182,7 @@ impl CustomOp3 for GroupNormOp {
         let x = cpu_f32(s1, l1, "group_norm input")?;
         let gamma = cpu_f32(s2, l2, "group_norm gamma")?;
         let beta = cpu_f32(s3, l3, "group_norm beta")?;
-        let y = forward(x, l1.dims(), self.groups, gamma, beta, self.eps)?;
+        let y = forward(x, l1.dims(), self.groups, gamma, beta, self.eps, self.relu)?;
         Ok((CpuStorage::F32(y), l1.shape().clone()))
     }
 
@@ -177,13 +191,20 @@ impl CustomOp3 for GroupNormOp {
         x: &Tensor,
         gamma: &Tensor,
         beta: &Tensor,
-        _res: &Tensor,
+        res: &Tensor,
         grad: &Tensor,
     ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
         let (dx, dg, db) = with_f32(x, "group_norm input", |xv| {
             with_f32(gamma, "group_norm gamma", |gv| {
                 with_f32(grad, "group_norm output gradient", |dy| {
-                    backward(xv, x.dims(), self.groups, gv, dy, self.eps)
+                    let (groups, eps) = (self.groups, self.eps);
+                    if self.relu {
+                        with_f32(res, "group_norm output", |r| {
+                            backward(xv, x.dims(), groups, gv, dy, Some(r), eps)
+                        })
+                    } else {
+                        backward(xv, x.dims(), groups, gv, dy, None, eps)
+                    }
                 })
             })
         })?;
@@ -196,18 +217,20 @@ impl CustomOp3 for GroupNormOp {
     }
 }
 
-/// Fast-path group norm on CPU f32 tensors, with autograd through `GroupNormOp`.
+/// Fast-path group norm (then ReLU when `relu`) on CPU f32 tensors, with autograd through
+/// `GroupNormOp`.
 pub fn group_norm_cpu(
     x: &Tensor,
     groups: usize,
     gamma: &Tensor,
     beta: &Tensor,
     eps: f64,
+    relu: bool,
 ) -> Result<Tensor> {
     x.contiguous()?.apply_op3(
         &gamma.contiguous()?,
         &beta.contiguous()?,
-        GroupNormOp { groups, eps },
+        GroupNormOp { groups, eps, relu },
     )
 }
 
@@ -236,22 +259,27 @@ mod tests {
             let x = Var::from_tensor(&x).unwrap();
             let gamma = Var::from_tensor(&rand_tensor(&[c], seed + 1, &dev)).unwrap();
             let beta = Var::from_tensor(&rand_tensor(&[c], seed + 2, &dev)).unwrap();
-            let what = format!("n{n} c{c} {h}x{w} groups {groups}");
-            let ours = group_norm_cpu(&x, groups, &gamma, &beta, 1e-5).unwrap();
-            let theirs = reference::group_norm(&x, groups, &gamma, &beta, 1e-5).unwrap();
-            assert_close(&ours, &theirs, &format!("{what}: value"));
-            let r = rand_tensor(&[n, c, h, w], seed + 3, &dev);
-            let g_ours = (ours * &r).unwrap().sum_all().unwrap().backward().unwrap();
-            let g_theirs = (theirs * &r)
-                .unwrap()
-                .sum_all()
-                .unwrap()
-                .backward()
-                .unwrap();
-            for (name, v) in [("input", &x), ("gamma", &gamma), ("beta", &beta)] {
-                let a = g_ours.get(v).unwrap();
-                let e = g_theirs.get(v).unwrap();
-                assert_close(a, e, &format!("{what}: {name} gradient"));
+            for relu in [false, true] {
+                let what = format!("n{n} c{c} {h}x{w} groups {groups} relu {relu}");
+                let ours = group_norm_cpu(&x, groups, &gamma, &beta, 1e-5, relu).unwrap();
+                let mut theirs = reference::group_norm(&x, groups, &gamma, &beta, 1e-5).unwrap();
+                if relu {
+                    theirs = theirs.relu().unwrap();
+                }
+                assert_close(&ours, &theirs, &format!("{what}: value"));
+                let r = rand_tensor(&[n, c, h, w], seed + 3, &dev);
+                let g_ours = (ours * &r).unwrap().sum_all().unwrap().backward().unwrap();
+                let g_theirs = (theirs * &r)
+                    .unwrap()
+                    .sum_all()
+                    .unwrap()
+                    .backward()
+                    .unwrap();
+                for (name, v) in [("input", &x), ("gamma", &gamma), ("beta", &beta)] {
+                    let a = g_ours.get(v).unwrap();
+                    let e = g_theirs.get(v).unwrap();
+                    assert_close(a, e, &format!("{what}: {name} gradient"));
+                }
             }
         }
     }
@@ -261,7 +289,7 @@ mod tests {
         let dev = Device::Cpu;
         let x = rand_tensor(&[1, 6, 2, 2], 1, &dev);
         let g = rand_tensor(&[6], 2, &dev);
-        assert!(group_norm_cpu(&x, 4, &g, &g, 1e-5).is_err());
-        assert!(group_norm_cpu(&x, 0, &g, &g, 1e-5).is_err());
+        assert!(group_norm_cpu(&x, 4, &g, &g, 1e-5, false).is_err());
+        assert!(group_norm_cpu(&x, 0, &g, &g, 1e-5, true).is_err());
     }
 }

@@ -8,6 +8,7 @@
 pub mod conv;
 pub mod group_norm;
 pub mod reference;
+pub mod relu;
 #[cfg(test)]
 mod testing;
 
@@ -122,13 +123,32 @@ pub fn group_norm(
     eps: f64,
 ) -> Result<Tensor> {
     if fast_path(&[x, gamma, beta]) {
-        group_norm::group_norm_cpu(x, groups, gamma, beta, eps)
+        group_norm::group_norm_cpu(x, groups, gamma, beta, eps, false)
     } else {
         reference::group_norm(x, groups, gamma, beta, eps)
     }
 }
 
+/// `relu(group_norm(x))` in one kernel on the CPU, its backward folded into the norm's.
+pub fn group_norm_relu(
+    x: &Tensor,
+    groups: usize,
+    gamma: &Tensor,
+    beta: &Tensor,
+    eps: f64,
+) -> Result<Tensor> {
+    if fast_path(&[x, gamma, beta]) {
+        group_norm::group_norm_cpu(x, groups, gamma, beta, eps, true)
+    } else {
+        reference::group_norm(x, groups, gamma, beta, eps)?.relu()
+    }
+}
+
 /// Rectified linear unit.
 pub fn relu(x: &Tensor) -> Result<Tensor> {
-    x.relu()
+    if fast_path(&[x]) {
+        relu::relu_cpu(x)
+    } else {
+        x.relu()
+    }
 }

@@ -20,6 +20,8 @@ use candle_core::{
 use gemm::Parallelism;
 use rayon::prelude::*;
 
+mod shifted;
+
 /// The geometry of one convolution; everything else is derived from it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct ConvGeom {
@@ -191,7 +193,7 @@ fn col2im(col: &[f32], g: &ConvGeom, dx: &mut [f32]) {
     }
 }
 
-/// A row-major (or transposed) matrix view for `gemm`: element `(i, j)` is at `ptr[i*rs + j*cs]`.
+/// A matrix view for `gemm`: element `(i, j)` is at `ptr[i*rs + j*cs]`.
 #[derive(Clone, Copy)]
 struct Mat {
     ptr: *const f32,
@@ -219,6 +221,53 @@ impl Mat {
     }
 }
 
+/// A writable matrix view: element `(i, j)` is at `ptr[i*rs + j*cs]`, inside `len` values.
+struct MatMut {
+    ptr: *mut f32,
+    len: usize,
+    rs: isize,
+    cs: isize,
+}
+
+impl MatMut {
+    /// Row-major `[rows, cols]`.
+    fn rm(s: &mut [f32], cols: usize) -> Self {
+        Self {
+            ptr: s.as_mut_ptr(),
+            len: s.len(),
+            rs: cols as isize,
+            cs: 1,
+        }
+    }
+}
+
+/// `dst [m, n] = lhs [m, k] · rhs [k, n]`, added to `dst` when `accumulate`.
+fn matmul_into(
+    dst: MatMut,
+    (m, n, k): (usize, usize, usize),
+    lhs: Mat,
+    rhs: Mat,
+    accumulate: bool,
+    par: Parallelism,
+) {
+    if m == 0 || n == 0 {
+        return;
+    }
+    let last = (m - 1) as isize * dst.rs + (n - 1) as isize * dst.cs;
+    assert!(
+        dst.rs >= 0 && dst.cs >= 0 && (last as usize) < dst.len,
+        "gemm destination too small"
+    );
+    // SAFETY: every caller passes views whose extents (m x k, k x n) lie inside live slices, and
+    // `dst` views an exclusively borrowed slice that holds its last element (checked above).
+    unsafe {
+        gemm::gemm(
+            m, n, k, dst.ptr, dst.cs, dst.rs, accumulate, lhs.ptr, lhs.cs, lhs.rs, rhs.ptr, rhs.cs,
+            rhs.rs, 1.0, 1.0, false, false, false, par,
+        )
+    }
+}
+
 /// `dst [m, n] (row-major) = lhs [m, k] · rhs [k, n]`, added to `dst` when `accumulate`.
 fn matmul(
     dst: &mut [f32],
@@ -228,32 +277,7 @@ fn matmul(
     accumulate: bool,
     par: Parallelism,
 ) {
-    assert!(dst.len() >= m * n, "gemm destination too small");
-    // SAFETY: every caller passes views whose extents (m x k, k x n) lie inside live slices, and
-    // `dst` is a distinct, exclusively borrowed slice of at least m*n elements (checked above).
-    unsafe {
-        gemm::gemm(
-            m,
-            n,
-            k,
-            dst.as_mut_ptr(),
-            1,
-            n as isize,
-            accumulate,
-            lhs.ptr,
-            lhs.cs,
-            lhs.rs,
-            rhs.ptr,
-            rhs.cs,
-            rhs.rs,
-            1.0,
-            1.0,
-            false,
-            false,
-            false,
-            par,
-        )
-    }
+    matmul_into(MatMut::rm(dst, n), (m, n, k), lhs, rhs, accumulate, par)
 }
 
 thread_local! {
@@ -304,14 +328,44 @@ pub fn forward(
         return Ok(y);
     }
     let (per, par) = plan(g.n);
-    let col_len = if g.is_pointwise() { 0 } else { k * p };
+    let lens = if shifted::applies(g) {
+        [
+            g.c_in * shifted::plane_len(g),
+            g.c_out * shifted::wide_len(g),
+            0,
+        ]
+    } else if g.is_pointwise() {
+        [0; 3]
+    } else {
+        [k * p, 0, 0]
+    };
+    let bias_act = |v: f32, co: usize| {
+        let v = v + b.map_or(0.0, |b| b[co]);
+        if relu {
+            v.max(0.0)
+        } else {
+            v
+        }
+    };
     y.par_chunks_mut(per * g.out_len())
         .enumerate()
         .for_each(|(t, ys)| {
-            with_scratch([col_len, 0, 0], |col, _, _| {
+            with_scratch(lens, |col, wide, _| {
                 for (i, yn) in ys.chunks_mut(g.out_len()).enumerate() {
                     let img = t * per + i;
                     let xn = &x[img * g.in_len()..(img + 1) * g.in_len()];
+                    if shifted::applies(g) {
+                        shifted::forward_image(xn, w, g, col, wide, par);
+                        // Bias and ReLU while copying out the valid columns.
+                        let rows = yn.chunks_exact_mut(g.w_out);
+                        for (r, (dst, src)) in rows.zip(shifted::valid_rows(wide, g)).enumerate() {
+                            let co = r / g.h_out;
+                            dst.iter_mut()
+                                .zip(src)
+                                .for_each(|(d, s)| *d = bias_act(*s, co));
+                        }
+                        continue;
+                    }
                     let cols: &[f32] = if g.is_pointwise() {
                         xn
                     } else {
@@ -327,12 +381,9 @@ pub fn forward(
                         par,
                     );
                     // Bias and ReLU while this image's output is still in cache.
-                    for (co, row) in yn.chunks_mut(p).enumerate() {
-                        let bias = b.map_or(0.0, |b| b[co]);
-                        match (relu, bias != 0.0) {
-                            (true, _) => row.iter_mut().for_each(|v| *v = (*v + bias).max(0.0)),
-                            (false, true) => row.iter_mut().for_each(|v| *v += bias),
-                            (false, false) => {}
+                    if relu || b.is_some() {
+                        for (co, row) in yn.chunks_mut(p).enumerate() {
+                            row.iter_mut().for_each(|v| *v = bias_act(*v, co));
                         }
                     }
                 }
@@ -391,9 +442,19 @@ pub fn backward(
     }
     let (per, par) = plan(g.n);
     let tasks = g.n.div_ceil(per);
-    let col_len = if g.is_pointwise() { 0 } else { k * p };
-    let mask_len = if relu_out.is_some() { g.out_len() } else { 0 };
+    let use_shifted = shifted::applies(g);
     let dw_len = if needs.weight { g.c_out * k } else { 0 };
+    let lens = if use_shifted {
+        [
+            g.c_in * shifted::plane_len(g),
+            g.c_out * shifted::wide_len(g),
+            dw_len,
+        ]
+    } else {
+        let col_len = if g.is_pointwise() { 0 } else { k * p };
+        let mask_len = if relu_out.is_some() { g.out_len() } else { 0 };
+        [col_len, mask_len, dw_len]
+    };
     if needs.input {
         grads.input = vec![0f32; g.n * g.in_len()];
     }
@@ -407,14 +468,35 @@ pub fn backward(
         .into_par_iter()
         .enumerate()
         .map(|(t, mut dxs)| {
-            with_scratch([col_len, mask_len, dw_len], |col, mask, dw| {
+            with_scratch(lens, |col, mask, dw| {
                 let mut db = vec![0f64; if needs.bias { g.c_out } else { 0 }];
                 let imgs = (t * per)..((t + 1) * per).min(g.n);
                 for (i, img) in imgs.enumerate() {
                     let xn = &x[img * g.in_len()..(img + 1) * g.in_len()];
-                    let mut dyn_ = &dy[img * g.out_len()..(img + 1) * g.out_len()];
-                    if let Some(r) = relu_out {
-                        let rn = &r[img * g.out_len()..(img + 1) * g.out_len()];
+                    let out = img * g.out_len()..(img + 1) * g.out_len();
+                    let rn = relu_out.map(|r| &r[out.clone()]);
+                    let dxn = dxs
+                        .as_deref_mut()
+                        .map(|d| &mut d[i * g.in_len()..(i + 1) * g.in_len()]);
+                    if use_shifted {
+                        // `mask` holds the wide output gradient, `col` the padded image.
+                        shifted::widen_gradient(&dy[out], rn, g, mask);
+                        if needs.bias {
+                            let rows = mask.chunks(shifted::wide_len(g));
+                            for (acc, row) in db.iter_mut().zip(rows) {
+                                *acc += row.iter().map(|&v| v as f64).sum::<f64>();
+                            }
+                        }
+                        if needs.weight {
+                            shifted::weight_grad_image(xn, mask, g, col, dw, i > 0, par);
+                        }
+                        if let Some(dxn) = dxn {
+                            shifted::input_grad_image(w, mask, g, col, dxn, par);
+                        }
+                        continue;
+                    }
+                    let mut dyn_ = &dy[out];
+                    if let Some(rn) = rn {
                         for ((m, d), o) in mask.iter_mut().zip(dyn_).zip(rn) {
                             *m = if *o > 0.0 { *d } else { 0.0 };
                         }
@@ -441,8 +523,7 @@ pub fn backward(
                             par,
                         );
                     }
-                    if let Some(dxs) = dxs.as_deref_mut() {
-                        let dxn = &mut dxs[i * g.in_len()..(i + 1) * g.in_len()];
+                    if let Some(dxn) = dxn {
                         let lhs = Mat::tr(w, k);
                         if g.is_pointwise() {
                             matmul(dxn, (k, p, g.c_out), lhs, Mat::rm(dyn_, p), false, par);
@@ -804,6 +885,9 @@ mod tests {
             (1, 10, 4, 4, 3, 1, 2, 0), (3, 9, 6, 7, 4, 1, 1, 1), (2, 3, 3, 3, 2, 3, 2, 1),
             (1, 1, 1, 1, 1, 1, 1, 0), (2, 13, 10, 9, 11, 3, 2, 1), (5, 2, 6, 6, 3, 3, 1, 1),
             (2, 16, 16, 16, 16, 3, 1, 1), (1, 3, 33, 31, 8, 3, 2, 1), (4, 12, 5, 5, 10, 1, 2, 1),
+            // Wide enough for the shifted-product path (stride 1, W_out >= 8).
+            (1, 5, 9, 11, 7, 3, 1, 1), (3, 6, 10, 12, 5, 3, 1, 0), (2, 3, 8, 9, 4, 1, 1, 1),
+            (2, 9, 12, 8, 13, 3, 1, 2), (1, 4, 7, 20, 3, 5, 1, 2), (3, 10, 1, 8, 9, 3, 1, 1),
         ];
         for (i, &(n, c_in, h, w, c_out, k, stride, pad)) in cases.iter().enumerate() {
             for (bias, relu) in [(true, false), (false, false), (true, true), (false, true)] {
