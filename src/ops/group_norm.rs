@@ -14,19 +14,59 @@ use rayon::prelude::*;
 
 use super::conv::{cpu_f32, with_f32};
 
-/// Mean and 1/sqrt(var + eps) of one block (biased variance, as the composed reference).
+/// Values summed in f32 lanes before the partial sum moves to f64: long enough to vectorize,
+/// short enough that f32 rounding stays near 1e-6 relative.
+const BLOCK: usize = 256;
+const LANES: usize = 8;
+
+/// `Σ f(a_i, b_i, ...)` over equally long inputs (each term a pair of sums), in `LANES`
+/// independent f32 accumulators per `BLOCK`, totalled in f64.
+#[inline(always)]
+fn lane_sums<const K: usize>(
+    inputs: [&[f32]; K],
+    f: impl Fn([f32; K]) -> (f32, f32),
+) -> (f64, f64) {
+    let len = inputs[0].len();
+    debug_assert!(inputs.iter().all(|v| v.len() == len));
+    let (mut t0, mut t1) = (0f64, 0f64);
+    for start in (0..len).step_by(BLOCK) {
+        let end = (start + BLOCK).min(len);
+        let blocks: [&[f32]; K] = std::array::from_fn(|k| &inputs[k][start..end]);
+        let chunks: [&[[f32; LANES]]; K] = std::array::from_fn(|k| blocks[k].as_chunks().0);
+        let (mut a0, mut a1) = ([0f32; LANES], [0f32; LANES]);
+        for c in 0..chunks[0].len() {
+            let lanes: [&[f32; LANES]; K] = std::array::from_fn(|k| &chunks[k][c]);
+            for l in 0..LANES {
+                let (u, v) = f(std::array::from_fn(|k| lanes[k][l]));
+                a0[l] += u;
+                a1[l] += v;
+            }
+        }
+        for i in chunks[0].len() * LANES..end - start {
+            let (u, v) = f(std::array::from_fn(|k| blocks[k][i]));
+            a0[0] += u;
+            a1[0] += v;
+        }
+        t0 += a0.iter().map(|&v| v as f64).sum::<f64>();
+        t1 += a1.iter().map(|&v| v as f64).sum::<f64>();
+    }
+    (t0, t1)
+}
+
+/// Mean and 1/sqrt(var + eps) of one block (biased variance, as the composed reference). Two
+/// passes, the second over centred values, so a large mean does not cancel the variance away.
 fn stats(block: &[f32], eps: f64) -> (f64, f64) {
     let m = block.len() as f64;
-    let mean = block.iter().map(|&v| v as f64).sum::<f64>() / m;
-    let var = block
-        .iter()
-        .map(|&v| {
-            let d = v as f64 - mean;
-            d * d
-        })
-        .sum::<f64>()
-        / m;
-    (mean, 1.0 / (var + eps).sqrt())
+    let (sum, _) = lane_sums([block], |[v]| (v, 0.0));
+    let mean = sum / m;
+    let mf = mean as f32;
+    let (dev, sq) = lane_sums([block], |[v]| {
+        let d = v - mf;
+        (d, d * d)
+    });
+    // `dev` corrects for rounding `mean` to f32.
+    let var = (sq - dev * dev / m) / m;
+    (mean, 1.0 / (var.max(0.0) + eps).sqrt())
 }
 
 fn check(x_dims: &[usize], groups: usize, gamma: &[f32], beta: &[f32]) -> Result<(usize, usize)> {
@@ -98,8 +138,6 @@ pub fn backward(
     if dy.len() != x.len() || relu_out.is_some_and(|r| r.len() != x.len()) {
         bail!("group_norm backward: output gradient has the wrong size");
     }
-    // The ReLU's gradient mask: 1 where the output is positive.
-    let pass = |i: usize| relu_out.is_none_or(|r| r[i] > 0.0);
     let c = cg * groups;
     let n = x.len().checked_div(c * hw).unwrap_or(0);
     let mut dx = vec![0f32; x.len()];
@@ -112,22 +150,25 @@ pub fn backward(
             .zip(dbeta_nc.par_chunks_mut(cg))
             .enumerate()
             .for_each(|(ng, ((dxb, dgb), dbb))| {
-                let base = ng * cg * hw;
-                let xb = &x[base..base + cg * hw];
-                let dyb = &dy[base..base + cg * hw];
-                let d_at = |i: usize| if pass(base + i) { dyb[i] as f64 } else { 0.0 };
+                let block = ng * cg * hw..(ng + 1) * cg * hw;
+                let (xb, dyb) = (&x[block.clone()], &dy[block.clone()]);
+                let rb = relu_out.map(|r| &r[block]);
                 let (mean, rstd) = stats(xb, eps);
-                let c0 = (ng % groups) * cg;
+                let (mf, c0) = (mean as f32, (ng % groups) * cg);
                 // With xhat = (x - mean) * rstd and g = dy * gamma:
                 // dx = rstd * (g - mean(g) - xhat * mean(g * xhat)).
                 let (mut sum_g, mut sum_gx) = (0f64, 0f64);
                 for j in 0..cg {
-                    let (mut s_dy, mut s_dyx) = (0f64, 0f64);
-                    for (i, &v) in xb.iter().enumerate().take((j + 1) * hw).skip(j * hw) {
-                        let (xhat, d) = ((v as f64 - mean) * rstd, d_at(i));
-                        s_dy += d;
-                        s_dyx += d * xhat;
-                    }
+                    let ch = j * hw..(j + 1) * hw;
+                    let (xc, dc) = (&xb[ch.clone()], &dyb[ch.clone()]);
+                    let (s_dy, s_dxc) = match rb {
+                        Some(r) => lane_sums([xc, dc, &r[ch]], |[v, d, y]| {
+                            let d = if y > 0.0 { d } else { 0.0 };
+                            (d, d * (v - mf))
+                        }),
+                        None => lane_sums([xc, dc], |[v, d]| (d, d * (v - mf))),
+                    };
+                    let s_dyx = s_dxc * rstd;
                     dbb[j] = s_dy;
                     dgb[j] = s_dyx;
                     let gm = gamma[c0 + j] as f64;
@@ -137,10 +178,25 @@ pub fn backward(
                 let m = (cg * hw) as f64;
                 let (mean_g, mean_gx) = (sum_g / m, sum_gx / m);
                 for j in 0..cg {
+                    // dx = a * dy + b * (x - mean) + c per channel.
                     let gm = gamma[c0 + j] as f64;
-                    for i in j * hw..(j + 1) * hw {
-                        let xhat = (xb[i] as f64 - mean) * rstd;
-                        dxb[i] = (rstd * (d_at(i) * gm - mean_g - xhat * mean_gx)) as f32;
+                    let a = (rstd * gm) as f32;
+                    let b = (-rstd * rstd * mean_gx) as f32;
+                    let c = (-rstd * mean_g) as f32;
+                    let ch = j * hw..(j + 1) * hw;
+                    let (xc, dc, out) = (&xb[ch.clone()], &dyb[ch.clone()], &mut dxb[ch.clone()]);
+                    match rb {
+                        Some(r) => {
+                            for (((o, &v), &d), &y) in out.iter_mut().zip(xc).zip(dc).zip(&r[ch]) {
+                                let d = if y > 0.0 { d } else { 0.0 };
+                                *o = a * d + b * (v - mf) + c;
+                            }
+                        }
+                        None => {
+                            for ((o, &v), &d) in out.iter_mut().zip(xc).zip(dc) {
+                                *o = a * d + b * (v - mf) + c;
+                            }
+                        }
                     }
                 }
             });
