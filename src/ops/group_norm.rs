@@ -22,6 +22,7 @@ const LANES: usize = 8;
 /// `Σ f(a_i, b_i, ...)` over equally long inputs (each term a pair of sums), in `LANES`
 /// independent f32 accumulators per `BLOCK`, totalled in f64.
 #[inline(always)]
+#[allow(clippy::needless_range_loop)] // one index into K parallel inputs
 fn lane_sums<const K: usize>(
     inputs: [&[f32]; K],
     f: impl Fn([f32; K]) -> (f32, f32),
