@@ -550,7 +550,7 @@ impl Config {
             bail!("data.source must be 'builtin' or a path to a COCO JSON file");
         }
         let stride = 1usize << 5;
-        if d.input_size == 0 || d.input_size % stride != 0 {
+        if d.input_size == 0 || !d.input_size.is_multiple_of(stride) {
             bail!(
                 "data.input_size must be a positive multiple of {stride} (the C5 stride), got {}",
                 d.input_size
