@@ -329,11 +329,7 @@ pub fn forward(
     }
     let (per, par) = plan(g.n);
     let lens = if shifted::applies(g) {
-        [
-            g.c_in * shifted::plane_len(g),
-            g.c_out * shifted::wide_len(g),
-            0,
-        ]
+        [shifted::padded_len(g), g.c_out * shifted::wide_len(g), 0]
     } else if g.is_pointwise() {
         [0; 3]
     } else {
@@ -446,7 +442,7 @@ pub fn backward(
     let dw_len = if needs.weight { g.c_out * k } else { 0 };
     let lens = if use_shifted {
         [
-            g.c_in * shifted::plane_len(g),
+            shifted::padded_len(g),
             g.c_out * shifted::wide_len(g),
             dw_len,
         ]
@@ -885,9 +881,11 @@ mod tests {
             (1, 10, 4, 4, 3, 1, 2, 0), (3, 9, 6, 7, 4, 1, 1, 1), (2, 3, 3, 3, 2, 3, 2, 1),
             (1, 1, 1, 1, 1, 1, 1, 0), (2, 13, 10, 9, 11, 3, 2, 1), (5, 2, 6, 6, 3, 3, 1, 1),
             (2, 16, 16, 16, 16, 3, 1, 1), (1, 3, 33, 31, 8, 3, 2, 1), (4, 12, 5, 5, 10, 1, 2, 1),
-            // Wide enough for the shifted-product path (stride 1, W_out >= 8).
-            (1, 5, 9, 11, 7, 3, 1, 1), (3, 6, 10, 12, 5, 3, 1, 0), (2, 3, 8, 9, 4, 1, 1, 1),
-            (2, 9, 12, 8, 13, 3, 1, 2), (1, 4, 7, 20, 3, 5, 1, 2), (3, 10, 1, 8, 9, 3, 1, 1),
+            // For the shifted-product path (W_out >= 8, C_in >= 8), stride 1, 2 and 3.
+            (1, 9, 9, 11, 7, 3, 1, 1), (3, 10, 10, 12, 5, 3, 1, 0), (2, 11, 8, 9, 4, 1, 1, 1),
+            (2, 9, 12, 8, 13, 3, 1, 2), (1, 12, 7, 20, 3, 5, 1, 2), (3, 10, 1, 8, 9, 3, 1, 1),
+            (2, 13, 16, 17, 6, 3, 2, 1), (1, 8, 19, 16, 4, 1, 2, 0), (2, 15, 15, 18, 5, 3, 2, 0),
+            (1, 9, 9, 21, 7, 5, 2, 2), (2, 11, 17, 26, 4, 3, 3, 1), (3, 8, 16, 16, 9, 2, 2, 0),
         ];
         for (i, &(n, c_in, h, w, c_out, k, stride, pad)) in cases.iter().enumerate() {
             for (bias, relu) in [(true, false), (false, false), (true, true), (false, true)] {

@@ -1,58 +1,106 @@
-//! Stride-1 convolution without an im2col matrix: a sum of shifted products over a zero-padded
-//! copy of the image (the "implicit GEMM" of fast CPU libraries).
+//! Convolution without an im2col matrix: a sum of shifted products over a zero-padded copy of
+//! the image (the "implicit GEMM" of fast CPU libraries), for stride 1 and, through a polyphase
+//! split, for larger strides.
 //!
-//! The image is copied once into a zero-bordered plane `[C_in, Hp * Wp]` (`Hp = H + 2 pad`,
-//! `Wp = W + 2 pad`). Output pixel `(oy, ox)` is computed at position `q = oy * Wp + ox` of a
-//! "wide" output `[C_out, H_out * Wp]`; kernel tap `(ki, kj)` then reads the padded plane at
-//! `q + ki * Wp + kj`, so each tap is one plain strided product with `k = C_in`, reading the plane
-//! in place. The `Wp - W_out` columns past each output row are computed and thrown away (or, in
-//! the backward products, carry a zero gradient). Compared with im2col this writes the image once
-//! instead of `kh * kw` times, and the plane stays in L2 cache across the taps.
+//! The image is copied once into zero-bordered planes. With stride `s` the padded image (`Hp =
+//! H + 2 pad`, `Wp = W + 2 pad`) is split into `s * s` phases, phase `(a, b)` holding the pixels
+//! at rows `a, a + s, ...` and columns `b, b + s, ...`: planes of `Hq x Wq` (`Wq = ceil(Wp / s)`).
+//! Output pixel `(oy, ox)` is computed at position `q = oy * Wq + ox` of a "wide" output
+//! `[C_out, H_out * Wq]`; kernel tap `(ki, kj)` then reads phase `(ki % s, kj % s)` at
+//! `q + (ki / s) * Wq + kj / s`, so each tap is one plain strided product with `k = C_in`,
+//! reading the planes in place. The `Wq - W_out` columns past each output row are computed and
+//! thrown away (or, in the backward products, carry a zero gradient). Compared with im2col this
+//! writes the image once instead of `kh * kw` times, and the planes stay in cache across taps.
 
 use super::{matmul_into, ConvGeom, Mat, MatMut};
 use gemm::Parallelism;
 
-/// Worth it when the thrown-away columns are a small share of the work: at `W_out >= 8` the
-/// whole training step measured faster than with im2col (at 4 and 16, no faster).
+/// Worth it when the thrown-away columns are a small share of the work (at `W_out >= 8` the
+/// whole training step measured faster than with im2col; at 4 and 16, no faster) and each tap's
+/// product is deep enough (`k = C_in`) to amortize a `gemm` call: not for an RGB stem. A 1x1
+/// stride-1 unpadded convolution needs neither scheme.
 pub(super) fn applies(g: &ConvGeom) -> bool {
-    g.stride == 1 && (g.kh > 1 || g.kw > 1 || g.pad > 0) && g.w_out >= 8
+    let pointwise = g.kh == 1 && g.kw == 1 && g.stride == 1 && g.pad == 0;
+    !pointwise && g.w_out >= 8 && g.c_in >= 8
 }
 
-/// Row width of the padded plane and of the wide output.
-fn wp(g: &ConvGeom) -> usize {
-    g.w + 2 * g.pad
+/// Row width of a phase plane and of the wide output.
+fn wq(g: &ConvGeom) -> usize {
+    (g.w + 2 * g.pad).div_ceil(g.stride)
 }
 
-/// Length of one padded channel plane: `Hp * Wp`, plus slack so the last tap's read of the
-/// wide output's final row stays inside the plane.
-pub(super) fn plane_len(g: &ConvGeom) -> usize {
-    (g.h + 2 * g.pad) * wp(g) + g.kw - 1
+fn hq(g: &ConvGeom) -> usize {
+    (g.h + 2 * g.pad).div_ceil(g.stride)
 }
 
-/// Columns of the wide output: `H_out * Wp`.
+/// Length of one phase plane of one channel: `Hq * Wq`, plus slack so the last tap's read of
+/// the wide output's final row stays inside the plane.
+fn plane_len(g: &ConvGeom) -> usize {
+    hq(g) * wq(g) + (g.kw - 1) / g.stride
+}
+
+/// Values of the padded, phase-split image: `[s * s phases, C_in, plane]`.
+pub(super) fn padded_len(g: &ConvGeom) -> usize {
+    g.stride * g.stride * g.c_in * plane_len(g)
+}
+
+/// Columns of the wide output: `H_out * Wq`.
 pub(super) fn wide_len(g: &ConvGeom) -> usize {
-    g.h_out * wp(g)
+    g.h_out * wq(g)
 }
 
-/// Offset of tap `(ki, kj)` in the padded plane.
+/// Whether some kernel tap reads phase `(a, b)`.
+fn phase_used(g: &ConvGeom, a: usize, b: usize) -> bool {
+    a < g.kh && b < g.kw
+}
+
+/// Where tap `t = ki * kw + kj` starts reading: the offset of its phase's channel-0 plane plus
+/// its shift inside the plane.
 fn tap_offset(g: &ConvGeom, t: usize) -> usize {
-    (t / g.kw) * wp(g) + t % g.kw
+    let (ki, kj, s) = (t / g.kw, t % g.kw, g.stride);
+    let phase = (ki % s) * s + kj % s;
+    phase * g.c_in * plane_len(g) + (ki / s) * wq(g) + kj / s
 }
 
-/// `xpad [C_in, plane]` from one image `x [C_in, H, W]`, borders and slack zeroed.
-fn pad_image(x: &[f32], g: &ConvGeom, xpad: &mut [f32]) {
-    let (plane, wp, hw) = (plane_len(g), wp(g), g.h * g.w);
-    for (xc, pc) in x.chunks_exact(hw).zip(xpad.chunks_exact_mut(plane)) {
-        pc[..g.pad * wp + g.pad].fill(0.0);
-        for (y, row) in xc.chunks_exact(g.w).enumerate() {
-            let start = (y + g.pad) * wp + g.pad;
-            pc[start..start + g.w].copy_from_slice(row);
-            // The right border of this row and the left border of the next are adjacent.
-            let next = (start + g.w + 2 * g.pad).min(plane);
-            pc[start + g.w..next].fill(0.0);
+/// Half-open range of phase columns `c` whose image column `c * s + b - pad` lies in `[0, w)`.
+fn inside(w: usize, n: usize, s: usize, b: usize, pad: usize) -> (usize, usize) {
+    let lo = pad.saturating_sub(b).div_ceil(s).min(n);
+    let hi = if w + pad <= b {
+        0
+    } else {
+        ((w + pad - b - 1) / s + 1).min(n)
+    };
+    (lo, hi.max(lo))
+}
+
+/// The phase planes `xq` from one image `x [C_in, H, W]`; borders and slack zeroed, unused
+/// phases left alone.
+fn pad_image(x: &[f32], g: &ConvGeom, xq: &mut [f32]) {
+    let (s, plane, wq, hq, hw) = (g.stride, plane_len(g), wq(g), hq(g), g.h * g.w);
+    let phases = xq.chunks_exact_mut(g.c_in * plane).enumerate();
+    for (ph, planes) in phases.filter(|&(ph, _)| phase_used(g, ph / s, ph % s)) {
+        let (a, b) = (ph / s, ph % s);
+        let (c_lo, c_hi) = inside(g.w, wq, s, b, g.pad);
+        let (r_lo, r_hi) = inside(g.h, hq, s, a, g.pad);
+        for (xc, pc) in x.chunks_exact(hw).zip(planes.chunks_exact_mut(plane)) {
+            pc[..r_lo * wq].fill(0.0);
+            pc[r_hi * wq..].fill(0.0);
+            for r in r_lo..r_hi {
+                let row = &mut pc[r * wq..(r + 1) * wq];
+                let y = r * s + a - g.pad;
+                let first = c_lo * s + b - g.pad;
+                let src = &xc[y * g.w + first..(y + 1) * g.w];
+                row[..c_lo].fill(0.0);
+                row[c_hi..].fill(0.0);
+                if s == 1 {
+                    row[c_lo..c_hi].copy_from_slice(&src[..c_hi - c_lo]);
+                } else {
+                    for (o, v) in row[c_lo..c_hi].iter_mut().zip(src.iter().step_by(s)) {
+                        *o = *v;
+                    }
+                }
+            }
         }
-        let tail = (g.h + g.pad) * wp + g.pad;
-        pc[tail.min(plane)..].fill(0.0);
     }
 }
 
@@ -65,21 +113,21 @@ fn tap_weight(w: &[f32], g: &ConvGeom, t: usize) -> Mat {
     }
 }
 
-/// Forward product of one image into the wide output `ywide [C_out, H_out * Wp]`. Scratch
-/// `xpad` holds `C_in * plane_len` values.
+/// Forward product of one image into the wide output `ywide [C_out, H_out * Wq]`. Scratch `xq`
+/// holds `padded_len` values.
 pub(super) fn forward_image(
     x: &[f32],
     w: &[f32],
     g: &ConvGeom,
-    xpad: &mut [f32],
+    xq: &mut [f32],
     ywide: &mut [f32],
     par: Parallelism,
 ) {
     let (plane, wide) = (plane_len(g), wide_len(g));
-    pad_image(x, g, xpad);
+    pad_image(x, g, xq);
     for t in 0..g.kh * g.kw {
         let rhs = Mat {
-            ptr: xpad[tap_offset(g, t)..].as_ptr(),
+            ptr: xq[tap_offset(g, t)..].as_ptr(),
             rs: plane as isize,
             cs: 1,
         };
@@ -97,13 +145,13 @@ pub(super) fn forward_image(
 
 /// The valid output rows of a wide output (`W_out` values each), channel by channel.
 pub(super) fn valid_rows<'a>(ywide: &'a [f32], g: &ConvGeom) -> impl Iterator<Item = &'a [f32]> {
-    let (wp, w_out) = (wp(g), g.w_out);
+    let (wq, w_out) = (wq(g), g.w_out);
     ywide
         .chunks_exact(wide_len(g))
-        .flat_map(move |c| c.chunks_exact(wp).map(move |r| &r[..w_out]))
+        .flat_map(move |c| c.chunks_exact(wq).map(move |r| &r[..w_out]))
 }
 
-/// `dywide [C_out, H_out * Wp]` from one image's output gradient `dy [C_out, H_out, W_out]`,
+/// `dywide [C_out, H_out * Wq]` from one image's output gradient `dy [C_out, H_out, W_out]`,
 /// with zeros in the thrown-away columns so they contribute nothing. With `relu_out` (the
 /// forward output of a fused ReLU) the gradient is also zeroed where the output was clamped.
 pub(super) fn widen_gradient(
@@ -112,8 +160,8 @@ pub(super) fn widen_gradient(
     g: &ConvGeom,
     dywide: &mut [f32],
 ) {
-    let wp = wp(g);
-    let rows = dy.chunks_exact(g.w_out).zip(dywide.chunks_exact_mut(wp));
+    let wq = wq(g);
+    let rows = dy.chunks_exact(g.w_out).zip(dywide.chunks_exact_mut(wq));
     match relu_out {
         Some(r) => {
             for ((src, dst), out) in rows.zip(r.chunks_exact(g.w_out)) {
@@ -133,23 +181,23 @@ pub(super) fn widen_gradient(
 }
 
 /// Weight gradient of one image, written (or added, with `accumulate`) into `dw [C_out, C_in,
-/// kh, kw]`. Leaves the padded image in `xpad`.
+/// kh, kw]`. Overwrites the scratch `xq`.
 pub(super) fn weight_grad_image(
     x: &[f32],
     dywide: &[f32],
     g: &ConvGeom,
-    xpad: &mut [f32],
+    xq: &mut [f32],
     dw: &mut [f32],
     accumulate: bool,
     par: Parallelism,
 ) {
     let (plane, wide) = (plane_len(g), wide_len(g));
-    pad_image(x, g, xpad);
+    pad_image(x, g, xq);
     let taps = g.kh * g.kw;
     for t in 0..taps {
-        // dW_t [C_out, C_in] = dY [C_out, wide] · shifted(xpad)ᵀ [wide, C_in]
+        // dW_t [C_out, C_in] = dY [C_out, wide] · shifted(xq)ᵀ [wide, C_in]
         let rhs = Mat {
-            ptr: xpad[tap_offset(g, t)..].as_ptr(),
+            ptr: xq[tap_offset(g, t)..].as_ptr(),
             rs: 1,
             cs: plane as isize,
         };
@@ -170,20 +218,20 @@ pub(super) fn weight_grad_image(
     }
 }
 
-/// Input gradient of one image into `dx [C_in, H, W]`. Scratch `dxpad` holds `C_in * plane_len`.
+/// Input gradient of one image into `dx [C_in, H, W]`. Scratch `dxq` holds `padded_len` values.
 pub(super) fn input_grad_image(
     w: &[f32],
     dywide: &[f32],
     g: &ConvGeom,
-    dxpad: &mut [f32],
+    dxq: &mut [f32],
     dx: &mut [f32],
     par: Parallelism,
 ) {
-    let (plane, wide, wp) = (plane_len(g), wide_len(g), wp(g));
-    dxpad.fill(0.0);
+    let (plane, wide, wq, s) = (plane_len(g), wide_len(g), wq(g), g.stride);
+    dxq.fill(0.0);
     let taps = g.kh * g.kw;
     for t in 0..taps {
-        // shifted(dXpad) [C_in, wide] += W_tᵀ [C_in, C_out] · dY [C_out, wide]
+        // shifted(dXq) [C_in, wide] += W_tᵀ [C_in, C_out] · dY [C_out, wide]
         let off = tap_offset(g, t);
         let lhs = Mat {
             ptr: w[t..].as_ptr(),
@@ -191,8 +239,8 @@ pub(super) fn input_grad_image(
             cs: g.k() as isize,
         };
         let dst = MatMut {
-            ptr: dxpad[off..].as_mut_ptr(),
-            len: dxpad.len() - off,
+            ptr: dxq[off..].as_mut_ptr(),
+            len: dxq.len() - off,
             rs: plane as isize,
             cs: 1,
         };
@@ -205,11 +253,46 @@ pub(super) fn input_grad_image(
             par,
         );
     }
+    // Each image pixel lives in exactly one phase; pixels of phases no tap reads get zero.
     let hw = g.h * g.w;
-    for (dc, pc) in dx.chunks_exact_mut(hw).zip(dxpad.chunks_exact(plane)) {
+    for (ci, dc) in dx.chunks_exact_mut(hw).enumerate() {
         for (y, row) in dc.chunks_exact_mut(g.w).enumerate() {
-            let start = (y + g.pad) * wp + g.pad;
-            row.copy_from_slice(&pc[start..start + g.w]);
+            let (a, r) = ((y + g.pad) % s, (y + g.pad) / s);
+            for (xi, o) in row.iter_mut().enumerate() {
+                let (b, c) = ((xi + g.pad) % s, (xi + g.pad) / s);
+                *o = if phase_used(g, a, b) {
+                    dxq[((a * s + b) * g.c_in + ci) * plane + r * wq + c]
+                } else {
+                    0.0
+                };
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn inside_matches_brute_force() {
+        for w in 1usize..9 {
+            for s in 1usize..4 {
+                for pad in 0usize..3 {
+                    for b in 0..s {
+                        let n = (w + 2 * pad).div_ceil(s);
+                        let expect: Vec<usize> = (0..n)
+                            .filter(|&c| (c * s + b).checked_sub(pad).is_some_and(|v| v < w))
+                            .collect();
+                        let (lo, hi) = inside(w, n, s, b, pad);
+                        assert_eq!(
+                            (lo..hi).collect::<Vec<_>>(),
+                            expect,
+                            "w{w} s{s} p{pad} b{b}"
+                        );
+                    }
+                }
+            }
         }
     }
 }
