@@ -157,6 +157,24 @@ fn im2col(x: &[f32], g: &ConvGeom, col: &mut [f32]) {
     }
 }
 
+/// The im2col matrix of one image (written into `col`), or the image itself for a pointwise
+/// convolution.
+fn image_cols<'a>(xn: &'a [f32], g: &ConvGeom, col: &'a mut [f32]) -> &'a [f32] {
+    if g.is_pointwise() {
+        xn
+    } else {
+        im2col(xn, g, col);
+        col
+    }
+}
+
+/// Adds the sum of each `cols`-long row of `m` to `acc` (one entry per row), in f64.
+fn add_row_sums(acc: &mut [f64], m: &[f32], cols: usize) {
+    for (a, row) in acc.iter_mut().zip(m.chunks(cols)) {
+        *a += row.iter().map(|&v| v as f64).sum::<f64>();
+    }
+}
+
 /// Scatter-adds `col [K, P]` back into one image `dx [C_in, H, W]` (which the caller zeroed).
 fn col2im(col: &[f32], g: &ConvGeom, dx: &mut [f32]) {
     let (p, hw) = (g.p(), g.h * g.w);
@@ -362,12 +380,7 @@ pub fn forward(
                         }
                         continue;
                     }
-                    let cols: &[f32] = if g.is_pointwise() {
-                        xn
-                    } else {
-                        im2col(xn, g, col);
-                        col
-                    };
+                    let cols = image_cols(xn, g, col);
                     matmul(
                         yn,
                         (g.c_out, p, k),
@@ -478,10 +491,7 @@ pub fn backward(
                         // `mask` holds the wide output gradient, `col` the padded image.
                         shifted::widen_gradient(&dy[out], rn, g, mask);
                         if needs.bias {
-                            let rows = mask.chunks(shifted::wide_len(g));
-                            for (acc, row) in db.iter_mut().zip(rows) {
-                                *acc += row.iter().map(|&v| v as f64).sum::<f64>();
-                            }
+                            add_row_sums(&mut db, mask, shifted::wide_len(g));
                         }
                         if needs.weight {
                             shifted::weight_grad_image(xn, mask, g, col, dw, i > 0, par);
@@ -499,17 +509,10 @@ pub fn backward(
                         dyn_ = mask;
                     }
                     if needs.bias {
-                        for (acc, row) in db.iter_mut().zip(dyn_.chunks(p)) {
-                            *acc += row.iter().map(|&v| v as f64).sum::<f64>();
-                        }
+                        add_row_sums(&mut db, dyn_, p);
                     }
                     if needs.weight {
-                        let cols: &[f32] = if g.is_pointwise() {
-                            xn
-                        } else {
-                            im2col(xn, g, col);
-                            col
-                        };
+                        let cols = image_cols(xn, g, col);
                         matmul(
                             dw,
                             (g.c_out, k, p),
