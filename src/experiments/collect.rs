@@ -61,7 +61,7 @@ pub struct VariantSummary {
 pub struct Verdict {
     pub paper: String,
     pub ours: String,
-    /// `None` when the runs needed are missing.
+    /// `None` when the runs needed are missing, or when a comparison has only one seed.
     pub reproduced: Option<bool>,
 }
 
@@ -169,9 +169,11 @@ fn judge(
             let diff = x.ap.mean - y.ap.mean;
             let spread = x.ap.std.max(y.ap.std);
             let seeds = x.runs.min(y.runs);
-            let reproduced = diff > 0.0 && (seeds < 2 || diff > spread);
+            // One seed has no spread to weigh the difference against: the direction is reported,
+            // but no verdict is given.
+            let reproduced = (seeds >= 2).then_some(diff > 0.0 && diff > spread);
             let spread_text = if seeds < 2 {
-                "one seed, so no seed spread".to_string()
+                "one seed, so no seed spread: run --seeds 3 for a verdict".to_string()
             } else {
                 format!("seed spread (largest std) {:.1}", 100.0 * spread)
             };
@@ -185,7 +187,7 @@ fn judge(
                     100.0 * y.ap.mean,
                     100.0 * diff
                 ),
-                reproduced: Some(reproduced),
+                reproduced,
             }
         }
         FindingKind::Collapses => {

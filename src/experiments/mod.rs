@@ -150,6 +150,25 @@ mod tests {
     }
 
     #[test]
+    fn one_seed_gives_a_direction_but_no_verdict() {
+        let dir = tempfile::tempdir().unwrap();
+        let o = SweepOptions {
+            seeds: 1,
+            ..opts(dir.path())
+        };
+        let c = run_experiment("sweep-gamma", &o, &fake(), true)
+            .unwrap()
+            .collected
+            .unwrap();
+        let beats: Vec<_> = c.verdicts.iter().filter(|v| v.ours.contains(" vs ")).collect();
+        assert!(!beats.is_empty(), "{:?}", c.verdicts);
+        for v in beats {
+            assert_eq!(v.reproduced, None, "{v:?}");
+            assert!(v.ours.contains("run --seeds 3"), "{v:?}");
+        }
+    }
+
+    #[test]
     fn finished_runs_are_reused_and_failed_ones_rerun() {
         let dir = tempfile::tempdir().unwrap();
         let o = opts(dir.path());
