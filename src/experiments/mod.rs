@@ -160,7 +160,11 @@ mod tests {
             .unwrap()
             .collected
             .unwrap();
-        let beats: Vec<_> = c.verdicts.iter().filter(|v| v.ours.contains(" vs ")).collect();
+        let beats: Vec<_> = c
+            .verdicts
+            .iter()
+            .filter(|v| v.ours.contains(" vs "))
+            .collect();
         assert!(!beats.is_empty(), "{:?}", c.verdicts);
         for v in beats {
             assert_eq!(v.reproduced, None, "{v:?}");
