@@ -122,11 +122,7 @@ pub fn group_norm(
     beta: &Tensor,
     eps: f64,
 ) -> Result<Tensor> {
-    if fast_path(&[x, gamma, beta]) {
-        group_norm::group_norm_cpu(x, groups, gamma, beta, eps, false)
-    } else {
-        reference::group_norm(x, groups, gamma, beta, eps)
-    }
+    group_norm_then(x, groups, gamma, beta, eps, false)
 }
 
 /// `relu(group_norm(x))` in one kernel on the CPU, its backward folded into the norm's.
@@ -137,10 +133,25 @@ pub fn group_norm_relu(
     beta: &Tensor,
     eps: f64,
 ) -> Result<Tensor> {
+    group_norm_then(x, groups, gamma, beta, eps, true)
+}
+
+fn group_norm_then(
+    x: &Tensor,
+    groups: usize,
+    gamma: &Tensor,
+    beta: &Tensor,
+    eps: f64,
+    relu: bool,
+) -> Result<Tensor> {
     if fast_path(&[x, gamma, beta]) {
-        group_norm::group_norm_cpu(x, groups, gamma, beta, eps, true)
+        return group_norm::group_norm_cpu(x, groups, gamma, beta, eps, relu);
+    }
+    let y = reference::group_norm(x, groups, gamma, beta, eps)?;
+    if relu {
+        y.relu()
     } else {
-        reference::group_norm(x, groups, gamma, beta, eps)?.relu()
+        Ok(y)
     }
 }
 

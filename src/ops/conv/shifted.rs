@@ -255,6 +255,15 @@ pub(super) fn input_grad_image(
     }
     // Each image pixel lives in exactly one phase; pixels of phases no tap reads get zero.
     let hw = g.h * g.w;
+    if s == 1 {
+        for (dc, pc) in dx.chunks_exact_mut(hw).zip(dxq.chunks_exact(plane)) {
+            for (y, row) in dc.chunks_exact_mut(g.w).enumerate() {
+                let start = (y + g.pad) * wq + g.pad;
+                row.copy_from_slice(&pc[start..start + g.w]);
+            }
+        }
+        return;
+    }
     for (ci, dc) in dx.chunks_exact_mut(hw).enumerate() {
         for (y, row) in dc.chunks_exact_mut(g.w).enumerate() {
             let (a, r) = ((y + g.pad) % s, (y + g.pad) / s);
