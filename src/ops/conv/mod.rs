@@ -103,68 +103,86 @@ impl ConvGeom {
     }
 }
 
-/// Half-open range of output columns `ox` whose input column `ox*stride + kj - pad` lies inside `[0, w)`.
-fn valid_cols(w: usize, w_out: usize, stride: usize, kj: usize, pad: usize) -> (usize, usize) {
-    let lo = if kj >= pad {
-        0
-    } else {
-        (pad - kj).div_ceil(stride)
-    };
-    let hi = if w + pad <= kj {
-        0
-    } else {
-        ((w - 1 + pad - kj) / stride + 1).min(w_out)
-    };
-    (lo.min(w_out), hi.max(lo.min(w_out)))
+/// Where each im2col entry comes from: for kernel tap `(ki, kj)` and output pixel `q`, the offset
+/// of its input pixel inside one channel plane, or `PADDING` (out of range of any plane) where it
+/// falls in the zero padding. Built once per convolution call and shared by every image and
+/// channel, so the copy is one tight gather; per-row copies cost more than the data on the small
+/// maps of the upper pyramid levels, where rows are 1-4 pixels long.
+struct TapTable {
+    offsets: Vec<u32>,
 }
 
-/// `col [K, P]` from one image `x [C_in, H, W]`; padding becomes zeros.
-fn im2col(x: &[f32], g: &ConvGeom, col: &mut [f32]) {
-    let (p, hw) = (g.p(), g.h * g.w);
-    for c in 0..g.c_in {
-        let xc = &x[c * hw..(c + 1) * hw];
+const PADDING: u32 = u32::MAX;
+
+impl TapTable {
+    fn new(g: &ConvGeom) -> Self {
+        let mut offsets = Vec::with_capacity(g.kh * g.kw * g.p());
+        let inside = |i: usize, pad: usize, len: usize| i.checked_sub(pad).filter(|&v| v < len);
         for ki in 0..g.kh {
             for kj in 0..g.kw {
-                let r = (c * g.kh + ki) * g.kw + kj;
-                let row = &mut col[r * p..(r + 1) * p];
-                let (lo, hi) = valid_cols(g.w, g.w_out, g.stride, kj, g.pad);
                 for oy in 0..g.h_out {
-                    let out = &mut row[oy * g.w_out..(oy + 1) * g.w_out];
-                    let iy = (oy * g.stride + ki) as isize - g.pad as isize;
-                    if iy < 0 || iy >= g.h as isize {
-                        out.fill(0.0);
-                        continue;
+                    let iy = inside(oy * g.stride + ki, g.pad, g.h);
+                    for ox in 0..g.w_out {
+                        let ix = inside(ox * g.stride + kj, g.pad, g.w);
+                        offsets.push(match (iy, ix) {
+                            (Some(iy), Some(ix)) => (iy * g.w + ix) as u32,
+                            _ => PADDING,
+                        });
                     }
-                    let xrow = &xc[iy as usize * g.w..(iy as usize + 1) * g.w];
-                    out[..lo].fill(0.0);
-                    out[hi..].fill(0.0);
-                    if lo < hi {
-                        let first = lo * g.stride + kj - g.pad;
-                        if g.stride == 1 {
-                            out[lo..hi].copy_from_slice(&xrow[first..first + hi - lo]);
-                        } else {
-                            for (o, xi) in out[lo..hi]
-                                .iter_mut()
-                                .zip(xrow[first..].iter().step_by(g.stride))
-                            {
-                                *o = *xi;
-                            }
-                        }
-                    }
+                }
+            }
+        }
+        Self { offsets }
+    }
+
+    /// `col [K, P]` from one image `x [C_in, H, W]`; padding becomes zeros.
+    fn im2col(&self, x: &[f32], g: &ConvGeom, col: &mut [f32]) {
+        let (p, hw) = (g.p(), g.h * g.w);
+        let rows = col.chunks_exact_mut(p);
+        for (r, row) in rows.take(g.k()).enumerate() {
+            let (c, tap) = (r / (g.kh * g.kw), r % (g.kh * g.kw));
+            let xc = &x[c * hw..(c + 1) * hw];
+            for (o, &off) in row.iter_mut().zip(&self.offsets[tap * p..(tap + 1) * p]) {
+                *o = xc.get(off as usize).copied().unwrap_or(0.0);
+            }
+        }
+    }
+
+    /// Scatter-adds `col [K, P]` back into one image `dx [C_in, H, W]` (which the caller zeroed).
+    fn col2im(&self, col: &[f32], g: &ConvGeom, dx: &mut [f32]) {
+        let (p, hw) = (g.p(), g.h * g.w);
+        for (r, row) in col.chunks_exact(p).take(g.k()).enumerate() {
+            let (c, tap) = (r / (g.kh * g.kw), r % (g.kh * g.kw));
+            let dxc = &mut dx[c * hw..(c + 1) * hw];
+            for (v, &off) in row.iter().zip(&self.offsets[tap * p..(tap + 1) * p]) {
+                if let Some(d) = dxc.get_mut(off as usize) {
+                    *d += *v;
                 }
             }
         }
     }
 }
 
+/// The gather table of a convolution that goes through an im2col matrix: neither pointwise nor
+/// on the shifted-plane path.
+fn im2col_table(g: &ConvGeom) -> Option<TapTable> {
+    (!g.is_pointwise() && !shifted::applies(g)).then(|| TapTable::new(g))
+}
+
 /// The im2col matrix of one image (written into `col`), or the image itself for a pointwise
-/// convolution.
-fn image_cols<'a>(xn: &'a [f32], g: &ConvGeom, col: &'a mut [f32]) -> &'a [f32] {
-    if g.is_pointwise() {
-        xn
-    } else {
-        im2col(xn, g, col);
-        col
+/// convolution (which has no table).
+fn image_cols<'a>(
+    table: Option<&TapTable>,
+    xn: &'a [f32],
+    g: &ConvGeom,
+    col: &'a mut [f32],
+) -> &'a [f32] {
+    match table {
+        Some(t) => {
+            t.im2col(xn, g, col);
+            col
+        }
+        None => xn,
     }
 }
 
@@ -172,42 +190,6 @@ fn image_cols<'a>(xn: &'a [f32], g: &ConvGeom, col: &'a mut [f32]) -> &'a [f32] 
 fn add_row_sums(acc: &mut [f64], m: &[f32], cols: usize) {
     for (a, row) in acc.iter_mut().zip(m.chunks(cols)) {
         *a += row.iter().map(|&v| v as f64).sum::<f64>();
-    }
-}
-
-/// Scatter-adds `col [K, P]` back into one image `dx [C_in, H, W]` (which the caller zeroed).
-fn col2im(col: &[f32], g: &ConvGeom, dx: &mut [f32]) {
-    let (p, hw) = (g.p(), g.h * g.w);
-    for c in 0..g.c_in {
-        let dxc = &mut dx[c * hw..(c + 1) * hw];
-        for ki in 0..g.kh {
-            for kj in 0..g.kw {
-                let r = (c * g.kh + ki) * g.kw + kj;
-                let row = &col[r * p..(r + 1) * p];
-                let (lo, hi) = valid_cols(g.w, g.w_out, g.stride, kj, g.pad);
-                if lo >= hi {
-                    continue;
-                }
-                for oy in 0..g.h_out {
-                    let iy = (oy * g.stride + ki) as isize - g.pad as isize;
-                    if iy < 0 || iy >= g.h as isize {
-                        continue;
-                    }
-                    let src = &row[oy * g.w_out + lo..oy * g.w_out + hi];
-                    let first = lo * g.stride + kj - g.pad;
-                    let drow = &mut dxc[iy as usize * g.w..(iy as usize + 1) * g.w];
-                    if g.stride == 1 {
-                        for (d, s) in drow[first..first + hi - lo].iter_mut().zip(src) {
-                            *d += *s;
-                        }
-                    } else {
-                        for (d, s) in drow[first..].iter_mut().step_by(g.stride).zip(src) {
-                            *d += *s;
-                        }
-                    }
-                }
-            }
-        }
     }
 }
 
@@ -299,13 +281,13 @@ fn matmul(
 }
 
 thread_local! {
-    /// Per-thread scratch: [im2col matrix, masked output gradient, partial weight gradient].
-    static SCRATCH: RefCell<[Vec<f32>; 3]> = RefCell::new(Default::default());
+    /// Per-thread scratch: [im2col matrix or padded image, masked or widened output gradient].
+    static SCRATCH: RefCell<[Vec<f32>; 2]> = RefCell::new(Default::default());
 }
 
 /// Runs `f` with this thread's scratch buffers grown to the given lengths. The contents are
 /// stale; callers overwrite before reading.
-fn with_scratch<R>(lens: [usize; 3], f: impl FnOnce(&mut [f32], &mut [f32], &mut [f32]) -> R) -> R {
+fn with_scratch<R>(lens: [usize; 2], f: impl FnOnce(&mut [f32], &mut [f32]) -> R) -> R {
     // Taken out of the cell rather than borrowed, so a re-entrant call (rayon may run another
     // task on this thread while one waits) allocates instead of panicking.
     let mut bufs = SCRATCH.with(|s| std::mem::take(&mut *s.borrow_mut()));
@@ -314,8 +296,8 @@ fn with_scratch<R>(lens: [usize; 3], f: impl FnOnce(&mut [f32], &mut [f32], &mut
             b.resize(len, 0.0);
         }
     }
-    let [a, b, c] = &mut bufs;
-    let r = f(&mut a[..lens[0]], &mut b[..lens[1]], &mut c[..lens[2]]);
+    let [a, b] = &mut bufs;
+    let r = f(&mut a[..lens[0]], &mut b[..lens[1]]);
     SCRATCH.with(|s| *s.borrow_mut() = bufs);
     r
 }
@@ -346,12 +328,13 @@ pub fn forward(
         return Ok(y);
     }
     let (per, par) = plan(g.n);
+    let table = im2col_table(g);
     let lens = if shifted::applies(g) {
-        [shifted::padded_len(g), g.c_out * shifted::wide_len(g), 0]
+        [shifted::padded_len(g), g.c_out * shifted::wide_len(g)]
     } else if g.is_pointwise() {
-        [0; 3]
+        [0; 2]
     } else {
-        [k * p, 0, 0]
+        [k * p, 0]
     };
     let bias_act = |v: f32, co: usize| {
         let v = v + b.map_or(0.0, |b| b[co]);
@@ -364,7 +347,7 @@ pub fn forward(
     y.par_chunks_mut(per * g.out_len())
         .enumerate()
         .for_each(|(t, ys)| {
-            with_scratch(lens, |col, wide, _| {
+            with_scratch(lens, |col, wide| {
                 for (i, yn) in ys.chunks_mut(g.out_len()).enumerate() {
                     let img = t * per + i;
                     let xn = &x[img * g.in_len()..(img + 1) * g.in_len()];
@@ -380,7 +363,7 @@ pub fn forward(
                         }
                         continue;
                     }
-                    let cols = image_cols(xn, g, col);
+                    let cols = image_cols(table.as_ref(), xn, g, col);
                     matmul(
                         yn,
                         (g.c_out, p, k),
@@ -452,17 +435,14 @@ pub fn backward(
     let (per, par) = plan(g.n);
     let tasks = g.n.div_ceil(per);
     let use_shifted = shifted::applies(g);
+    let table = im2col_table(g);
     let dw_len = if needs.weight { g.c_out * k } else { 0 };
     let lens = if use_shifted {
-        [
-            shifted::padded_len(g),
-            g.c_out * shifted::wide_len(g),
-            dw_len,
-        ]
+        [shifted::padded_len(g), g.c_out * shifted::wide_len(g)]
     } else {
         let col_len = if g.is_pointwise() { 0 } else { k * p };
         let mask_len = if relu_out.is_some() { g.out_len() } else { 0 };
-        [col_len, mask_len, dw_len]
+        [col_len, mask_len]
     };
     if needs.input {
         grads.input = vec![0f32; g.n * g.in_len()];
@@ -473,11 +453,13 @@ pub fn backward(
         (0..tasks).map(|_| None).collect()
     };
     // Each task returns its partial (weight, bias) gradient.
-    let partials: Vec<(Vec<f32>, Vec<f64>)> = dx_chunks
+    let mut partials: Vec<(Vec<f32>, Vec<f64>)> = dx_chunks
         .into_par_iter()
         .enumerate()
         .map(|(t, mut dxs)| {
-            with_scratch(lens, |col, mask, dw| {
+            with_scratch(lens, |col, mask| {
+                // The task's own partial weight gradient, returned without a copy.
+                let mut dw = vec![0f32; dw_len];
                 let mut db = vec![0f64; if needs.bias { g.c_out } else { 0 }];
                 let imgs = (t * per)..((t + 1) * per).min(g.n);
                 for (i, img) in imgs.enumerate() {
@@ -494,7 +476,7 @@ pub fn backward(
                             add_row_sums(&mut db, mask, shifted::wide_len(g));
                         }
                         if needs.weight {
-                            shifted::weight_grad_image(xn, mask, g, col, dw, i > 0, par);
+                            shifted::weight_grad_image(xn, mask, g, col, &mut dw, i > 0, par);
                         }
                         if let Some(dxn) = dxn {
                             shifted::input_grad_image(w, mask, g, col, dxn, par);
@@ -512,9 +494,9 @@ pub fn backward(
                         add_row_sums(&mut db, dyn_, p);
                     }
                     if needs.weight {
-                        let cols = image_cols(xn, g, col);
+                        let cols = image_cols(table.as_ref(), xn, g, col);
                         matmul(
-                            dw,
+                            &mut dw,
                             (g.c_out, k, p),
                             Mat::rm(dyn_, p),
                             Mat::tr(cols, p),
@@ -524,23 +506,24 @@ pub fn backward(
                     }
                     if let Some(dxn) = dxn {
                         let lhs = Mat::tr(w, k);
-                        if g.is_pointwise() {
-                            matmul(dxn, (k, p, g.c_out), lhs, Mat::rm(dyn_, p), false, par);
-                        } else {
-                            // The im2col matrix is no longer needed: reuse its buffer for dcol.
-                            matmul(col, (k, p, g.c_out), lhs, Mat::rm(dyn_, p), false, par);
-                            col2im(col, g, dxn);
+                        match &table {
+                            None => matmul(dxn, (k, p, g.c_out), lhs, Mat::rm(dyn_, p), false, par),
+                            Some(t) => {
+                                // The im2col matrix is no longer needed: its buffer holds dcol.
+                                matmul(col, (k, p, g.c_out), lhs, Mat::rm(dyn_, p), false, par);
+                                t.col2im(col, g, dxn);
+                            }
                         }
                     }
                 }
-                (dw.to_vec(), db)
+                (dw, db)
             })
         })
         .collect();
     if needs.weight {
-        let mut parts = partials.iter();
-        let mut dw = parts.next().map(|(d, _)| d.clone()).unwrap_or_default();
-        for (d, _) in parts {
+        let mut parts = partials.iter_mut().map(|(d, _)| std::mem::take(d));
+        let mut dw = parts.next().unwrap_or_default();
+        for d in parts {
             dw.iter_mut().zip(d).for_each(|(a, b)| *a += b);
         }
         grads.weight = dw;
@@ -945,31 +928,5 @@ mod tests {
         assert!(conv2d_cpu(&x, &w, None, 1, 1, false).is_err());
         let w = rand_tensor(&[2, 3, 7, 7], 2, &dev);
         assert!(conv2d_cpu(&x, &w, None, 1, 1, false).is_err());
-    }
-
-    #[test]
-    fn valid_cols_brute_force() {
-        for w in 1..9 {
-            for stride in 1..4 {
-                for pad in 0..3 {
-                    for kj in 0..3 {
-                        if w + 2 * pad < 3 {
-                            continue;
-                        }
-                        let w_out = (w + 2 * pad - 3) / stride + 1;
-                        let (lo, hi) = valid_cols(w, w_out, stride, kj, pad);
-                        for ox in 0..w_out {
-                            let ix = (ox * stride + kj) as isize - pad as isize;
-                            let inside = ix >= 0 && ix < w as isize;
-                            assert_eq!(
-                                inside,
-                                ox >= lo && ox < hi,
-                                "w{w} s{stride} p{pad} kj{kj} ox{ox}"
-                            );
-                        }
-                    }
-                }
-            }
-        }
     }
 }
