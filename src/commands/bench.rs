@@ -50,9 +50,9 @@ pub enum What {
     /// A training step of a config, part by part (forward, backward, optimizer), with its
     /// convolution GFLOP/s as a fraction of the measured sgemm peak. Random images and boxes.
     Train {
-        /// Preset to time (TOML).
-        #[arg(long, default_value = "experiments/cpu.toml")]
-        config: std::path::PathBuf,
+        /// Config to time: a built-in preset (smoke, cpu, paper) or a TOML file.
+        #[arg(long, default_value = "cpu")]
+        config: String,
         /// Override one key, as in `fl-lab train` (e.g. `--set model.num_classes=10`).
         #[arg(long = "set", value_name = "KEY=VALUE")]
         set: Vec<String>,
@@ -101,7 +101,9 @@ pub fn run(args: Args, _quiet: bool) -> Result<()> {
             json,
         } => {
             reps_ok(steps).context("--steps must be in 1..=256")?;
-            let cfg = crate::config::Config::load(&config, &set)?;
+            let (text, origin) = crate::experiments::spec::named_preset_text("--config", &config)?;
+            let cfg = crate::config::Config::from_toml_str(&text, &set)
+                .with_context(|| format!("invalid config {origin}"))?;
             let device = crate::device::parse_device(&cfg.device)?;
             crate::ops::use_candle_kernels_only(candle_kernels);
             let t = with_pool(threads, || {
@@ -112,13 +114,13 @@ pub fn run(args: Args, _quiet: bool) -> Result<()> {
             } else {
                 Some(with_pool(threads, || measure_peak(2048, threads, 5))?)
             };
-            report_train(&config, &cfg, threads, candle_kernels, &t, peak, json)
+            report_train(&origin, &cfg, threads, candle_kernels, &t, peak, json)
         }
     }
 }
 
 fn report_train(
-    config: &std::path::Path,
+    config: &str,
     cfg: &crate::config::Config,
     threads: usize,
     candle_kernels: bool,
@@ -130,7 +132,7 @@ fn report_train(
     let of_peak = peak.map(|p| gflops / p);
     if json {
         let v = serde_json::json!({
-            "config": config.display().to_string(),
+            "config": config,
             "device": cfg.device,
             "threads": threads,
             "kernels": if candle_kernels { "candle" } else { "fl-lab" },
@@ -148,7 +150,7 @@ fn report_train(
     let s = cfg.data.input_size;
     println!(
         "{}: batch {} x 3 x {s} x {s}, K = {}, {threads} threads, {} kernels, median of {} steps",
-        config.display(),
+        config,
         cfg.schedule.batch_size,
         cfg.model.num_classes,
         if candle_kernels { "candle" } else { "fl-lab" },

@@ -180,6 +180,11 @@ pub fn label_matches(pattern: &str, label: &str) -> bool {
 
 /// The text of a training preset: a built-in name or a TOML file path.
 pub fn preset_text(preset: &str) -> Result<(String, String)> {
+    named_preset_text("--preset", preset)
+}
+
+/// As `preset_text`, for a flag of another name (errors name that flag).
+pub fn named_preset_text(flag: &str, preset: &str) -> Result<(String, String)> {
     if let Some((_, text)) = BUILTIN_PRESETS.iter().find(|(n, _)| *n == preset) {
         return Ok((text.to_string(), format!("preset {preset}")));
     }
@@ -191,7 +196,7 @@ pub fn preset_text(preset: &str) -> Result<(String, String)> {
     }
     let names: Vec<&str> = BUILTIN_PRESETS.iter().map(|(n, _)| *n).collect();
     bail!(
-        "unknown --preset '{preset}': use one of {} or a TOML file path",
+        "unknown {flag} '{preset}': use one of {} or a TOML file path",
         names.join(", ")
     )
 }

@@ -1,0 +1,78 @@
+//! Drives `fl-lab bench train` as a user would, from outside the repository: a built-in preset by
+//! name, a TOML file, and a clear error for a config that is neither.
+
+use std::path::Path;
+use std::process::{Command, Output};
+
+fn fl_lab(args: &[&str], cwd: &Path) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_fl-lab"))
+        .args(args)
+        .arg("--quiet")
+        .current_dir(cwd)
+        .output()
+        .expect("cannot run fl-lab")
+}
+
+fn step_json(o: &Output) -> serde_json::Value {
+    let out = String::from_utf8_lossy(&o.stdout);
+    assert!(
+        o.status.success(),
+        "{out}\n{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    serde_json::from_str(out.trim()).unwrap_or_else(|e| panic!("{e}: {out}"))
+}
+
+const ONE_STEP: [&str; 8] = [
+    "--steps",
+    "1",
+    "--warmup",
+    "0",
+    "--no-peak",
+    "--json",
+    "--set",
+    "model.num_classes=3",
+];
+
+#[test]
+fn times_a_builtin_preset_and_a_file_from_any_folder() {
+    let t = tempfile::tempdir().unwrap();
+    let mut args = vec!["bench", "train", "--config", "smoke"];
+    args.extend(ONE_STEP);
+    let v = step_json(&fl_lab(&args, t.path()));
+    assert_eq!(v["config"], "preset smoke");
+    assert_eq!(v["num_classes"], 3);
+    let times = &v["times"];
+    let total = times["total_ms"].as_f64().unwrap();
+    let parts: f64 = ["forward_ms", "backward_ms", "optimizer_ms"]
+        .iter()
+        .map(|k| times[k].as_f64().unwrap())
+        .sum();
+    assert!(
+        total > 0.0 && parts > 0.0 && parts <= total * 1.0001,
+        "{times}"
+    );
+
+    let file = t.path().join("mine.toml");
+    std::fs::write(
+        &file,
+        fl_lab::experiments::spec::preset_text("smoke").unwrap().0,
+    )
+    .unwrap();
+    let mut args = vec!["bench", "train", "--config", file.to_str().unwrap()];
+    args.extend(ONE_STEP);
+    let v = step_json(&fl_lab(&args, t.path()));
+    assert_eq!(v["config"], file.to_str().unwrap());
+}
+
+#[test]
+fn an_unknown_config_is_named_in_the_error() {
+    let t = tempfile::tempdir().unwrap();
+    let o = fl_lab(
+        &["bench", "train", "--config", "nosuch", "--steps", "1"],
+        t.path(),
+    );
+    assert!(!o.status.success());
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(err.contains("--config 'nosuch'"), "{err}");
+}
