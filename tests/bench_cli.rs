@@ -1,16 +1,15 @@
 //! Drives `fl-lab bench train` as a user would, from outside the repository: a built-in preset by
 //! name, a TOML file, and a clear error for a config that is neither.
 
+mod common;
+
 use std::path::Path;
-use std::process::{Command, Output};
+use std::process::Output;
 
 fn fl_lab(args: &[&str], cwd: &Path) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_fl-lab"))
-        .args(args)
-        .arg("--quiet")
-        .current_dir(cwd)
-        .output()
-        .expect("cannot run fl-lab")
+    let mut args = args.to_vec();
+    args.push("--quiet");
+    common::fl_lab_in(cwd, &args)
 }
 
 fn step_json(o: &Output) -> serde_json::Value {

@@ -36,8 +36,13 @@ pub fn two_boxes() -> TrainBatch {
 
 /// Runs the fl-lab binary from the repository root.
 pub fn fl_lab(args: &[&str]) -> std::process::Output {
+    fl_lab_in(std::path::Path::new(env!("CARGO_MANIFEST_DIR")), args)
+}
+
+/// Runs the fl-lab binary from `cwd`, as a user would from any folder.
+pub fn fl_lab_in(cwd: &std::path::Path, args: &[&str]) -> std::process::Output {
     std::process::Command::new(env!("CARGO_BIN_EXE_fl-lab"))
-        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .current_dir(cwd)
         .args(args)
         .output()
         .unwrap()
