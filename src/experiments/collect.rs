@@ -3,8 +3,8 @@
 
 use super::runner::{read_record, run_dir, Job, RunRecord};
 use super::spec::{label_matches, ExperimentSpec, FindingKind, PaperRow};
-use anyhow::Result;
-use std::collections::BTreeMap;
+use anyhow::{anyhow, Context, Result};
+use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
 
 /// One finished run.
@@ -74,14 +74,27 @@ pub struct Collected {
     pub summaries: Vec<VariantSummary>,
     pub verdicts: Vec<Verdict>,
     pub missing: usize,
+    /// Rows taken from an earlier `results.csv` because their run folders are absent.
+    pub kept: usize,
 }
 
-/// Reads whatever runs of `jobs` have finished under `out`.
+/// Reads whatever runs of `jobs` have finished under `out`. A job whose run folder has no record
+/// keeps its row of an earlier `results.csv` in `out`, if there is one: run folders are not part
+/// of a shared or committed results folder, and `--collect` there must not erase the table.
 pub fn collect(spec: &ExperimentSpec, jobs: &[Job], out: &Path) -> Result<Collected> {
+    let earlier = earlier_records(&out.join("results.csv"))?;
     let mut rows = Vec::new();
-    let mut missing = 0;
+    let (mut missing, mut kept) = (0, 0);
     for job in jobs {
-        match read_record(&run_dir(out, job))? {
+        let record = match read_record(&run_dir(out, job))? {
+            Some(record) => Some(record),
+            None => {
+                let row = earlier.get(&(job.hash.clone(), job.seed)).cloned();
+                kept += usize::from(row.is_some());
+                row
+            }
+        };
+        match record {
             Some(record) => rows.push(Row {
                 job: job.clone(),
                 record,
@@ -133,8 +146,87 @@ pub fn collect(spec: &ExperimentSpec, jobs: &[Job], out: &Path) -> Result<Collec
         summaries,
         verdicts,
         missing,
+        kept,
     })
 }
+
+/// The records of an earlier `results.csv`, keyed by (config hash, seed); none if it does not
+/// exist. A file that exists but cannot be read is an error, never a silently emptied table.
+fn earlier_records(path: &Path) -> Result<HashMap<(String, u64), RunRecord>> {
+    let mut out = HashMap::new();
+    if !path.exists() {
+        return Ok(out);
+    }
+    let what = || {
+        format!("cannot read the earlier rows of {} (move it away to rebuild the table from the run folders only)", path.display())
+    };
+    let mut reader = csv::Reader::from_path(path).with_context(what)?;
+    let header = reader.headers().with_context(what)?.clone();
+    let column = |name: &str| {
+        header
+            .iter()
+            .position(|h| h == name)
+            .ok_or_else(|| anyhow!("no column '{name}'"))
+            .with_context(what)
+    };
+    let names: Vec<&str> = ["config_hash", "seed"]
+        .into_iter()
+        .chain(RECORD_COLUMNS)
+        .collect();
+    let cols: Vec<usize> = names.iter().map(|c| column(c)).collect::<Result<_>>()?;
+    for (line, rec) in reader.records().enumerate() {
+        let rec = rec.with_context(what)?;
+        let field = |i: usize| rec.get(cols[i]).unwrap_or_default();
+        let parse_f = |i: usize| -> Result<f64> {
+            field(i)
+                .parse()
+                .with_context(|| format!("row {}: {} = '{}'", line + 2, names[i], field(i)))
+        };
+        let parsed = (|| -> Result<((String, u64), RunRecord)> {
+            let key = (field(0).to_string(), parse_f(1)? as u64);
+            let record = RunRecord {
+                ap: parse_f(2)?,
+                ap50: parse_f(3)?,
+                ap75: parse_f(4)?,
+                aps: parse_f(5)?,
+                apm: parse_f(6)?,
+                apl: parse_f(7)?,
+                final_loss_cls: parse_f(8)?,
+                final_loss_box: parse_f(9)?,
+                positives_per_image: parse_f(10)?,
+                iterations: parse_f(11)? as usize,
+                wall_seconds: parse_f(12)?,
+                device: field(13).to_string(),
+                diverged: field(14) == "true",
+                version: field(15).to_string(),
+                git_revision: field(16).to_string(),
+            };
+            Ok((key, record))
+        })()
+        .with_context(what)?;
+        out.insert(parsed.0, parsed.1);
+    }
+    Ok(out)
+}
+
+/// The columns of a run record in `results.csv`, after the label, seed, hash and varying knobs.
+pub const RECORD_COLUMNS: [&str; 15] = [
+    "ap",
+    "ap50",
+    "ap75",
+    "aps",
+    "apm",
+    "apl",
+    "final_loss_cls",
+    "final_loss_box",
+    "positives_per_image",
+    "iterations",
+    "wall_seconds",
+    "device",
+    "diverged",
+    "version",
+    "git_revision",
+];
 
 fn judge(
     kind: FindingKind,

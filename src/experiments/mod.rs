@@ -236,6 +236,32 @@ mod tests {
     }
 
     #[test]
+    fn collect_keeps_the_rows_of_runs_whose_folders_are_gone() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut o = opts(dir.path());
+        run_experiment("sweep-gamma", &o, &fake(), true).unwrap();
+        let read = |f: &str| std::fs::read_to_string(dir.path().join(f)).unwrap();
+        let (results, summary) = (read("results.csv"), read("summary.csv"));
+        // A fresh clone of a results folder: the tables are committed, the run folders are not.
+        std::fs::remove_dir_all(dir.path().join("runs")).unwrap();
+        o.collect_only = true;
+        let out = run_experiment("sweep-gamma", &o, &fake(), true).unwrap();
+        let c = out.collected.unwrap();
+        assert_eq!((c.kept, c.missing, c.rows.len()), (out.jobs, 0, out.jobs));
+        assert_eq!(read("results.csv"), results);
+        assert_eq!(read("summary.csv"), summary);
+        assert!(
+            read("summary.md").contains(&format!("{} of them are rows of the earlier", out.jobs))
+        );
+
+        // A damaged table is an error that names it, and it is left as it was.
+        std::fs::write(dir.path().join("results.csv"), "config_hash,seed\nabc,x\n").unwrap();
+        let err = run_experiment("sweep-gamma", &o, &fake(), true).unwrap_err();
+        assert!(format!("{err:#}").contains("results.csv"), "{err:#}");
+        assert_eq!(read("results.csv"), "config_hash,seed\nabc,x\n");
+    }
+
+    #[test]
     fn shard_parsing() {
         assert_eq!(Shard::parse("2/4").unwrap(), Shard { index: 1, count: 4 });
         for bad in ["0/4", "5/4", "x", "1/0"] {

@@ -37,26 +37,7 @@ pub fn write_results_csv(path: &Path, spec: &ExperimentSpec, c: &Collected) -> R
             "config_hash".into(),
         ];
         header.extend(c.varying_keys.iter().cloned());
-        header.extend(
-            [
-                "ap",
-                "ap50",
-                "ap75",
-                "aps",
-                "apm",
-                "apl",
-                "final_loss_cls",
-                "final_loss_box",
-                "positives_per_image",
-                "iterations",
-                "wall_seconds",
-                "device",
-                "diverged",
-                "version",
-                "git_revision",
-            ]
-            .map(String::from),
-        );
+        header.extend(crate::experiments::collect::RECORD_COLUMNS.map(String::from));
         w.write_record(&header)?;
         for row in &c.rows {
             let flat = flatten(&row.job.config);
@@ -474,6 +455,13 @@ pub fn write_summary_md(
         seeds,
         if c.missing > 0 { format!(", {} runs not finished yet", c.missing) } else { String::new() }
     );
+    if c.kept > 0 {
+        let _ = writeln!(
+            s,
+            "{} of them are rows of the earlier `results.csv` whose run folders are not here.\n",
+            c.kept
+        );
+    }
     let _ = writeln!(
         s,
         "| variant | paper AP | paper AP50 | paper AP75 | AP | AP50 | AP75 | runs | diverged |"
