@@ -128,8 +128,17 @@ where
             })
         }))
     });
+    let has_legend = chart.series.iter().any(|s| !s.label.is_empty());
+    let (corner, y_range) = if has_legend {
+        place_legend(chart, x_range, y_range)
+    } else {
+        (SeriesLabelPosition::UpperRight, y_range)
+    };
     let mut ctx = ChartBuilder::on(area)
-        .caption(&chart.title, ("sans-serif", 26))
+        .caption(
+            &chart.title,
+            ("sans-serif", caption_size(area, &chart.title)),
+        )
         .margin(20)
         .x_label_area_size(60)
         .y_label_area_size(80)
@@ -162,21 +171,172 @@ where
             .map_err(|e| anyhow!("{e}"))?;
         }
     }
-    if chart.series.iter().any(|s| !s.label.is_empty()) {
+    if has_legend {
         ctx.configure_series_labels()
             .background_style(WHITE.mix(0.85))
             .border_style(BLACK)
             .label_font(("sans-serif", 20))
-            .position(SeriesLabelPosition::UpperRight)
+            .position(corner)
             .draw()
             .map_err(|e| anyhow!("{e}"))?;
     }
     Ok(())
 }
 
+/// The largest caption font size, up to 26 px, at which `title` fits the width of `area`.
+fn caption_size<DB: DrawingBackend>(
+    area: &DrawingArea<DB, plotters::coord::Shift>,
+    title: &str,
+) -> u32 {
+    let width = area.dim_in_pixel().0.saturating_sub(20);
+    (12..=26)
+        .rev()
+        .find(|&size| {
+            area.estimate_text_size(title, &TextStyle::from(("sans-serif", size).into_font()))
+                .is_ok_and(|(w, _)| w <= width)
+        })
+        .unwrap_or(12)
+}
+
+/// Legend box as fractions of the plot area: half the width, and a row per labelled series.
+fn legend_size(chart: &LineChart) -> (f64, f64) {
+    let rows = chart.series.iter().filter(|s| !s.label.is_empty()).count();
+    (0.5, (0.04 + 0.065 * rows as f64).min(0.9))
+}
+
+/// Where the legend goes: a corner where it hides none of the lines or, when every corner would
+/// hide some and the y range is automatic, the upper right of a y range raised to make room.
+fn place_legend(
+    chart: &LineChart,
+    x_range: (f64, f64),
+    y_range: (f64, f64),
+) -> (SeriesLabelPosition, (f64, f64)) {
+    let (corner, hidden) = legend_corner(chart, x_range, y_range);
+    if hidden == 0 || chart.y_range.is_some() {
+        return (corner, y_range);
+    }
+    let h = legend_size(chart).1;
+    let (y0, y1) = y_range;
+    let raised = (y0, y1 + (y1 - y0) * h / (1.0 - h));
+    (SeriesLabelPosition::UpperRight, raised)
+}
+
+/// The corner whose legend box would hide the fewest sampled points of the plotted lines (upper
+/// right on ties), and how many it hides.
+fn legend_corner(
+    chart: &LineChart,
+    (x0, x1): (f64, f64),
+    (y0, y1): (f64, f64),
+) -> (SeriesLabelPosition, usize) {
+    let (w, h) = legend_size(chart);
+    // Points along every segment, as fractions of the plot area.
+    let mut samples = Vec::new();
+    for s in &chart.series {
+        for pair in s.points.windows(2) {
+            for t in 0..=16 {
+                let t = t as f64 / 16.0;
+                let x = pair[0].0 + t * (pair[1].0 - pair[0].0);
+                let y = pair[0].1 + t * (pair[1].1 - pair[0].1);
+                samples.push(((x - x0) / (x1 - x0), (y - y0) / (y1 - y0)));
+            }
+        }
+        samples.extend(
+            s.points
+                .iter()
+                .map(|p| ((p.0 - x0) / (x1 - x0), (p.1 - y0) / (y1 - y0))),
+        );
+    }
+    let hidden = |right: bool, upper: bool| {
+        let in_x = |fx: f64| if right { fx >= 1.0 - w } else { fx <= w };
+        let in_y = |fy: f64| if upper { fy >= 1.0 - h } else { fy <= h };
+        samples
+            .iter()
+            .filter(|(fx, fy)| in_x(*fx) && in_y(*fy))
+            .count()
+    };
+    [
+        (SeriesLabelPosition::UpperRight, true, true),
+        (SeriesLabelPosition::UpperLeft, false, true),
+        (SeriesLabelPosition::LowerRight, true, false),
+        (SeriesLabelPosition::LowerLeft, false, false),
+    ]
+    .into_iter()
+    .map(|(pos, right, upper)| (pos, hidden(right, upper)))
+    .min_by_key(|&(_, n)| n)
+    .unwrap_or((SeriesLabelPosition::UpperRight, 0))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn line(label: &str, points: Vec<(f64, f64)>) -> Series {
+        Series {
+            label: label.into(),
+            points,
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn the_legend_goes_where_it_hides_the_least() {
+        let chart = |series| LineChart {
+            series,
+            ..Default::default()
+        };
+        let (xr, yr) = ((0.0, 4.0), (0.0, 10.0));
+        // Lines along the top: the legend goes below them, on the right.
+        let top = chart(vec![
+            line("a", vec![(0.0, 9.5), (4.0, 9.5)]),
+            line("b", vec![(0.0, 9.0), (4.0, 9.0)]),
+        ]);
+        assert!(matches!(
+            legend_corner(&top, xr, yr),
+            (SeriesLabelPosition::LowerRight, 0)
+        ));
+        // A line rising to the upper right: the upper left is free.
+        let rising = chart(vec![line("a", vec![(0.0, 0.0), (4.0, 10.0)])]);
+        assert!(matches!(
+            legend_corner(&rising, xr, yr),
+            (SeriesLabelPosition::UpperLeft, 0)
+        ));
+        // Lines along the bottom leave the default corner free.
+        let bottom = chart(vec![line("a", vec![(0.0, 0.5), (4.0, 0.5)])]);
+        assert!(matches!(
+            legend_corner(&bottom, xr, yr),
+            (SeriesLabelPosition::UpperRight, 0)
+        ));
+        // Lines in every corner: the y range is raised so the legend sits above them.
+        let everywhere = chart(vec![
+            line("a", vec![(0.0, 0.0), (4.0, 10.0)]),
+            line("b", vec![(0.0, 10.0), (4.0, 0.0)]),
+        ]);
+        assert!(legend_corner(&everywhere, xr, yr).1 > 0);
+        let (pos, (lo, hi)) = place_legend(&everywhere, xr, yr);
+        assert!(matches!(pos, SeriesLabelPosition::UpperRight));
+        assert_eq!(lo, 0.0);
+        let h = legend_size(&everywhere).1;
+        assert!(((10.0 - lo) / (hi - lo) - (1.0 - h)).abs() < 1e-9, "{hi}");
+        // A fixed y range is kept as given.
+        let fixed = LineChart {
+            y_range: Some(yr),
+            ..everywhere
+        };
+        assert_eq!(place_legend(&fixed, xr, yr).1, yr);
+    }
+
+    #[test]
+    fn long_titles_get_a_smaller_font_that_fits() {
+        crate::report::font::ensure_registered();
+        let mut buf = vec![0u8; 600 * 100 * 3];
+        let area = BitMapBackend::with_buffer(&mut buf, (600, 100)).into_drawing_area();
+        assert_eq!(caption_size(&area, "short"), 26);
+        let long = "a title far too long to fit six hundred pixels at twenty-six pixels a glyph";
+        let size = caption_size(&area, long);
+        assert!(size < 26, "{size}");
+        let style = TextStyle::from(("sans-serif", size).into_font());
+        assert!(area.estimate_text_size(long, &style).unwrap().0 <= 580);
+    }
 
     #[test]
     fn writes_a_png_with_the_requested_size() {
