@@ -152,7 +152,7 @@ pub fn collect(spec: &ExperimentSpec, jobs: &[Job], out: &Path) -> Result<Collec
 
 /// The records of an earlier `results.csv`, keyed by (config hash, seed); none if it does not
 /// exist. A file that exists but cannot be read is an error, never a silently emptied table.
-fn earlier_records(path: &Path) -> Result<HashMap<(String, u64), RunRecord>> {
+pub fn earlier_records(path: &Path) -> Result<HashMap<(String, u64), RunRecord>> {
     let mut out = HashMap::new();
     if !path.exists() {
         return Ok(out);

@@ -57,7 +57,11 @@ pub fn run_experiment(
     let mut progress = runner::SweepProgress::default();
     if !opts.collect_only {
         let mine = opts.shard.take(jobs.clone());
-        progress = run_jobs(&mine, &opts.out, executor, quiet)?;
+        // A run kept only as a row of the table (its folder was not committed) is not trained again.
+        let recorded = collect::earlier_records(&opts.out.join("results.csv"))?
+            .into_keys()
+            .collect();
+        progress = run_jobs(&mine, &opts.out, &recorded, executor, quiet)?;
     }
     let collected = if opts.collect_only || opts.shard.count == 1 {
         let c = collect::collect(&spec, &jobs, &opts.out)?;
@@ -259,6 +263,33 @@ mod tests {
         let err = run_experiment("sweep-gamma", &o, &fake(), true).unwrap_err();
         assert!(format!("{err:#}").contains("results.csv"), "{err:#}");
         assert_eq!(read("results.csv"), "config_hash,seed\nabc,x\n");
+    }
+
+    #[test]
+    fn more_seeds_train_only_the_runs_the_table_lacks() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut o = SweepOptions {
+            seeds: 1,
+            ..opts(dir.path())
+        };
+        let first = run_experiment("sweep-gamma", &o, &fake(), true).unwrap();
+        let seed0 = std::fs::read_to_string(dir.path().join("results.csv")).unwrap();
+        // As in a fresh clone: the table of seed 0 is committed, its run folders are not.
+        std::fs::remove_dir_all(dir.path().join("runs")).unwrap();
+        o.seeds = 2;
+        let f = fake();
+        let out = run_experiment("sweep-gamma", &o, &f, true).unwrap();
+        assert_eq!(out.progress.trained, first.jobs);
+        assert!(
+            f.calls.borrow().iter().all(|c| c.ends_with("#1")),
+            "{:?}",
+            f.calls
+        );
+        let results = std::fs::read_to_string(dir.path().join("results.csv")).unwrap();
+        assert_eq!(results.lines().count(), 1 + 2 * first.jobs);
+        for row in seed0.lines().skip(1) {
+            assert!(results.contains(row), "seed-0 row lost: {row}");
+        }
     }
 
     #[test]

@@ -6,6 +6,7 @@ use super::spec::ExperimentSpec;
 use crate::config::Config;
 use anyhow::{bail, Context, Result};
 use serde::{Deserialize, Serialize};
+use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
@@ -176,11 +177,14 @@ pub struct SweepProgress {
     pub diverged: usize,
 }
 
-/// Runs every job that has no record yet; finished runs are reused. Each record is written
-/// atomically after its run, so a killed sweep loses at most the run in progress.
+/// Runs every job that has no record yet; finished runs are reused, and so are the jobs in
+/// `recorded` (config hash, seed): runs a committed `results.csv` holds whose folders are gone.
+/// Each record is written atomically after its run, so a killed sweep loses at most the run in
+/// progress.
 pub fn run_jobs(
     jobs: &[Job],
     out: &Path,
+    recorded: &HashSet<(String, u64)>,
     executor: &dyn Executor,
     quiet: bool,
 ) -> Result<SweepProgress> {
@@ -188,6 +192,7 @@ pub fn run_jobs(
     let todo: Vec<&Job> = jobs
         .iter()
         .filter(|j| !run_dir(out, j).join(RESULT_FILE).exists())
+        .filter(|j| !recorded.contains(&(j.hash.clone(), j.seed)))
         .collect();
     progress.reused = jobs.len() - todo.len();
     let bar = crate::report::progress::bar(todo.len() as u64, "runs", quiet);

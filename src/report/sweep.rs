@@ -359,23 +359,27 @@ fn write_ap_bars(path: &Path, spec: &ExperimentSpec, c: &Collected) -> Result<()
     }
 }
 
-/// Training classification loss of the first seed of each variant, overlaid.
+/// Training classification loss of each variant's lowest seed whose log is present, overlaid
+/// (a row kept from an earlier table has no run folder, hence no log).
 fn write_loss_curves(path: &Path, spec: &ExperimentSpec, c: &Collected, out: &Path) -> Result<()> {
     let mut series = Vec::new();
+    let mut seeds = std::collections::BTreeSet::new();
     for s in &c.summaries {
-        let Some(row) = c
+        let logged = c
             .rows
             .iter()
             .filter(|r| r.job.label == s.label)
-            .min_by_key(|r| r.job.seed)
-        else {
+            .map(|r| (r.job.seed, run_dir(out, &r.job).join("metrics.csv")))
+            .filter(|(_, metrics)| metrics.exists())
+            .min_by_key(|(seed, _)| *seed);
+        let Some((seed, metrics)) = logged else {
             continue;
         };
-        let metrics = run_dir(out, &row.job).join("metrics.csv");
         let Ok(points) = read_loss_curve(&metrics) else {
             continue;
         };
         if !points.is_empty() {
+            seeds.insert(seed);
             series.push(Series {
                 label: s.label.clone(),
                 points,
@@ -386,9 +390,13 @@ fn write_loss_curves(path: &Path, spec: &ExperimentSpec, c: &Collected, out: &Pa
     if series.is_empty() {
         return Ok(());
     }
+    let seed_text = match seeds.iter().collect::<Vec<_>>()[..] {
+        [one] => format!("seed {one}"),
+        _ => "lowest seed with a log".to_string(),
+    };
     let chart = LineChart {
         title: format!(
-            "{}: training classification loss (seed 0, smoothed)",
+            "{}: training classification loss ({seed_text}, smoothed)",
             spec.title
         ),
         x_label: "iteration".into(),

@@ -428,7 +428,13 @@ pub fn run_ladder(
         let mine = opts
             .shard
             .take(jobs.iter().map(|j| j.job.clone()).collect());
-        progress = run_jobs(&mine, &opts.out, executor.as_ref(), quiet)?;
+        progress = run_jobs(
+            &mine,
+            &opts.out,
+            &Default::default(),
+            executor.as_ref(),
+            quiet,
+        )?;
     }
     if !(opts.collect_only || opts.shard.count == 1) {
         return Ok(ImbalanceOutcome {
