@@ -14,6 +14,20 @@ use std::path::Path;
 pub struct TrainAndEvaluate;
 
 impl Executor for TrainAndEvaluate {
+    /// Opens (generating the built-in benchmark if it is missing) every dataset the jobs train and
+    /// evaluate on, once, before runs side by side would all try to.
+    fn prepare(&self, jobs: &[&Job], quiet: bool) -> Result<()> {
+        let mut seen = std::collections::HashSet::new();
+        for job in jobs {
+            if seen.insert(job.config.data.source.clone()) {
+                for split in [Split::Train, Split::Val] {
+                    crate::train::dataset_source::open_dataset(&job.config, split, quiet)?;
+                }
+            }
+        }
+        Ok(())
+    }
+
     fn execute(&self, job: &Job, run_dir: &Path, quiet: bool) -> Result<RunRecord> {
         let cfg = &job.config;
         let (mut record, model) = train_job(cfg, run_dir, quiet)?;

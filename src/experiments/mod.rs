@@ -8,7 +8,7 @@ pub mod runner;
 pub mod spec;
 
 use anyhow::{Context, Result};
-use runner::{expand, run_jobs, Executor, Shard};
+use runner::{expand, run_jobs, Executor, Shard, Workers};
 use spec::{preset_text, ExperimentSpec};
 use std::path::{Path, PathBuf};
 
@@ -24,6 +24,8 @@ pub struct SweepOptions {
     pub shard: Shard,
     pub collect_only: bool,
     pub out: PathBuf,
+    /// Runs trained at once (`--jobs`); `None`: one per core on the CPU.
+    pub jobs: Option<usize>,
 }
 
 /// What a sweep did, for the caller's summary.
@@ -61,7 +63,8 @@ pub fn run_experiment(
         let recorded = collect::earlier_records(&opts.out.join("results.csv"))?
             .into_keys()
             .collect();
-        progress = run_jobs(&mine, &opts.out, &recorded, executor, quiet)?;
+        let workers = Workers::auto(opts.jobs, &mine)?;
+        progress = run_jobs(&mine, &opts.out, &recorded, executor, workers, quiet)?;
     }
     let collected = if opts.collect_only || opts.shard.count == 1 {
         let c = collect::collect(&spec, &jobs, &opts.out)?;
@@ -95,11 +98,11 @@ pub fn default_out(name: &str) -> PathBuf {
 mod tests {
     use super::runner::{Job, RunRecord};
     use super::*;
-    use std::cell::RefCell;
+    use std::sync::Mutex;
 
     /// Pretends to train: AP is a function of the config, so the test knows the right answer.
     struct Fake {
-        calls: RefCell<Vec<String>>,
+        calls: Mutex<Vec<String>>,
         fail_on: Option<String>,
     }
 
@@ -109,7 +112,8 @@ mod tests {
                 anyhow::bail!("killed");
             }
             self.calls
-                .borrow_mut()
+                .lock()
+                .unwrap()
                 .push(format!("{}#{}", job.label, job.seed));
             let g = job.config.loss.gamma;
             let ap = 0.30 + 0.01 * g - 0.002 * g * g + 0.001 * job.seed as f64;
@@ -135,7 +139,7 @@ mod tests {
 
     fn fake() -> Fake {
         Fake {
-            calls: RefCell::new(Vec::new()),
+            calls: Mutex::new(Vec::new()),
             fail_on: None,
         }
     }
@@ -150,6 +154,7 @@ mod tests {
             shard: Shard::ALL,
             collect_only: false,
             out: out.to_path_buf(),
+            jobs: Some(1),
         }
     }
 
@@ -181,11 +186,11 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let o = opts(dir.path());
         let failing = Fake {
-            calls: RefCell::new(Vec::new()),
+            calls: Mutex::new(Vec::new()),
             fail_on: Some("gamma 1, alpha .25".into()),
         };
         assert!(run_experiment("sweep-gamma", &o, &failing, true).is_err());
-        let done_before = failing.calls.borrow().len();
+        let done_before = failing.calls.lock().unwrap().len();
         assert!(done_before > 0);
         let f = fake();
         let outcome = run_experiment("sweep-gamma", &o, &f, true).unwrap();
@@ -281,7 +286,7 @@ mod tests {
         let out = run_experiment("sweep-gamma", &o, &f, true).unwrap();
         assert_eq!(out.progress.trained, first.jobs);
         assert!(
-            f.calls.borrow().iter().all(|c| c.ends_with("#1")),
+            f.calls.lock().unwrap().iter().all(|c| c.ends_with("#1")),
             "{:?}",
             f.calls
         );
@@ -290,6 +295,53 @@ mod tests {
         for row in seed0.lines().skip(1) {
             assert!(results.contains(row), "seed-0 row lost: {row}");
         }
+    }
+
+    #[test]
+    fn runs_side_by_side_give_the_tables_of_one_at_a_time() {
+        let serial = tempfile::tempdir().unwrap();
+        run_experiment("sweep-gamma", &opts(serial.path()), &fake(), true).unwrap();
+        let side = tempfile::tempdir().unwrap();
+        let o = SweepOptions {
+            jobs: Some(3),
+            ..opts(side.path())
+        };
+        let f = fake();
+        let out = run_experiment("sweep-gamma", &o, &f, true).unwrap();
+        let mut calls = f.calls.lock().unwrap().clone();
+        let n = calls.len();
+        calls.dedup();
+        assert_eq!(
+            (n, calls.len(), out.progress.trained),
+            (out.jobs, n, out.jobs)
+        );
+        for file in ["results.csv", "summary.csv"] {
+            assert_eq!(
+                std::fs::read_to_string(serial.path().join(file)).unwrap(),
+                std::fs::read_to_string(side.path().join(file)).unwrap(),
+                "{file}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_failing_run_side_by_side_stops_the_sweep_and_keeps_the_others() {
+        let dir = tempfile::tempdir().unwrap();
+        let o = SweepOptions {
+            jobs: Some(2),
+            ..opts(dir.path())
+        };
+        let failing = Fake {
+            calls: Mutex::new(Vec::new()),
+            fail_on: Some("gamma 1, alpha .25".into()),
+        };
+        let err = run_experiment("sweep-gamma", &o, &failing, true).unwrap_err();
+        assert!(format!("{err:#}").contains("gamma 1, alpha .25"), "{err:#}");
+        let done = failing.calls.lock().unwrap().len();
+        let again = run_experiment("sweep-gamma", &o, &fake(), true).unwrap();
+        assert_eq!(again.progress.reused, done);
+        assert_eq!(again.progress.trained, again.jobs - done);
+        assert!(Workers::auto(Some(0), &[]).is_err());
     }
 
     #[test]

@@ -12,7 +12,9 @@ pub mod select;
 
 use crate::config::Config;
 use crate::data::shapes::ShapesConfig;
-use crate::experiments::runner::{read_record, run_dir, run_jobs, Job, Shard, SweepProgress};
+use crate::experiments::runner::{
+    read_record, run_dir, run_jobs, Job, Shard, SweepProgress, Workers,
+};
 use crate::experiments::spec::preset_text;
 use anyhow::{bail, Context, Result};
 use serde::Deserialize;
@@ -350,6 +352,8 @@ pub struct ImbalanceOptions {
     pub shard: Shard,
     pub collect_only: bool,
     pub out: PathBuf,
+    /// Runs trained at once (`--jobs`); `None`: one per core on the CPU.
+    pub jobs: Option<usize>,
 }
 
 /// What a sweep did.
@@ -428,11 +432,13 @@ pub fn run_ladder(
         let mine = opts
             .shard
             .take(jobs.iter().map(|j| j.job.clone()).collect());
+        let workers = Workers::auto(opts.jobs, &mine)?;
         progress = run_jobs(
             &mine,
             &opts.out,
             &Default::default(),
             executor.as_ref(),
+            workers,
             quiet,
         )?;
     }
