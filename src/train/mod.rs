@@ -5,6 +5,7 @@ pub mod objective;
 pub mod schedule;
 pub mod sgd;
 pub mod sources;
+pub mod step;
 pub mod step_timing;
 pub mod targets;
 pub mod trainer;

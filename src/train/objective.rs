@@ -67,6 +67,19 @@ pub fn compute(
     cfg: &Config,
     normalizer: &mut Normalizer,
 ) -> Result<LossTerms> {
+    let norm = normalizer.next(targets.positives.len());
+    compute_normalized(out, targets, builder, cfg, norm)
+}
+
+/// [`compute`] with the normalizer's value given: the loss of part of a batch, divided by the
+/// whole batch's normalizer, so that the parts' losses add up to the batch's.
+pub fn compute_normalized(
+    out: &Output,
+    targets: &Targets,
+    builder: &TargetBuilder,
+    cfg: &Config,
+    norm: f64,
+) -> Result<LossTerms> {
     let (n, t, k) = out.cls.dims3()?;
     if n * t != targets.labels.len() {
         bail!(
@@ -164,7 +177,6 @@ pub fn compute(
             )
         }
     };
-    let norm = normalizer.next(np);
     let cls = (cls_sum / norm)?;
     let boxes = (box_sum / norm)?;
     let total = (&cls + (&boxes * l.box_weight)?)?;

@@ -44,12 +44,21 @@ impl Sgd {
     /// One update with learning rate `lr`. Parameters without a gradient are left untouched
     /// (and keep their momentum), as in PyTorch.
     pub fn step(&mut self, grads: &GradStore, lr: f64) -> Result<()> {
+        self.step_summed(std::slice::from_ref(grads), lr)
+    }
+
+    /// One update with the sum of `grads` (the gradients of a batch's parts) as the gradient.
+    pub fn step_summed(&mut self, grads: &[GradStore], lr: f64) -> Result<()> {
         for slot in &mut self.slots {
-            let Some(g) = grads.get(slot.var.as_tensor()) else {
+            let mut parts = grads.iter().filter_map(|g| g.get(slot.var.as_tensor()));
+            let Some(first) = parts.next() else {
                 continue;
             };
+            let mut g = first.detach();
+            for other in parts {
+                g = (g + other.detach())?;
+            }
             let p = slot.var.as_tensor().detach();
-            let mut g = g.detach();
             if slot.weight_decay != 0.0 {
                 g = (g + (&p * slot.weight_decay)?)?;
             }

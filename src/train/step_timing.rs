@@ -2,8 +2,9 @@
 //! backward and SGD update as the trainer, on random images with random boxes (so data loading and
 //! decoding are not timed).
 
-use super::objective::{self, Normalizer};
+use super::objective::Normalizer;
 use super::sources::RandomSource;
+use super::step::Stepper;
 use super::targets::TargetBuilder;
 use super::trainer::{sgd_for, BatchSource};
 use crate::config::Config;
@@ -16,9 +17,10 @@ use std::time::Instant;
 /// Median milliseconds of each part of a step over the timed steps.
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct StepTimes {
-    /// Targets (anchor matching), model forward and the loss.
+    /// Targets (anchor matching), model forward and the loss (of the slowest part when the batch
+    /// is split across threads, see `train::step`).
     pub forward_ms: f64,
-    /// Backpropagation through the loss and the model.
+    /// Backpropagation through the loss and the model (of the slowest part).
     pub backward_ms: f64,
     /// The SGD update (momentum, weight decay).
     pub optimizer_ms: f64,
@@ -54,24 +56,25 @@ pub fn time_steps(cfg: &Config, device: &Device, steps: usize, warmup: usize) ->
     let lr = cfg.schedule.lr;
     let (mut fwd, mut bwd, mut opt, mut total) = (vec![], vec![], vec![], vec![]);
     let mut work = ConvWork::default();
+    let stepper = Stepper::new(cfg, device)?;
     for i in 0..warmup + steps {
         let batch = data.batch(i, cfg.schedule.batch_size, device)?;
         device.synchronize()?;
         let t0 = Instant::now();
-        let (_, _, h, w) = batch.images.dims4()?;
-        let (terms, step_work) = count_conv_work(|| -> Result<_> {
-            let tg = targets.build(&batch.gt, h, w);
-            let out = model.forward(&batch.images, true)?;
-            objective::compute(&out, &tg, &targets, cfg, &mut normalizer)
+        let (pass, step_work) = count_conv_work(|| {
+            stepper.forward_backward(
+                &model,
+                &batch.images,
+                &batch.gt,
+                &mut targets,
+                cfg,
+                &mut normalizer,
+            )
         });
-        let terms = terms?;
-        // Reading the loss waits for the forward pass on asynchronous devices.
-        terms.total.to_scalar::<f32>()?;
-        let t1 = Instant::now();
-        let grads = terms.total.backward()?;
+        let pass = pass?;
         device.synchronize()?;
         let t2 = Instant::now();
-        sgd.step(&grads, lr)?;
+        sgd.step_summed(&pass.grads, lr)?;
         device.synchronize()?;
         let t3 = Instant::now();
         work = ConvWork {
@@ -79,8 +82,8 @@ pub fn time_steps(cfg: &Config, device: &Device, steps: usize, warmup: usize) ->
             input_grad_macs: step_work.forward_macs.min(step_work.input_grad_macs),
         };
         if i >= warmup {
-            fwd.push((t1 - t0).as_secs_f64() * 1e3);
-            bwd.push((t2 - t1).as_secs_f64() * 1e3);
+            fwd.push(pass.forward.as_secs_f64() * 1e3);
+            bwd.push(pass.backward.as_secs_f64() * 1e3);
             opt.push((t3 - t2).as_secs_f64() * 1e3);
             total.push((t3 - t0).as_secs_f64() * 1e3);
         }

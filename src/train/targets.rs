@@ -24,6 +24,28 @@ pub struct Targets {
     pub anchors_per_image: usize,
 }
 
+impl Targets {
+    /// The targets of the images `range` of the batch, indexed as a batch of their own.
+    pub fn images(&self, range: std::ops::Range<usize>) -> Targets {
+        let t = self.anchors_per_image;
+        let (lo, hi) = ((range.start * t) as u32, (range.end * t) as u32);
+        let mut positives = Vec::new();
+        let mut box_targets = Vec::new();
+        for (j, &p) in self.positives.iter().enumerate() {
+            if (lo..hi).contains(&p) {
+                positives.push(p - lo);
+                box_targets.extend_from_slice(&self.box_targets[4 * j..4 * j + 4]);
+            }
+        }
+        Targets {
+            labels: self.labels[range.start * t..range.end * t].to_vec(),
+            positives,
+            box_targets,
+            anchors_per_image: t,
+        }
+    }
+}
+
 /// Converts the config's anchor section to the geometry module's.
 pub fn anchor_config(a: &AnchorsConfig) -> AnchorConfig {
     AnchorConfig {

@@ -16,9 +16,10 @@
 //! the momentum buffers, the EMA normalizer and the iteration: a resumed run reproduces the metrics of
 //! an uninterrupted one.
 
-use super::objective::{self, Normalizer};
+use super::objective::Normalizer;
 use super::schedule::lr_at;
 use super::sgd::{Sgd, STATE_PREFIX};
+use super::step::Stepper;
 use super::targets::{GtBoxes, TargetBuilder};
 use crate::config::Config;
 use crate::model::RetinaNet;
@@ -206,6 +207,7 @@ pub fn train(
     };
     let bar = progress_bar(opts.quiet, s.iterations, start);
     let mut targets = TargetBuilder::new(&cfg.anchors, &cfg.matcher);
+    let stepper = Stepper::new(cfg, device)?;
     let mut step_times = Vec::new();
     let mut diverged_at = None;
     let mut last = (f64::NAN, f64::NAN);
@@ -215,18 +217,15 @@ pub fn train(
         let lr = lr_at(s, it);
         let batch = data.batch(it, s.batch_size, device)?;
         let t_step = Instant::now();
-        let (_, _, h, w) = batch.images.dims4()?;
-        let tg = targets.build(&batch.gt, h, w);
-        let out = model.forward(&batch.images, true)?;
-        let terms = objective::compute(&out, &tg, &targets, cfg, &mut normalizer)?;
-        let loss_cls = terms
-            .cls
-            .to_dtype(candle_core::DType::F64)?
-            .to_scalar::<f64>()?;
-        let loss_box = terms
-            .boxes
-            .to_dtype(candle_core::DType::F64)?
-            .to_scalar::<f64>()?;
+        let pass = stepper.forward_backward(
+            &model,
+            &batch.images,
+            &batch.gt,
+            &mut targets,
+            cfg,
+            &mut normalizer,
+        )?;
+        let (loss_cls, loss_box) = (pass.loss_cls, pass.loss_box);
         let dt = t0.elapsed().as_secs_f64();
         if !(loss_cls.is_finite() && loss_box.is_finite()) {
             seconds += dt;
@@ -235,14 +234,13 @@ pub fn train(
                 lr,
                 loss_cls,
                 loss_box,
-                positives: tg.positives.len(),
+                positives: pass.positives,
                 seconds,
             });
             diverged_at = Some(it);
             break;
         }
-        let grads = terms.total.backward()?;
-        sgd.step(&grads, lr)?;
+        sgd.step_summed(&pass.grads, lr)?;
         seconds += t0.elapsed().as_secs_f64();
         step_times.push(t_step.elapsed().as_secs_f64());
         last = (loss_cls, loss_box);
@@ -252,7 +250,7 @@ pub fn train(
                 lr,
                 loss_cls,
                 loss_box,
-                positives: tg.positives.len(),
+                positives: pass.positives,
                 seconds,
             });
         }
