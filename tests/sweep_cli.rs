@@ -274,9 +274,10 @@ set = ["loss.gamma=2.0"]
     ok(&fl_lab(&args));
     assert!(!out.join("heatmap.png").exists(), "no grid, no heat map");
     let mut grid = args.to_vec();
-    grid.extend(["--alphas", ".25,.75"]);
+    // Three runs side by side, whatever the machine's core count.
+    grid.extend(["--alphas", ".25,.75", "--jobs", "3"]);
     let stdout = ok(&fl_lab(&grid));
-    assert!(stdout.contains("4 runs"), "{stdout}");
+    assert!(stdout.contains("4 runs (2 reused, 2 trained"), "{stdout}");
     let img = image::open(out.join("heatmap.png")).unwrap();
     assert_eq!((img.width(), img.height()), (200 + 2 * 140, 200 + 2 * 90));
 }
