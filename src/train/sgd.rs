@@ -5,7 +5,8 @@
 
 use anyhow::{Context, Result};
 use candle_core::backprop::GradStore;
-use candle_core::{Tensor, Var};
+use candle_core::{DType, Storage, Tensor, Var};
+use rayon::prelude::*;
 use std::collections::{BTreeMap, HashMap};
 
 /// One optimized parameter: its name, variable and weight decay.
@@ -48,28 +49,20 @@ impl Sgd {
     }
 
     /// One update with the sum of `grads` (the gradients of a batch's parts) as the gradient.
+    /// Parameters update in parallel, each in one pass on the CPU.
     pub fn step_summed(&mut self, grads: &[GradStore], lr: f64) -> Result<()> {
-        for slot in &mut self.slots {
-            let mut parts = grads.iter().filter_map(|g| g.get(slot.var.as_tensor()));
-            let Some(first) = parts.next() else {
-                continue;
-            };
-            let mut g = first.detach();
-            for other in parts {
-                g = (g + other.detach())?;
+        let momentum = self.momentum;
+        self.slots.par_iter_mut().try_for_each(|slot| {
+            let parts: Vec<Tensor> = grads
+                .iter()
+                .filter_map(|g| g.get(slot.var.as_tensor()))
+                .map(|g| g.detach())
+                .collect();
+            if parts.is_empty() || fused_update(slot, &parts, lr, momentum)? {
+                return Ok(());
             }
-            let p = slot.var.as_tensor().detach();
-            if slot.weight_decay != 0.0 {
-                g = (g + (&p * slot.weight_decay)?)?;
-            }
-            let buf = match &slot.momentum_buf {
-                Some(b) if self.momentum != 0.0 => ((b * self.momentum)? + g)?,
-                _ => g,
-            };
-            slot.var.set(&(p - (&buf * lr)?)?)?;
-            slot.momentum_buf = Some(buf);
-        }
-        Ok(())
+            tensor_update(slot, parts, lr, momentum)
+        })
     }
 
     /// Momentum buffers by checkpoint name (parameters that have not stepped yet are absent).
@@ -109,6 +102,82 @@ impl Sgd {
     }
 }
 
+/// The update in tensor ops, for any device:
+/// `g = Σ parts + wd * p; buf = momentum * buf + g; p -= lr * buf`.
+fn tensor_update(slot: &mut Slot, parts: Vec<Tensor>, lr: f64, momentum: f64) -> Result<()> {
+    let mut parts = parts.into_iter();
+    let Some(mut g) = parts.next() else {
+        return Ok(());
+    };
+    for other in parts {
+        g = (g + other)?;
+    }
+    let p = slot.var.as_tensor().detach();
+    if slot.weight_decay != 0.0 {
+        g = (g + (&p * slot.weight_decay)?)?;
+    }
+    let buf = match &slot.momentum_buf {
+        Some(b) if momentum != 0.0 => ((b * momentum)? + g)?,
+        _ => g,
+    };
+    slot.var.set(&(p - (&buf * lr)?)?)?;
+    slot.momentum_buf = Some(buf);
+    Ok(())
+}
+
+/// [`tensor_update`] in one pass over f32 CPU tensors, with the same f32 operations in the same
+/// order (so the same bits), without the tensor ops' seven allocations. Returns
+/// false, changing nothing, for tensors elsewhere.
+fn fused_update(slot: &mut Slot, parts: &[Tensor], lr: f64, momentum: f64) -> Result<bool> {
+    let p = slot.var.as_tensor();
+    let buf = slot.momentum_buf.as_ref().filter(|_| momentum != 0.0);
+    let inputs: Vec<Tensor> = std::iter::once(p)
+        .chain(parts)
+        .chain(buf)
+        .map(|t| t.contiguous())
+        .collect::<candle_core::Result<_>>()?;
+    if inputs
+        .iter()
+        .any(|t| !t.device().is_cpu() || t.dtype() != DType::F32)
+    {
+        return Ok(false);
+    }
+    let (new_p, new_buf) = {
+        let guards: Vec<_> = inputs.iter().map(|t| t.storage_and_layout()).collect();
+        let data = guards
+            .iter()
+            .map(|(s, l)| match &**s {
+                Storage::Cpu(c) => Ok(crate::ops::conv::cpu_f32(c, l, "sgd")?),
+                _ => anyhow::bail!("sgd: expected a CPU tensor"),
+            })
+            .collect::<Result<Vec<&[f32]>>>()?;
+        let (pv, grads) = (data[0], &data[1..1 + parts.len()]);
+        let bv = buf.map(|_| data[1 + parts.len()]);
+        let (wd, m, lr) = (slot.weight_decay as f32, momentum as f32, lr as f32);
+        // One slice-wide operation at a time (each parameter fits in cache), so every loop vectorizes.
+        let mut new_buf = grads[0].to_vec();
+        for other in &grads[1..] {
+            new_buf.iter_mut().zip(*other).for_each(|(g, &o)| *g += o);
+        }
+        if wd != 0.0 {
+            new_buf.iter_mut().zip(pv).for_each(|(g, &p)| *g += p * wd);
+        }
+        if let Some(bv) = bv {
+            new_buf
+                .iter_mut()
+                .zip(bv)
+                .for_each(|(g, &b)| *g = b * m + *g);
+        }
+        let new_p: Vec<f32> = pv.iter().zip(&new_buf).map(|(&p, &b)| p - b * lr).collect();
+        (new_p, new_buf)
+    };
+    let shape = p.shape().clone();
+    slot.var
+        .set(&Tensor::from_vec(new_p, shape.clone(), p.device())?)?;
+    slot.momentum_buf = Some(Tensor::from_vec(new_buf, shape, p.device())?);
+    Ok(true)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -142,5 +211,40 @@ mod tests {
         let state = sgd.state();
         let buf = state[&format!("{STATE_PREFIX}p")].to_vec1::<f32>().unwrap()[0];
         assert!((buf - 6.625).abs() < 1e-6);
+    }
+
+    /// The one-pass CPU update gives the bits of the tensor-op update, over steps and summed parts.
+    #[test]
+    fn fused_update_equals_the_tensor_ops_bit_for_bit() {
+        use rand::{Rng, SeedableRng};
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(7);
+        let mut random = |n: usize| -> Tensor {
+            let v: Vec<f32> = (0..n).map(|_| rng.gen_range(-2.0f32..2.0)).collect();
+            Tensor::from_vec(v, n, &Device::Cpu).unwrap()
+        };
+        let start = random(1001);
+        let steps: Vec<Vec<Tensor>> = (0..3)
+            .map(|k| (0..=k % 2).map(|_| random(1001)).collect())
+            .collect();
+        for (wd, momentum) in [(1e-4, 0.9), (0.0, 0.9), (0.5, 0.0)] {
+            let run = |fused: bool| -> (Vec<f32>, Vec<f32>) {
+                let mut slot = Slot {
+                    name: "p".into(),
+                    var: Var::from_tensor(&start.copy().unwrap()).unwrap(),
+                    weight_decay: wd,
+                    momentum_buf: None,
+                };
+                for parts in &steps {
+                    if fused {
+                        assert!(fused_update(&mut slot, parts, 0.01, momentum).unwrap());
+                    } else {
+                        tensor_update(&mut slot, parts.clone(), 0.01, momentum).unwrap();
+                    }
+                }
+                let buf = slot.momentum_buf.unwrap().to_vec1().unwrap();
+                (slot.var.as_tensor().to_vec1().unwrap(), buf)
+            };
+            assert_eq!(run(true), run(false), "wd {wd}, momentum {momentum}");
+        }
     }
 }
