@@ -83,8 +83,11 @@ fn check(x_dims: &[usize], groups: usize, gamma: &[f32], beta: &[f32]) -> Result
     Ok((c / groups, h * w))
 }
 
+/// Mean and 1/sqrt(var + eps) of each (image, group), in that order.
+pub type Stats = Vec<(f64, f64)>;
+
 /// `y = (x - mean) / sqrt(var + eps) * gamma + beta` per (image, group), then `max(y, 0)` when
-/// `relu`.
+/// `relu`; also returns the statistics, which the backward pass can reuse.
 pub fn forward(
     x: &[f32],
     x_dims: &[usize],
@@ -93,16 +96,17 @@ pub fn forward(
     beta: &[f32],
     eps: f64,
     relu: bool,
-) -> Result<Vec<f32>> {
+) -> Result<(Vec<f32>, Stats)> {
     let (cg, hw) = check(x_dims, groups, gamma, beta)?;
     let mut y = vec![0f32; x.len()];
     if y.is_empty() {
-        return Ok(y);
+        return Ok((y, Vec::new()));
     }
-    y.par_chunks_mut(cg * hw)
+    let stats = y
+        .par_chunks_mut(cg * hw)
         .zip(x.par_chunks(cg * hw))
         .enumerate()
-        .for_each(|(ng, (yb, xb))| {
+        .map(|(ng, (yb, xb))| {
             let (mean, rstd) = stats(xb, eps);
             let c0 = (ng % groups) * cg;
             for (j, (yc, xc)) in yb.chunks_mut(hw).zip(xb.chunks(hw)).enumerate() {
@@ -120,12 +124,16 @@ pub fn forward(
                     }
                 }
             }
-        });
-    Ok(y)
+            (mean, rstd)
+        })
+        .collect();
+    Ok((y, stats))
 }
 
 /// Gradients `(dx [N, C, H, W], dgamma [C], dbeta [C])` from the output gradient `dy`. With
 /// `relu_out` (the forward output of a fused ReLU) `dy` counts only where that output is positive.
+/// `saved` are the forward pass's statistics of `x`, recomputed when absent.
+#[allow(clippy::too_many_arguments)] // the norm's inputs, its output and gradient, and settings
 pub fn backward(
     x: &[f32],
     x_dims: &[usize],
@@ -134,10 +142,14 @@ pub fn backward(
     dy: &[f32],
     relu_out: Option<&[f32]>,
     eps: f64,
+    saved: Option<&[(f64, f64)]>,
 ) -> Result<(Vec<f32>, Vec<f32>, Vec<f32>)> {
     let (cg, hw) = check(x_dims, groups, gamma, gamma)?;
     if dy.len() != x.len() || relu_out.is_some_and(|r| r.len() != x.len()) {
         bail!("group_norm backward: output gradient has the wrong size");
+    }
+    if saved.is_some_and(|s| s.len() * cg * hw != x.len()) {
+        bail!("group_norm backward: saved statistics do not match the input");
     }
     let c = cg * groups;
     let n = x.len().checked_div(c * hw).unwrap_or(0);
@@ -154,7 +166,10 @@ pub fn backward(
                 let block = ng * cg * hw..(ng + 1) * cg * hw;
                 let (xb, dyb) = (&x[block.clone()], &dy[block.clone()]);
                 let rb = relu_out.map(|r| &r[block]);
-                let (mean, rstd) = stats(xb, eps);
+                let (mean, rstd) = match saved {
+                    Some(saved) => saved[ng],
+                    None => stats(xb, eps),
+                };
                 let (mf, c0) = (mean as f32, (ng % groups) * cg);
                 // With xhat = (x - mean) * rstd and g = dy * gamma:
                 // dx = rstd * (g - mean(g) - xhat * mean(g * xhat)).
@@ -210,12 +225,15 @@ pub fn backward(
     Ok((dx, reduce(&dgamma_nc), reduce(&dbeta_nc)))
 }
 
-/// The custom op over `(x, gamma, beta)`, optionally followed by ReLU.
-#[derive(Clone, Copy, Debug)]
+/// The custom op over `(x, gamma, beta)`, optionally followed by ReLU. The graph keeps this very
+/// instance for the backward pass, so the forward pass leaves its statistics here rather than
+/// the backward pass reading the input twice more to recompute them.
+#[derive(Debug)]
 pub struct GroupNormOp {
     pub groups: usize,
     pub eps: f64,
     pub relu: bool,
+    saved: std::sync::Mutex<Option<Stats>>,
 }
 
 impl CustomOp3 for GroupNormOp {
@@ -239,7 +257,8 @@ impl CustomOp3 for GroupNormOp {
         let x = cpu_f32(s1, l1, "group_norm input")?;
         let gamma = cpu_f32(s2, l2, "group_norm gamma")?;
         let beta = cpu_f32(s3, l3, "group_norm beta")?;
-        let y = forward(x, l1.dims(), self.groups, gamma, beta, self.eps, self.relu)?;
+        let (y, stats) = forward(x, l1.dims(), self.groups, gamma, beta, self.eps, self.relu)?;
+        *self.saved.lock().unwrap_or_else(|e| e.into_inner()) = Some(stats);
         Ok((CpuStorage::F32(y), l1.shape().clone()))
     }
 
@@ -251,16 +270,18 @@ impl CustomOp3 for GroupNormOp {
         res: &Tensor,
         grad: &Tensor,
     ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+        let saved = self.saved.lock().unwrap_or_else(|e| e.into_inner());
+        let saved = saved.as_deref();
         let (dx, dg, db) = with_f32(x, "group_norm input", |xv| {
             with_f32(gamma, "group_norm gamma", |gv| {
                 with_f32(grad, "group_norm output gradient", |dy| {
                     let (groups, eps) = (self.groups, self.eps);
                     if self.relu {
                         with_f32(res, "group_norm output", |r| {
-                            backward(xv, x.dims(), groups, gv, dy, Some(r), eps)
+                            backward(xv, x.dims(), groups, gv, dy, Some(r), eps, saved)
                         })
                     } else {
-                        backward(xv, x.dims(), groups, gv, dy, None, eps)
+                        backward(xv, x.dims(), groups, gv, dy, None, eps, saved)
                     }
                 })
             })
@@ -287,7 +308,12 @@ pub fn group_norm_cpu(
     x.contiguous()?.apply_op3(
         &gamma.contiguous()?,
         &beta.contiguous()?,
-        GroupNormOp { groups, eps, relu },
+        GroupNormOp {
+            groups,
+            eps,
+            relu,
+            saved: Default::default(),
+        },
     )
 }
 
@@ -339,6 +365,24 @@ mod tests {
                 }
             }
         }
+    }
+
+    #[test]
+    fn saved_statistics_give_the_recomputed_gradient_bit_for_bit() {
+        let dims = [3, 8, 5, 7];
+        let n: usize = dims.iter().product();
+        let x: Vec<f32> = (0..n)
+            .map(|i| ((i * 37 % 101) as f32 - 40.0) * 0.03)
+            .collect();
+        let dy: Vec<f32> = (0..n)
+            .map(|i| ((i * 53 % 89) as f32 - 44.0) * 0.01)
+            .collect();
+        let (gamma, beta) = (vec![0.7f32; 8], vec![0.1f32; 8]);
+        let (y, stats) = forward(&x, &dims, 4, &gamma, &beta, 1e-5, true).unwrap();
+        assert_eq!(stats.len(), 3 * 4);
+        let bwd = |saved| backward(&x, &dims, 4, &gamma, &dy, Some(&y), 1e-5, saved).unwrap();
+        assert_eq!(bwd(Some(&stats)), bwd(None));
+        assert!(backward(&x, &dims, 4, &gamma, &dy, None, 1e-5, Some(&stats[1..])).is_err());
     }
 
     #[test]

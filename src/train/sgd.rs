@@ -163,10 +163,7 @@ fn fused_update(slot: &mut Slot, parts: &[Tensor], lr: f64, momentum: f64) -> Re
             new_buf.iter_mut().zip(pv).for_each(|(g, &p)| *g += p * wd);
         }
         if let Some(bv) = bv {
-            new_buf
-                .iter_mut()
-                .zip(bv)
-                .for_each(|(g, &b)| *g += b * m);
+            new_buf.iter_mut().zip(bv).for_each(|(g, &b)| *g += b * m);
         }
         let new_p: Vec<f32> = pv.iter().zip(&new_buf).map(|(&p, &b)| p - b * lr).collect();
         (new_p, new_buf)
