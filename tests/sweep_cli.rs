@@ -73,6 +73,17 @@ fn every_sweep_runs_with_the_smoke_preset_and_writes_its_files() {
             let img = image::open(out.join(png)).unwrap();
             assert!(img.width() >= 1200, "{png}");
         }
+        // The variants' names are written in the band under the bars.
+        let bars = image::open(out.join("ap_bars.png")).unwrap().to_luma8();
+        let (w, h) = bars.dimensions();
+        let ink = (0..w)
+            .flat_map(|x| (h * 75 / 100..h - 25).map(move |y| (x, y)))
+            .filter(|&(x, y)| bars.get_pixel(x, y).0[0] < 128)
+            .count();
+        assert!(
+            ink > 30 * variants,
+            "{name}: {ink} dark pixels under the bars"
+        );
         if name == "sweep-gamma" {
             eval_run_agrees_with_the_sweep(&out, &data);
             loss_cdf_of_a_trained_run(&out, &data);
