@@ -33,9 +33,9 @@ pub struct Args {
     /// Run only shard i of n (1-based), e.g. --shard 2/4; every shard writes into the same --out.
     #[arg(long)]
     pub shard: Option<String>,
-    /// Runs trained at once, each on its share of the cores (default: one per core on the CPU, where two single-threaded runs side by side outpace one run on both cores; 1 on a GPU).
-    #[arg(long)]
-    pub jobs: Option<usize>,
+    /// Runs trained at once, each on its share of the cores (one run already spreads each step over the cores; more can pay on many-core machines).
+    #[arg(long, default_value_t = 1)]
+    pub jobs: usize,
     /// Build the tables and figures from whatever runs exist in --out, training nothing.
     #[arg(long)]
     pub collect: bool,

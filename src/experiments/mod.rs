@@ -24,8 +24,8 @@ pub struct SweepOptions {
     pub shard: Shard,
     pub collect_only: bool,
     pub out: PathBuf,
-    /// Runs trained at once (`--jobs`); `None`: one per core on the CPU.
-    pub jobs: Option<usize>,
+    /// Runs trained at once (`--jobs`).
+    pub jobs: usize,
 }
 
 /// What a sweep did, for the caller's summary.
@@ -63,7 +63,7 @@ pub fn run_experiment(
         let recorded = collect::earlier_records(&opts.out.join("results.csv"))?
             .into_keys()
             .collect();
-        let workers = Workers::auto(opts.jobs, &mine)?;
+        let workers = Workers::new(opts.jobs)?;
         progress = run_jobs(&mine, &opts.out, &recorded, executor, workers, quiet)?;
     }
     let collected = if opts.collect_only || opts.shard.count == 1 {
@@ -154,7 +154,7 @@ mod tests {
             shard: Shard::ALL,
             collect_only: false,
             out: out.to_path_buf(),
-            jobs: Some(1),
+            jobs: 1,
         }
     }
 
@@ -303,7 +303,7 @@ mod tests {
         run_experiment("sweep-gamma", &opts(serial.path()), &fake(), true).unwrap();
         let side = tempfile::tempdir().unwrap();
         let o = SweepOptions {
-            jobs: Some(3),
+            jobs: 3,
             ..opts(side.path())
         };
         let f = fake();
@@ -328,7 +328,7 @@ mod tests {
     fn a_failing_run_side_by_side_stops_the_sweep_and_keeps_the_others() {
         let dir = tempfile::tempdir().unwrap();
         let o = SweepOptions {
-            jobs: Some(2),
+            jobs: 2,
             ..opts(dir.path())
         };
         let failing = Fake {
@@ -341,7 +341,7 @@ mod tests {
         let again = run_experiment("sweep-gamma", &o, &fake(), true).unwrap();
         assert_eq!(again.progress.reused, done);
         assert_eq!(again.progress.trained, again.jobs - done);
-        assert!(Workers::auto(Some(0), &[]).is_err());
+        assert!(Workers::new(0).is_err());
     }
 
     #[test]

@@ -186,9 +186,10 @@ pub struct SweepProgress {
     pub diverged: usize,
 }
 
-/// How many runs of a sweep train at once (`--jobs`), each on its own rayon pool. On few cores
-/// two single-threaded runs side by side do more work per second than one run on both cores
-/// (on 2 cores: 2 x 148 ms per step against 101 ms; the serial parts of a step leave a core idle).
+/// How many runs of a sweep train at once (`--jobs`), each on its own rayon pool with its share of
+/// the threads. One run already splits each step across the cores (`train::step`): on 2 cores two
+/// runs side by side were no faster (134 s against 136 s for seven short runs), so the default is
+/// one; side by side can pay on machines with more cores than a batch has images.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Workers {
     /// Runs at once; 1 trains one run at a time on every thread.
@@ -198,14 +199,11 @@ pub struct Workers {
 impl Workers {
     pub const ONE: Workers = Workers { runs: 1 };
 
-    /// `--jobs` when given; otherwise one run per core on the CPU, one at a time on a GPU.
-    pub fn auto(requested: Option<usize>, jobs: &[Job]) -> Result<Workers> {
-        let runs = match requested {
-            Some(0) => bail!("--jobs must be at least 1"),
-            Some(n) => n,
-            None if jobs.iter().any(|j| j.config.device.starts_with("cuda")) => 1,
-            None => rayon::current_num_threads(),
-        };
+    /// `--jobs N`, N at least 1.
+    pub fn new(runs: usize) -> Result<Workers> {
+        if runs == 0 {
+            bail!("--jobs must be at least 1");
+        }
         Ok(Workers { runs })
     }
 

@@ -352,8 +352,8 @@ pub struct ImbalanceOptions {
     pub shard: Shard,
     pub collect_only: bool,
     pub out: PathBuf,
-    /// Runs trained at once (`--jobs`); `None`: one per core on the CPU.
-    pub jobs: Option<usize>,
+    /// Runs trained at once (`--jobs`).
+    pub jobs: usize,
 }
 
 /// What a sweep did.
@@ -432,7 +432,7 @@ pub fn run_ladder(
         let mine = opts
             .shard
             .take(jobs.iter().map(|j| j.job.clone()).collect());
-        let workers = Workers::auto(opts.jobs, &mine)?;
+        let workers = Workers::new(opts.jobs)?;
         progress = run_jobs(
             &mine,
             &opts.out,
