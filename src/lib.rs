@@ -1,5 +1,11 @@
 //! fl-lab: reproduces the analyses of *Focal Loss for Dense Object Detection* (Lin et al., 2017)
-//! by training small RetinaNets with candle. See README.md and the module table in DESIGN.md.
+//! by training small RetinaNets with candle. See README.md.
+//!
+//! Data flows from `data` (generated or COCO datasets, batches) through `model` (RetinaNet on the
+//! kernels of `ops`) and `train` (targets, losses from `loss`, SGD, resumable runs) to `infer` and
+//! `eval` (pycocotools-exact COCO evaluation); `experiments` runs the paper's sweeps over those,
+//! `analysis` computes the loss CDFs, `report` writes tables and figures, and `commands` is the
+//! command line.
 
 pub mod analysis;
 pub mod cli;
