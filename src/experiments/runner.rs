@@ -197,8 +197,6 @@ pub struct Workers {
 }
 
 impl Workers {
-    pub const ONE: Workers = Workers { runs: 1 };
-
     /// `--jobs N`, N at least 1.
     pub fn new(runs: usize) -> Result<Workers> {
         if runs == 0 {
