@@ -157,6 +157,7 @@ fn bad_flags_are_refused_with_their_names() {
     let out = out.to_str().unwrap();
     for (extra, needle) in [
         (vec!["--seeds", "0"], "--seeds"),
+        (vec!["--tune-seeds", "0"], "--tune-seeds"),
         (vec!["--lrs", "0"], "--lrs"),
         (vec!["--lrs", "fast"], "--lrs"),
         (vec!["--ce-alphas", "1.5"], "--ce-alphas"),
@@ -175,4 +176,129 @@ fn bad_flags_are_refused_with_their_names() {
     }
     // nothing was generated or trained
     assert!(!Path::new(root).exists());
+}
+
+/// Two rungs of a small grid (FL and CE, each at two learning rates), for the multi-seed tests.
+const TWO_RUNGS: &str = r#"
+name = "sweep-imbalance"
+title = "two rungs"
+fl = { gamma = 2.0, alpha = 0.25 }
+ce_alphas = [0.5]
+lrs = [0.01, 0.02]
+[images.default]
+train = 16
+holdout = 4
+val = 4
+[[rungs]]
+label = "K 2"
+classes = 2
+objects = [2, 4]
+[[rungs]]
+label = "K 8"
+classes = 8
+objects = [1, 2]
+"#;
+
+/// (rung, loss, alpha, lr) of a results.csv row.
+fn setting(rows: &[Vec<String>], i: usize) -> Vec<String> {
+    ["rung", "loss", "alpha", "lr"]
+        .iter()
+        .map(|c| column(rows, c)[i].clone())
+        .collect()
+}
+
+#[test]
+fn later_seeds_train_the_settings_seed_0_chose_and_committed_rows_are_reused() {
+    let t = tempfile::tempdir().unwrap();
+    let spec = t.path().join("two.toml");
+    std::fs::write(&spec, TWO_RUNGS).unwrap();
+    let spec = spec.to_str().unwrap();
+    let root = t.path().join("data");
+    let root = root.to_str().unwrap();
+    let out = t.path().join("out");
+    let out_s = out.to_str().unwrap();
+    let run = |out: &str, extra: &[&str]| {
+        let mut a = vec![
+            "sweep-imbalance",
+            "--preset",
+            "smoke",
+            "--spec",
+            spec,
+            "--data-root",
+            root,
+            "--out",
+            out,
+            "--seeds",
+            "3",
+        ];
+        a.extend_from_slice(extra);
+        fl_lab(&a)
+    };
+    // seed 0: 2 rungs x 4 settings; seeds 1 and 2: the chosen FL and CE setting of each rung
+    let stdout = ok(&run(out_s, &[]));
+    assert!(
+        stdout.contains("sweep-imbalance: 16 runs (0 reused, 16 trained"),
+        "{stdout}"
+    );
+    let rows = csv_rows(&out.join("results.csv"));
+    let (seeds, chosen) = (column(&rows, "seed"), column(&rows, "chosen"));
+    assert_eq!(rows.len(), 1 + 16);
+    assert_eq!(seeds.iter().filter(|s| *s == "0").count(), 8);
+    let chosen_at_0: Vec<Vec<String>> = (0..16)
+        .filter(|&i| seeds[i] == "0" && chosen[i] == "true")
+        .map(|i| setting(&rows, i))
+        .collect();
+    assert_eq!(chosen_at_0.len(), 4, "one FL and one CE setting per rung");
+    for later in ["1", "2"] {
+        let mut at: Vec<Vec<String>> = (0..16)
+            .filter(|&i| seeds[i] == later)
+            .map(|i| setting(&rows, i))
+            .collect();
+        at.sort();
+        let mut want = chosen_at_0.clone();
+        want.sort();
+        assert_eq!(at, want, "seed {later}");
+    }
+    let summary = csv_rows(&out.join("summary.csv"));
+    assert_eq!(column(&summary, "seeds"), vec!["3"; 2]);
+    let md = std::fs::read_to_string(out.join("summary.md")).unwrap();
+    assert!(
+        md.contains("over seed 0, which trained the whole grid"),
+        "{md}"
+    );
+
+    // A committed table without its run folders: nothing is trained again and the table survives.
+    std::fs::remove_dir_all(out.join("runs")).unwrap();
+    let again = ok(&run(out_s, &[]));
+    assert!(again.contains("16 runs (16 reused, 0 trained"), "{again}");
+    let back = csv_rows(&out.join("results.csv"));
+    for col in ["config_hash", "seed", "holdout_ap", "ap", "chosen"] {
+        assert_eq!(column(&back, col), column(&rows, col), "{col}");
+    }
+    // --tune-seeds 2: seed 1 must now train the rest of the grid too
+    let more = ok(&run(out_s, &["--tune-seeds", "2"]));
+    assert!(more.contains("20 runs (16 reused, 4 trained"), "{more}");
+
+    // Shards started one after the other: the first finds the grid unfinished and says so; once the
+    // other has finished it, a rerun trains the rest, and together they cover the same runs.
+    let sharded = t.path().join("sharded");
+    let sh = sharded.to_str().unwrap();
+    let first = ok(&run(sh, &["--shard", "1/2"]));
+    assert!(
+        first.contains("4 runs trained") && first.contains("wait for rungs"),
+        "{first}"
+    );
+    let second = ok(&run(sh, &["--shard", "2/2"]));
+    assert!(
+        second.contains("8 runs trained") && !second.contains("wait for rungs"),
+        "{second}"
+    );
+    let rerun = ok(&run(sh, &["--shard", "1/2"]));
+    assert!(rerun.contains("4 runs trained"), "{rerun}");
+    ok(&run(sh, &["--collect"]));
+    let mut a = column(&rows, "config_hash");
+    let mut b = column(&csv_rows(&sharded.join("results.csv")), "config_hash");
+    a.sort();
+    b.sort();
+    assert_eq!(a, b);
 }

@@ -15,6 +15,10 @@ pub struct Args {
     /// Replicates per configuration (seeds 0..N); differences are paired by seed.
     #[arg(long, default_value_t = 1)]
     pub seeds: usize,
+    /// Seeds that train the whole grid and choose each loss's lr (and CE's alpha) by mean held-out AP;
+    /// the other seeds train the chosen settings only (default: the spec's, 1).
+    #[arg(long)]
+    pub tune_seeds: Option<usize>,
     /// Where the rungs' datasets are generated and cached (default: $FL_LAB_DATA, else ./data).
     #[arg(long)]
     pub data_root: Option<PathBuf>,
@@ -70,6 +74,7 @@ pub fn run(args: Args, quiet: bool) -> Result<()> {
         spec: args.spec.clone(),
         preset: args.preset.clone(),
         seeds: args.seeds,
+        tune_seeds: args.tune_seeds,
         overrides,
         lrs: args.lrs.clone(),
         ce_alphas: args.ce_alphas.clone(),
@@ -106,6 +111,12 @@ pub fn run(args: Args, quiet: bool) -> Result<()> {
             outcome.progress.reused,
             opts.out.display()
         );
+        if outcome.waiting > 0 {
+            println!(
+                "{} runs of the later seeds wait for rungs whose grid other shards are still training: run this shard again once they finish",
+                outcome.waiting
+            );
+        }
         return Ok(());
     };
     println!(

@@ -152,7 +152,19 @@ pub fn collect(spec: &ExperimentSpec, jobs: &[Job], out: &Path) -> Result<Collec
 
 /// The records of an earlier `results.csv`, keyed by (config hash, seed); none if it does not
 /// exist. A file that exists but cannot be read is an error, never a silently emptied table.
-pub fn earlier_records(path: &Path) -> Result<HashMap<(String, u64), RunRecord>> {
+pub fn earlier_records(path: &Path) -> Result<HashMap<RunKey, RunRecord>> {
+    Ok(earlier_rows(path, &[])?
+        .into_iter()
+        .map(|(key, (record, _))| (key, record))
+        .collect())
+}
+
+/// A run's key in a results table: (config hash, seed).
+pub type RunKey = (String, u64);
+
+/// As [`earlier_records`], with the values of the numeric columns `extra` of each row beside its
+/// record (in that order), for tables that hold more than a run record.
+pub fn earlier_rows(path: &Path, extra: &[&str]) -> Result<HashMap<RunKey, (RunRecord, Vec<f64>)>> {
     let mut out = HashMap::new();
     if !path.exists() {
         return Ok(out);
@@ -172,6 +184,7 @@ pub fn earlier_records(path: &Path) -> Result<HashMap<(String, u64), RunRecord>>
     let names: Vec<&str> = ["config_hash", "seed"]
         .into_iter()
         .chain(RECORD_COLUMNS)
+        .chain(extra.iter().copied())
         .collect();
     let cols: Vec<usize> = names.iter().map(|c| column(c)).collect::<Result<_>>()?;
     for (line, rec) in reader.records().enumerate() {
@@ -182,7 +195,15 @@ pub fn earlier_records(path: &Path) -> Result<HashMap<(String, u64), RunRecord>>
                 .parse()
                 .with_context(|| format!("row {}: {} = '{}'", line + 2, names[i], field(i)))
         };
-        let parsed = (|| -> Result<((String, u64), RunRecord)> {
+        // Losses and positives of a diverged run may be written as an empty field.
+        let parse_nullable = |i: usize| -> Result<f64> {
+            if field(i).is_empty() {
+                Ok(f64::NAN)
+            } else {
+                parse_f(i)
+            }
+        };
+        let parsed = (|| -> Result<(RunKey, (RunRecord, Vec<f64>))> {
             let key = (field(0).to_string(), parse_f(1)? as u64);
             let record = RunRecord {
                 ap: parse_f(2)?,
@@ -191,9 +212,9 @@ pub fn earlier_records(path: &Path) -> Result<HashMap<(String, u64), RunRecord>>
                 aps: parse_f(5)?,
                 apm: parse_f(6)?,
                 apl: parse_f(7)?,
-                final_loss_cls: parse_f(8)?,
-                final_loss_box: parse_f(9)?,
-                positives_per_image: parse_f(10)?,
+                final_loss_cls: parse_nullable(8)?,
+                final_loss_box: parse_nullable(9)?,
+                positives_per_image: parse_nullable(10)?,
                 iterations: parse_f(11)? as usize,
                 wall_seconds: parse_f(12)?,
                 device: field(13).to_string(),
@@ -201,7 +222,10 @@ pub fn earlier_records(path: &Path) -> Result<HashMap<(String, u64), RunRecord>>
                 version: field(15).to_string(),
                 git_revision: field(16).to_string(),
             };
-            Ok((key, record))
+            let extras = (2 + RECORD_COLUMNS.len()..names.len())
+                .map(parse_f)
+                .collect::<Result<Vec<f64>>>()?;
+            Ok((key, (record, extras)))
         })()
         .with_context(what)?;
         out.insert(parsed.0, parsed.1);
@@ -372,5 +396,37 @@ mod tests {
         assert_eq!(s.mean, 2.5);
         assert!((s.std - (5.0f64 / 3.0).sqrt()).abs() < 1e-12);
         assert_eq!(Stat::of(&[7.0]).std, 0.0);
+    }
+
+    #[test]
+    fn earlier_rows_read_extra_columns_and_empty_losses_of_diverged_runs() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("results.csv");
+        let header = ["config_hash", "seed", "holdout_ap"]
+            .into_iter()
+            .chain(RECORD_COLUMNS)
+            .collect::<Vec<_>>()
+            .join(",");
+        let ok_row =
+            "abc,2,0.25,0.4,0.6,0.45,0.1,0.4,0.5,0.3,0.2,12.5,1200,99.5,cpu,false,0.1.0,deadbeef";
+        let diverged = "def,0,0,0,0,0,0,0,0,,,,40,3.0,cpu,true,0.1.0,deadbeef";
+        std::fs::write(&path, format!("{header}\n{ok_row}\n{diverged}\n")).unwrap();
+        let rows = earlier_rows(&path, &["holdout_ap"]).unwrap();
+        let (r, extra) = &rows[&("abc".to_string(), 2)];
+        assert_eq!(
+            (r.ap, r.iterations, extra.as_slice()),
+            (0.4, 1200, &[0.25][..])
+        );
+        let (d, _) = &rows[&("def".to_string(), 0)];
+        assert!(d.diverged && d.final_loss_cls.is_nan() && d.positives_per_image.is_nan());
+        // an empty AP is not a diverged run's loss: it is an error naming the field
+        std::fs::write(
+            &path,
+            format!("{header}\n{}\n", ok_row.replace(",0.4,0.6,", ",,0.6,")),
+        )
+        .unwrap();
+        let err = format!("{:#}", earlier_rows(&path, &["holdout_ap"]).unwrap_err());
+        assert!(err.contains("ap = ''"), "{err}");
+        assert!(format!("{:#}", earlier_rows(&path, &["nope"]).unwrap_err()).contains("'nope'"));
     }
 }

@@ -488,11 +488,15 @@ pub fn summary_md(spec: &ImbalanceSpec, ladder: &Ladder, note: &str) -> String {
             if per_seed.is_empty() { "–".into() } else { per_seed },
         );
     }
+    let tuned_on = match ladder.tune_seeds {
+        1 => "seed 0".to_string(),
+        n => format!("seeds 0-{}", n - 1),
+    };
     let _ = writeln!(
         t,
         "\nAP in points (COCO AP@[.5:.95] x 100) on the validation split; ± is the sample standard deviation over seeds. \
-         Each loss's lr (and CE's alpha) is the one with the highest mean AP on the held-out training images; every run's \
-         held-out and validation AP is in `results.csv`.\n"
+         Each loss's lr (and CE's alpha) is the one with the highest mean AP on the held-out training images over \
+         {tuned_on}, which trained the whole grid; every run's held-out and validation AP is in `results.csv`.\n"
     );
     let _ = writeln!(
         t,

@@ -19,6 +19,17 @@ pub struct HoldoutRecord {
     pub ap75: f64,
 }
 
+impl HoldoutRecord {
+    /// A run known only from a table row, which keeps the held-out AP alone.
+    pub fn ap_only(ap: f64) -> Self {
+        HoldoutRecord {
+            ap,
+            ap50: f64::NAN,
+            ap75: f64::NAN,
+        }
+    }
+}
+
 pub const HOLDOUT_FILE: &str = "holdout.json";
 
 /// Reads a finished run's held-out AP.

@@ -12,13 +12,15 @@ pub mod select;
 
 use crate::config::Config;
 use crate::data::shapes::ShapesConfig;
+use crate::experiments::collect::earlier_rows;
 use crate::experiments::runner::{
     read_record, run_dir, run_jobs, Job, Shard, SweepProgress, Workers,
 };
 use crate::experiments::spec::preset_text;
 use anyhow::{bail, Context, Result};
+use executor::HoldoutRecord;
 use serde::Deserialize;
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::{Path, PathBuf};
 
 /// The built-in ladder.
@@ -38,6 +40,10 @@ pub struct ImbalanceSpec {
     /// Seed of the dataset generator (the same for every rung).
     #[serde(default)]
     pub data_seed: u64,
+    /// The grid is trained with the first this many seeds, which choose each loss's setting; the
+    /// other seeds train the chosen settings only.
+    #[serde(default = "default_tune_seeds")]
+    pub tune_seeds: usize,
     /// Images per rung by preset name; `default` for any other preset.
     pub images: BTreeMap<String, ImageCounts>,
     #[serde(default)]
@@ -81,6 +87,10 @@ pub struct Rung {
 
 fn default_size() -> usize {
     128
+}
+
+fn default_tune_seeds() -> usize {
+    1
 }
 
 impl Rung {
@@ -135,6 +145,9 @@ impl ImbalanceSpec {
         }
         check_lrs(&self.lrs)?;
         check_alphas(&self.ce_alphas)?;
+        if self.tune_seeds == 0 {
+            bail!("tune_seeds: at least one seed must train the whole grid");
+        }
         let fl_ok = (0.0..=1.0).contains(&self.fl.alpha) && (0.0..100.0).contains(&self.fl.gamma);
         if !fl_ok {
             bail!(
@@ -338,6 +351,8 @@ pub struct ImbalanceOptions {
     pub preset: String,
     pub seeds: usize,
     pub overrides: Vec<String>,
+    /// Seeds that train the whole grid (`--tune-seeds`; default: the spec's).
+    pub tune_seeds: Option<usize>,
     /// Replace the spec's grids when not empty.
     pub lrs: Vec<f64>,
     pub ce_alphas: Vec<f64>,
@@ -359,8 +374,11 @@ pub struct ImbalanceOptions {
 /// What a sweep did.
 #[derive(Debug, Clone)]
 pub struct ImbalanceOutcome {
+    /// Runs the sweep needs: the grid for the tuning seeds, the two chosen settings per rung for the others.
     pub jobs: usize,
     pub progress: SweepProgress,
+    /// Runs of the other seeds not started because their rung's grid has not finished (other shards).
+    pub waiting: usize,
     pub collected: Option<select::Ladder>,
 }
 
@@ -378,6 +396,12 @@ pub fn resolve_spec(opts: &ImbalanceOptions) -> Result<(ImbalanceSpec, ImageCoun
         check_alphas(&opts.ce_alphas).context("--ce-alphas")?;
         spec.ce_alphas = opts.ce_alphas.clone();
     }
+    if let Some(n) = opts.tune_seeds {
+        if n == 0 {
+            bail!("--tune-seeds must be at least 1");
+        }
+        spec.tune_seeds = n;
+    }
     let mut counts = spec.counts(&opts.preset);
     counts.train = opts.train_images.unwrap_or(counts.train);
     counts.holdout = opts.holdout_images.unwrap_or(counts.holdout);
@@ -388,8 +412,10 @@ pub fn resolve_spec(opts: &ImbalanceOptions) -> Result<(ImbalanceSpec, ImageCoun
     Ok((spec, counts))
 }
 
-/// Prepares the ladder's datasets, runs (this shard of) the grid and, when the whole sweep is local
-/// or `collect_only` is set, measures each rung, chooses each loss's settings and writes the report.
+/// Prepares the ladder's datasets and runs (this shard of) the sweep in two phases: the whole grid
+/// for the tuning seeds; then, on every rung whose grid has finished, each loss's chosen setting for
+/// the other seeds. When the whole sweep is local or `collect_only` is set, it measures each rung and
+/// writes the report.
 pub fn run_ladder(
     opts: &ImbalanceOptions,
     executor_for: &dyn Fn(
@@ -420,35 +446,120 @@ pub fn run_ladder(
         })
         .collect::<Result<Vec<_>>>()?;
     let jobs = expand(&spec, &data, &preset, &overrides, opts.seeds)?;
+    let tune_seeds = spec.tune_seeds.min(opts.seeds);
     std::fs::create_dir_all(&opts.out)
         .with_context(|| format!("cannot create {}", opts.out.display()))?;
+    // Runs kept only as rows of the table (their folders were not committed) count as finished.
+    let earlier = earlier_rows(&opts.out.join("results.csv"), &["holdout_ap"])?;
+    let recorded: HashSet<(String, u64)> = earlier.keys().cloned().collect();
+    let outcome_of = |j: &LadderJob| -> Result<Option<select::Outcome>> {
+        let dir = run_dir(&opts.out, &j.job);
+        let found = match (read_record(&dir)?, executor::read_holdout(&dir)?) {
+            (Some(record), Some(holdout)) => Some((record, holdout)),
+            _ => earlier
+                .get(&(j.job.hash.clone(), j.job.seed))
+                .map(|(record, extra)| (record.clone(), HoldoutRecord::ap_only(extra[0]))),
+        };
+        Ok(found.map(|(record, holdout)| select::Outcome {
+            rung: j.rung,
+            candidate: j.candidate,
+            job: j.job.clone(),
+            record,
+            holdout,
+        }))
+    };
+    let executor = (!opts.collect_only).then(|| {
+        executor_for(
+            data.iter()
+                .map(|d| (d.tune_train.display().to_string(), d.clone()))
+                .collect(),
+        )
+    });
+    let workers = Workers::new(opts.jobs)?;
     let mut progress = SweepProgress::default();
-    if !opts.collect_only {
-        let by_source = data
-            .iter()
-            .map(|d| (d.tune_train.display().to_string(), d.clone()))
-            .collect();
-        let executor = executor_for(by_source);
-        let mine = opts
-            .shard
-            .take(jobs.iter().map(|j| j.job.clone()).collect());
-        let workers = Workers::new(opts.jobs)?;
-        progress = run_jobs(
-            &mine,
-            &opts.out,
-            &Default::default(),
-            executor.as_ref(),
-            workers,
-            quiet,
-        )?;
+    let mut run_phase = |phase: Vec<Job>| -> Result<()> {
+        if let Some(executor) = &executor {
+            let p = run_jobs(
+                &phase,
+                &opts.out,
+                &recorded,
+                executor.as_ref(),
+                workers,
+                quiet,
+            )?;
+            progress.reused += p.reused;
+            progress.trained += p.trained;
+            progress.diverged += p.diverged;
+        }
+        Ok(())
+    };
+
+    let tuning: Vec<&LadderJob> = jobs
+        .iter()
+        .filter(|j| j.job.seed < tune_seeds as u64)
+        .collect();
+    run_phase(
+        opts.shard
+            .take(tuning.iter().map(|j| j.job.clone()).collect()),
+    )?;
+    let mut outcomes = Vec::new();
+    let mut missing = 0;
+    for j in &tuning {
+        match outcome_of(j)? {
+            Some(o) => outcomes.push(o),
+            None => missing += 1,
+        }
     }
+    // Each rung's chosen settings, once its whole grid has finished.
+    let chosen: Vec<Option<[Candidate; 2]>> = (0..spec.rungs.len())
+        .map(|r| {
+            let complete = tuning.iter().filter(|j| j.rung == r).all(|j| {
+                outcomes
+                    .iter()
+                    .any(|o| o.job.hash == j.job.hash && o.job.seed == j.job.seed)
+            });
+            let pick = |f| select::choose(&outcomes, r, f, tune_seeds).map(|c| c.candidate);
+            match (complete, pick(Family::Fl), pick(Family::Ce)) {
+                (true, Some(fl), Some(ce)) => Some([fl, ce]),
+                _ => None,
+            }
+        })
+        .collect();
+    let later_seeds = opts.seeds - tune_seeds;
+    let waiting = 2 * later_seeds * chosen.iter().filter(|c| c.is_none()).count();
+    let confirming: Vec<&LadderJob> = jobs
+        .iter()
+        .filter(|j| j.job.seed >= tune_seeds as u64)
+        .filter(|j| chosen[j.rung].is_some_and(|c| c.contains(&j.candidate)))
+        .collect();
+    // Dealt by a slot that does not depend on which rungs have finished, so that shards started at
+    // different times never train the same run.
+    let slot = |j: &LadderJob| {
+        let family = usize::from(j.candidate.family == Family::Ce);
+        ((j.job.seed as usize - tune_seeds) * spec.rungs.len() + j.rung) * 2 + family
+    };
+    let mine = confirming
+        .iter()
+        .filter(|j| slot(j) % opts.shard.count == opts.shard.index)
+        .map(|j| j.job.clone())
+        .collect();
+    run_phase(mine)?;
+    let planned = tuning.len() + 2 * later_seeds * spec.rungs.len();
     if !(opts.collect_only || opts.shard.count == 1) {
         return Ok(ImbalanceOutcome {
-            jobs: jobs.len(),
+            jobs: planned,
             progress,
+            waiting,
             collected: None,
         });
     }
+    for j in &confirming {
+        match outcome_of(j)? {
+            Some(o) => outcomes.push(o),
+            None => missing += 1,
+        }
+    }
+    missing += waiting;
     let mut rungs = Vec::new();
     for (r, rung) in spec.rungs.iter().enumerate() {
         let cfg = &jobs
@@ -463,33 +574,19 @@ pub fn run_ladder(
             imbalance: ladder::measure(cfg, &data[r].tune_train)?,
         });
     }
-    let mut outcomes = Vec::new();
-    let mut missing = 0;
-    for j in &jobs {
-        let dir = run_dir(&opts.out, &j.job);
-        match (read_record(&dir)?, executor::read_holdout(&dir)?) {
-            (Some(record), Some(holdout)) => outcomes.push(select::Outcome {
-                rung: j.rung,
-                candidate: j.candidate,
-                job: j.job.clone(),
-                record,
-                holdout,
-            }),
-            _ => missing += 1,
-        }
-    }
-    let ladder = select::Ladder::build(rungs, outcomes, missing, opts.seeds);
+    let ladder = select::Ladder::build(rungs, outcomes, missing, opts.seeds, tune_seeds);
     let schedule = &jobs[0].job.config.schedule;
     let note = format!(
         "{} Schedule: {} iterations of batch {}.",
-        context_note(&spec, &counts, &preset_origin, &overrides),
+        context_note(&spec, &counts, tune_seeds, &preset_origin, &overrides),
         schedule.iterations,
         schedule.batch_size
     );
     crate::report::imbalance::write_all(&spec, &ladder, &opts.out, &note)?;
     Ok(ImbalanceOutcome {
-        jobs: jobs.len(),
+        jobs: planned,
         progress,
+        waiting,
         collected: Some(ladder),
     })
 }
@@ -521,6 +618,7 @@ pub fn schedule_overrides(s: &crate::config::ScheduleConfig, n: usize) -> Result
 fn context_note(
     spec: &ImbalanceSpec,
     counts: &ImageCounts,
+    tune_seeds: usize,
     preset_origin: &str,
     overrides: &[String],
 ) -> String {
@@ -533,13 +631,17 @@ fn context_note(
     let mut note = format!(
         "Training preset: {preset_origin}. FL: gamma {}, alpha {}; CE: alpha in {{{}}}; learning rates {{{}}} for both. \
          Per rung: {} training images, of which the last {} are held out to choose each loss's lr (and CE's alpha) \
-         by mean AP over seeds; every run trains on the other {}; AP is reported on {} validation images.",
+         by mean AP over {}; every run trains on the other {}; AP is reported on {} validation images.",
         spec.fl.gamma,
         spec.fl.alpha,
         list(&spec.ce_alphas),
         list(&spec.lrs),
         counts.train,
         counts.holdout,
+        match tune_seeds {
+            1 => "seed 0 (the other seeds train the chosen settings only)".to_string(),
+            n => format!("seeds 0-{} (the other seeds train the chosen settings only)", n - 1),
+        },
         counts.train - counts.holdout,
         counts.val,
     );

@@ -31,7 +31,7 @@ pub struct Outcome {
 #[derive(Debug, Clone)]
 pub struct Choice {
     pub candidate: Candidate,
-    /// Mean held-out AP over the setting's finished seeds (what it was chosen by).
+    /// Mean held-out AP over the setting's finished tuning seeds (what it was chosen by).
     pub holdout_ap: f64,
     /// Validation AP over seeds.
     pub ap: Stat,
@@ -70,17 +70,26 @@ pub struct Ladder {
     pub outcomes: Vec<Outcome>,
     pub missing: usize,
     pub seeds: usize,
+    /// Seeds 0..tune_seeds trained the whole grid and chose the settings.
+    pub tune_seeds: usize,
     pub crossings: Vec<Crossing>,
 }
 
-/// The best setting of `family` on `rung` by mean held-out AP (ties: the first in grid order).
-pub fn choose(outcomes: &[Outcome], rung: usize, family: Family) -> Option<Choice> {
+/// The best setting of `family` on `rung` by mean held-out AP over the tuning seeds (ties: the first
+/// in grid order); its validation AP is reported over every seed it finished.
+pub fn choose(
+    outcomes: &[Outcome],
+    rung: usize,
+    family: Family,
+    tune_seeds: usize,
+) -> Option<Choice> {
     let mine: Vec<&Outcome> = outcomes
         .iter()
         .filter(|o| o.rung == rung && o.candidate.family == family)
         .collect();
+    let tuning = |o: &&&Outcome| o.job.seed < tune_seeds as u64;
     let mut settings: Vec<Candidate> = Vec::new();
-    for o in &mine {
+    for o in mine.iter().filter(tuning) {
         if !settings.contains(&o.candidate) {
             settings.push(o.candidate);
         }
@@ -88,7 +97,11 @@ pub fn choose(outcomes: &[Outcome], rung: usize, family: Family) -> Option<Choic
     let runs_of =
         |c: &Candidate| -> Vec<&&Outcome> { mine.iter().filter(|o| o.candidate == *c).collect() };
     let mean_holdout = |c: &Candidate| {
-        let runs = runs_of(c);
+        let runs: Vec<&&Outcome> = mine
+            .iter()
+            .filter(tuning)
+            .filter(|o| o.candidate == *c)
+            .collect();
         runs.iter().map(|o| o.holdout.ap).sum::<f64>() / runs.len() as f64
     };
     let mut best: Option<(Candidate, f64)> = None;
@@ -118,13 +131,14 @@ impl Ladder {
         outcomes: Vec<Outcome>,
         missing: usize,
         seeds: usize,
+        tune_seeds: usize,
     ) -> Ladder {
         let mut rungs: Vec<RungResult> = infos
             .into_iter()
             .enumerate()
             .map(|(r, info)| {
-                let fl = choose(&outcomes, r, Family::Fl);
-                let ce = choose(&outcomes, r, Family::Ce);
+                let fl = choose(&outcomes, r, Family::Fl, tune_seeds);
+                let ce = choose(&outcomes, r, Family::Ce, tune_seeds);
                 let diffs: Vec<f64> = match (&fl, &ce) {
                     (Some(f), Some(c)) => f
                         .per_seed
@@ -154,6 +168,7 @@ impl Ladder {
             outcomes,
             missing,
             seeds,
+            tune_seeds,
             crossings,
         }
     }
@@ -268,12 +283,12 @@ mod tests {
             outcome(0, Fl, 0.25, 0.01, 0, 0.1, 0.35),
             outcome(0, Fl, 0.25, 0.01, 1, 0.1, 0.31),
         ];
-        let c = choose(&o, 0, Ce).unwrap();
+        let c = choose(&o, 0, Ce, 2).unwrap();
         assert_eq!((c.candidate.alpha, c.candidate.lr), (0.75, 0.02));
         assert!((c.holdout_ap - 0.29).abs() < 1e-12);
         assert_eq!(c.per_seed, vec![(0, 0.30), (1, 0.34)]);
-        assert!(choose(&o, 1, Ce).is_none());
-        let ladder = Ladder::build(vec![info(100)], o, 0, 2);
+        assert!(choose(&o, 1, Ce, 2).is_none());
+        let ladder = Ladder::build(vec![info(100)], o, 0, 2, 2);
         let r = &ladder.rungs[0];
         // paired by seed: .35 - .30, .31 - .34
         assert!((r.diffs[0] - 0.05).abs() < 1e-12 && (r.diffs[1] + 0.03).abs() < 1e-12);
@@ -289,7 +304,7 @@ mod tests {
             o.push(outcome(rung, Fl, 0.25, 0.01, 0, 0.5, 0.3 + diff));
             o.push(outcome(rung, Ce, 0.75, 0.01, 0, 0.5, 0.3));
         }
-        let ladder = Ladder::build(vec![info(1000), info(10), info(100)], o, 0, 1);
+        let ladder = Ladder::build(vec![info(1000), info(10), info(100)], o, 0, 1, 1);
         let ratios: Vec<f64> = ladder
             .rungs
             .iter()
