@@ -2,7 +2,7 @@
 //! (AP(FL) - AP(CE), and both APs, against the measured ratio on a log axis) and `summary.md`.
 
 use super::plot::PALETTE;
-use crate::experiments::imbalance::select::{Choice, Ladder};
+use crate::experiments::imbalance::select::{Choice, Ladder, LEARNED_AP};
 use crate::experiments::imbalance::{Family, ImbalanceSpec};
 use anyhow::{anyhow, Context, Result};
 use plotters::prelude::*;
@@ -419,6 +419,21 @@ pub fn crossover_text(ladder: &Ladder) -> String {
             "{} of {} rungs differ by more than the seed spread; {spread_text}.",
             with.iter().filter(|r| beyond(r)).count(),
             with.len()
+        );
+    }
+    let unlearned: Vec<String> = with
+        .iter()
+        .filter(|r| r.neither_learned())
+        .map(|r| format!("'{}'", r.info.label))
+        .collect();
+    if !unlearned.is_empty() {
+        let _ = write!(
+            t,
+            " Neither loss reaches {} AP at {}: the detectors have barely learned {} in this schedule, so the sign \
+             there says little about the losses (a longer `--iterations` may).",
+            pts(LEARNED_AP),
+            unlearned.join(", "),
+            if unlearned.len() == 1 { "that rung" } else { "those rungs" }
         );
     }
     t

@@ -51,6 +51,18 @@ pub struct RungResult {
     pub diff: Stat,
 }
 
+/// Validation AP (a fraction) below which a loss has barely learned a rung within its schedule.
+pub const LEARNED_AP: f64 = 0.05;
+
+impl RungResult {
+    /// Both losses were compared here but neither chosen setting reached [`LEARNED_AP`] on average:
+    /// the sign of their difference says little about the losses, only that training was too short.
+    pub fn neither_learned(&self) -> bool {
+        let ap = |c: &Option<Choice>| c.as_ref().map_or(0.0, |c| c.ap.mean);
+        !self.diffs.is_empty() && ap(&self.fl).max(ap(&self.ce)) < LEARNED_AP
+    }
+}
+
 /// Where the difference changes sign between two adjacent rungs (by measured ratio).
 #[derive(Debug, Clone, PartialEq)]
 pub struct Crossing {
@@ -312,9 +324,27 @@ mod tests {
             .collect();
         assert_eq!(ratios, vec![10.0, 100.0, 1000.0]);
         assert_eq!(ladder.crossings.len(), 1);
+        assert!(ladder.rungs.iter().all(|r| !r.neither_learned()));
         let c = &ladder.crossings[0];
         assert_eq!((c.below, c.above, c.fl_overtakes), (0, 1, true));
         // halfway between log 10 and log 100
         assert!((c.ratio - 1000f64.sqrt()).abs() < 1e-9, "{}", c.ratio);
+    }
+
+    #[test]
+    fn a_rung_where_both_losses_stay_below_5_ap_is_flagged() {
+        use Family::*;
+        let o = vec![
+            outcome(0, Fl, 0.25, 0.01, 0, 0.02, 0.049),
+            outcome(0, Ce, 0.75, 0.01, 0, 0.01, 0.01),
+            // one loss above the bar is enough
+            outcome(1, Fl, 0.25, 0.01, 0, 0.02, 0.02),
+            outcome(1, Ce, 0.75, 0.01, 0, 0.30, 0.05),
+            // FL alone: nothing was compared
+            outcome(2, Fl, 0.25, 0.01, 0, 0.02, 0.02),
+        ];
+        let ladder = Ladder::build(vec![info(10), info(100), info(1000)], o, 1, 1, 1);
+        let flags: Vec<bool> = ladder.rungs.iter().map(|r| r.neither_learned()).collect();
+        assert_eq!(flags, vec![true, false, false]);
     }
 }
