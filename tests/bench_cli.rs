@@ -43,14 +43,17 @@ fn times_a_builtin_preset_and_a_file_from_any_folder() {
     assert_eq!(v["num_classes"], 3);
     let times = &v["times"];
     let total = times["total_ms"].as_f64().unwrap();
-    let parts: f64 = ["forward_ms", "backward_ms", "optimizer_ms"]
-        .iter()
-        .map(|k| times[k].as_f64().unwrap())
-        .sum();
-    assert!(
-        total > 0.0 && parts > 0.0 && parts <= total * 1.0001,
-        "{times}"
-    );
+    // Forward and backward are each the slowest batch part's, and the parts run side by side, so
+    // their sum may exceed the step; each of them, with the update after it, may not.
+    let part = |k: &str| times[k].as_f64().unwrap();
+    let optimizer = part("optimizer_ms");
+    assert!(total > 0.0 && optimizer > 0.0, "{times}");
+    for k in ["forward_ms", "backward_ms"] {
+        assert!(
+            part(k) > 0.0 && part(k) + optimizer <= total * 1.0001,
+            "{k}: {times}"
+        );
+    }
 
     let file = t.path().join("mine.toml");
     std::fs::write(
