@@ -7,7 +7,9 @@
 //! rayon thread and each product runs single-threaded inside its chunk: `gemm` only splits products
 //! far larger than one image's, so leaving parallelism to it would keep one core idle. The im2col
 //! buffer, the masked output gradient and the partial weight gradient live in per-thread scratch
-//! that is reused from call to call, so steady-state training allocates only the outputs.
+//! that is reused from call to call, so steady-state training allocates only the outputs. Two
+//! schemes replace the im2col product where they pay: `shifted` (no im2col matrix, on maps 8
+//! wide and more) and `grouped` (one product over several images, on maps under 8x8).
 //!
 //! Shapes: `x [N, C_in, H, W]`, `w [C_out, C_in, kh, kw]`, `b [C_out]`, `y [N, C_out, H_out, W_out]`,
 //! all contiguous NCHW.
@@ -18,8 +20,10 @@ use candle_core::{
     bail, CpuStorage, CustomOp2, CustomOp3, Device, Layout, Result, Shape, Storage, Tensor,
 };
 use gemm::Parallelism;
+use grouped::GroupGrads;
 use rayon::prelude::*;
 
+mod grouped;
 mod shifted;
 
 /// The geometry of one convolution; everything else is derived from it.
@@ -135,25 +139,28 @@ impl TapTable {
         Self { offsets }
     }
 
-    /// `col [K, P]` from one image `x [C_in, H, W]`; padding becomes zeros.
-    fn im2col(&self, x: &[f32], g: &ConvGeom, col: &mut [f32]) {
+    /// `col [K, P]` from one image `x [C_in, H, W]`, row `r` at `col[r * ld..]`; padding becomes
+    /// zeros.
+    fn im2col(&self, x: &[f32], g: &ConvGeom, col: &mut [f32], ld: usize) {
         let (p, hw) = (g.p(), g.h * g.w);
-        let rows = col.chunks_exact_mut(p);
-        for (r, row) in rows.take(g.k()).enumerate() {
+        for r in 0..g.k() {
             let (c, tap) = (r / (g.kh * g.kw), r % (g.kh * g.kw));
             let xc = &x[c * hw..(c + 1) * hw];
+            let row = &mut col[r * ld..r * ld + p];
             for (o, &off) in row.iter_mut().zip(&self.offsets[tap * p..(tap + 1) * p]) {
                 *o = xc.get(off as usize).copied().unwrap_or(0.0);
             }
         }
     }
 
-    /// Scatter-adds `col [K, P]` back into one image `dx [C_in, H, W]` (which the caller zeroed).
-    fn col2im(&self, col: &[f32], g: &ConvGeom, dx: &mut [f32]) {
+    /// Scatter-adds `col [K, P]` (row `r` at `col[r * ld..]`) back into one image
+    /// `dx [C_in, H, W]` (which the caller zeroed).
+    fn col2im(&self, col: &[f32], g: &ConvGeom, dx: &mut [f32], ld: usize) {
         let (p, hw) = (g.p(), g.h * g.w);
-        for (r, row) in col.chunks_exact(p).take(g.k()).enumerate() {
+        for r in 0..g.k() {
             let (c, tap) = (r / (g.kh * g.kw), r % (g.kh * g.kw));
             let dxc = &mut dx[c * hw..(c + 1) * hw];
+            let row = &col[r * ld..r * ld + p];
             for (v, &off) in row.iter().zip(&self.offsets[tap * p..(tap + 1) * p]) {
                 if let Some(d) = dxc.get_mut(off as usize) {
                     *d += *v;
@@ -163,10 +170,10 @@ impl TapTable {
     }
 }
 
-/// The gather table of a convolution that goes through an im2col matrix: neither pointwise nor
-/// on the shifted-plane path.
-fn im2col_table(g: &ConvGeom) -> Option<TapTable> {
-    (!g.is_pointwise() && !shifted::applies(g)).then(|| TapTable::new(g))
+/// The gather table of a convolution that goes through an im2col matrix: not on the
+/// shifted-plane path, and not pointwise unless its images are grouped (`group > 1`).
+fn image_table(g: &ConvGeom, group: usize) -> Option<TapTable> {
+    (group > 1 || !g.is_pointwise() && !shifted::applies(g)).then(|| TapTable::new(g))
 }
 
 /// The im2col matrix of one image (written into `col`), or the image itself for a pointwise
@@ -179,7 +186,7 @@ fn image_cols<'a>(
 ) -> &'a [f32] {
     match table {
         Some(t) => {
-            t.im2col(xn, g, col);
+            t.im2col(xn, g, col, g.p());
             col
         }
         None => xn,
@@ -328,9 +335,12 @@ pub fn forward(
         return Ok(y);
     }
     let (per, par) = plan(g.n);
-    let table = im2col_table(g);
+    let group = grouped::group_len(g, per);
+    let table = image_table(g, group);
     let lens = if shifted::applies(g) {
         [shifted::padded_len(g), g.c_out * shifted::wide_len(g)]
+    } else if group > 1 {
+        grouped::scratch_lens(g, group)
     } else if g.is_pointwise() {
         [0; 2]
     } else {
@@ -348,6 +358,16 @@ pub fn forward(
         .enumerate()
         .for_each(|(t, ys)| {
             with_scratch(lens, |col, wide| {
+                if group > 1 {
+                    let t0 = t * per * g.in_len();
+                    let xs = &x[t0..t0 + ys.len() / g.out_len() * g.in_len()];
+                    let table = table.as_ref().expect("grouped convolutions have a table");
+                    let groups = xs.chunks(group * g.in_len());
+                    for (xg, yg) in groups.zip(ys.chunks_mut(group * g.out_len())) {
+                        grouped::forward_group(table, xg, w, g, col, wide, yg, par, bias_act);
+                    }
+                    return;
+                }
                 for (i, yn) in ys.chunks_mut(g.out_len()).enumerate() {
                     let img = t * per + i;
                     let xn = &x[img * g.in_len()..(img + 1) * g.in_len()];
@@ -435,10 +455,13 @@ pub fn backward(
     let (per, par) = plan(g.n);
     let tasks = g.n.div_ceil(per);
     let use_shifted = shifted::applies(g);
-    let table = im2col_table(g);
+    let group = grouped::group_len(g, per);
+    let table = image_table(g, group);
     let dw_len = if needs.weight { g.c_out * k } else { 0 };
     let lens = if use_shifted {
         [shifted::padded_len(g), g.c_out * shifted::wide_len(g)]
+    } else if group > 1 {
+        grouped::scratch_lens(g, group)
     } else {
         let col_len = if g.is_pointwise() { 0 } else { k * p };
         let mask_len = if relu_out.is_some() { g.out_len() } else { 0 };
@@ -462,6 +485,36 @@ pub fn backward(
                 let mut dw = vec![0f32; dw_len];
                 let mut db = vec![0f64; if needs.bias { g.c_out } else { 0 }];
                 let imgs = (t * per)..((t + 1) * per).min(g.n);
+                if group > 1 {
+                    let table = table.as_ref().expect("grouped convolutions have a table");
+                    let (il, ol) = (g.in_len(), g.out_len());
+                    for (gi, a) in imgs.clone().step_by(group).enumerate() {
+                        let b = (a + group).min(imgs.end);
+                        let out = GroupGrads {
+                            dw: &mut dw,
+                            first: gi == 0,
+                            db: &mut db,
+                            dx: dxs
+                                .as_deref_mut()
+                                .map(|d| &mut d[(a - imgs.start) * il..(b - imgs.start) * il]),
+                        };
+                        let rs = relu_out.map(|r| &r[a * ol..b * ol]);
+                        let xs = &x[a * il..b * il];
+                        grouped::backward_group(
+                            table,
+                            xs,
+                            w,
+                            &dy[a * ol..b * ol],
+                            rs,
+                            g,
+                            needs,
+                            (col, mask),
+                            out,
+                            par,
+                        );
+                    }
+                    return (dw, db);
+                }
                 for (i, img) in imgs.enumerate() {
                     let xn = &x[img * g.in_len()..(img + 1) * g.in_len()];
                     let out = img * g.out_len()..(img + 1) * g.out_len();
@@ -511,7 +564,7 @@ pub fn backward(
                             Some(t) => {
                                 // The im2col matrix is no longer needed: its buffer holds dcol.
                                 matmul(col, (k, p, g.c_out), lhs, Mat::rm(dyn_, p), false, par);
-                                t.col2im(col, g, dxn);
+                                t.col2im(col, g, dxn, p);
                             }
                         }
                     }
@@ -888,6 +941,45 @@ mod tests {
                     relu,
                 };
                 check(&case, 100 * i as u64 + 10 * bias as u64 + relu as u64);
+            }
+        }
+    }
+
+    #[test]
+    fn small_maps_grouped_across_images_match_candle() {
+        // Maps under 8x8 run as one product over several images (`grouped`); with one thread a
+        // task holds the whole batch, with two about half. 7x7 maps (49 pixels) fit 5 images to a
+        // group, so 7 images make a full group and a partial one.
+        #[rustfmt::skip]
+        let cases = [
+            // n, c_in, h, w, c_out, k, stride, pad
+            (5, 9, 4, 4, 7, 3, 1, 1), (7, 6, 7, 7, 5, 3, 1, 1), (4, 10, 1, 1, 6, 3, 1, 1),
+            (6, 12, 2, 3, 9, 1, 1, 0), (5, 8, 4, 4, 11, 3, 2, 1), (3, 5, 3, 2, 4, 1, 2, 0),
+        ];
+        for threads in [1, 2] {
+            let pool = rayon::ThreadPoolBuilder::new()
+                .num_threads(threads)
+                .build()
+                .unwrap();
+            for (i, &(n, c_in, h, w, c_out, k, stride, pad)) in cases.iter().enumerate() {
+                for (bias, relu) in [(true, true), (false, false)] {
+                    let case = Case {
+                        n,
+                        c_in,
+                        h,
+                        w,
+                        c_out,
+                        k,
+                        stride,
+                        pad,
+                        bias,
+                        relu,
+                    };
+                    let g = ConvGeom::new(&[n, c_in, h, w], &[c_out, c_in, k, k], stride, pad);
+                    let per = n.div_ceil(threads);
+                    assert!(grouped::group_len(&g.unwrap(), per) > 1, "case {i}");
+                    pool.install(|| check(&case, 7000 + 10 * i as u64 + relu as u64));
+                }
             }
         }
     }
