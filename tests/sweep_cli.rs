@@ -291,4 +291,13 @@ set = ["loss.gamma=2.0"]
     assert!(stdout.contains("4 runs (2 reused, 2 trained"), "{stdout}");
     let img = image::open(out.join("heatmap.png")).unwrap();
     assert_eq!((img.width(), img.height()), (200 + 2 * 140, 200 + 2 * 90));
+
+    // --collect trains nothing and counts what it found
+    let mut wider = args.to_vec();
+    wider.extend(["--alphas", ".25,.5,.75", "--collect"]);
+    let stdout = ok(&fl_lab(&wider));
+    assert!(
+        stdout.contains("6 runs (4 collected, 2 not finished)"),
+        "{stdout}"
+    );
 }

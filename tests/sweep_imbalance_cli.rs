@@ -140,7 +140,11 @@ fn smoke_ladder_writes_its_files_and_resumes() {
         assert!(o.contains("4 runs trained"), "{o}");
     }
     assert!(!sharded.join("summary.csv").exists());
-    ok(&fl_lab(&smoke(root, sh, &["--collect"])));
+    let collected = ok(&fl_lab(&smoke(root, sh, &["--collect"])));
+    assert!(
+        collected.contains("8 runs (8 collected, 0 not finished)"),
+        "{collected}"
+    );
     let mut a = column(&results, "config_hash");
     let mut b = column(&csv_rows(&sharded.join("results.csv")), "config_hash");
     a.sort();

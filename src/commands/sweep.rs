@@ -71,7 +71,13 @@ pub fn run(name: &str, args: Args, quiet: bool) -> Result<()> {
     let outcome = run_experiment(name, &opts, &TrainAndEvaluate, quiet)?;
     match &outcome.collected {
         Some(c) => {
-            println!("{name}: {} runs ({} reused, {} trained, {} diverged)", outcome.jobs, outcome.progress.reused, outcome.progress.trained, outcome.progress.diverged);
+            let p = &outcome.progress;
+            let counts = if opts.collect_only {
+                format!("{} collected, {} not finished", c.rows.len(), c.missing)
+            } else {
+                format!("{} reused, {} trained, {} diverged", p.reused, p.trained, p.diverged)
+            };
+            println!("{name}: {} runs ({counts})", outcome.jobs);
             println!("{:<28} {:>5} {:>14} {:>9}", "variant", "runs", "AP (mean±std)", "paper AP");
             for s in &c.summaries {
                 let ours = if s.ap.mean.is_finite() {

@@ -119,10 +119,17 @@ pub fn run(args: Args, quiet: bool) -> Result<()> {
         }
         return Ok(());
     };
-    println!(
-        "sweep-imbalance: {} runs ({} reused, {} trained, {} diverged)",
-        outcome.jobs, outcome.progress.reused, outcome.progress.trained, outcome.progress.diverged
-    );
+    let p = &outcome.progress;
+    let counts = if opts.collect_only {
+        let found = ladder.outcomes.len();
+        format!("{found} collected, {} not finished", ladder.missing)
+    } else {
+        format!(
+            "{} reused, {} trained, {} diverged",
+            p.reused, p.trained, p.diverged
+        )
+    };
+    println!("sweep-imbalance: {} runs ({counts})", outcome.jobs);
     println!(
         "{:<24} {:>12} {:>14} {:>14} {:>14}",
         "rung", "neg:pos", "FL AP", "CE AP", "FL - CE"
