@@ -15,7 +15,7 @@ the PyTorch targets are fixed random labels with ~1% positives.
 Usage (from the repository root, after `cargo build --release`; bench/compare_torch.sh does both):
     python3 bench/torch_retinanet.py [--steps 20] [--rounds 3] [--threads 2] [--fl-lab target/release/fl-lab]
 Needs `pip install torch`. Prints the median step time of each side per round (the two alternate, so
-both see the same machine load), the medians over rounds and their ratio.
+both see the same machine load), the medians over rounds and their ratio, and the median of the per-round ratios.
 """
 
 import argparse
@@ -183,6 +183,9 @@ def main():
         print(f"{r:5d}  {tt * 1e3:10.1f}  {ft * 1e3:9.1f}  {ft / tt:5.2f}", flush=True)
     tm, fm = statistics.median(torch_ms), statistics.median(fl_ms)
     print(f"median {tm:10.1f}  {fm:9.1f}  {fm / tm:5.2f}   (PyTorch model: {tp} parameters)")
+    # Paired by round, the ratio is less sensitive to the machine's speed drifting between rounds.
+    paired = statistics.median(f / t for f, t in zip(fl_ms, torch_ms))
+    print(f"median of the per-round ratios: {paired:.2f}")
 
 
 if __name__ == "__main__":
