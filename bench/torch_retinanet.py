@@ -15,7 +15,8 @@ the PyTorch targets are fixed random labels with ~1% positives.
 Usage (from the repository root, after `cargo build --release`; bench/compare_torch.sh does both):
     python3 bench/torch_retinanet.py [--steps 20] [--rounds 3] [--threads 2] [--fl-lab target/release/fl-lab]
 Needs `pip install torch`. Prints the median step time of each side per round (the two alternate, so
-both see the same machine load), the medians over rounds and their ratio, and the median of the per-round ratios.
+both see the same machine load), the medians over rounds and their ratio, and the median of the
+per-round ratios.
 """
 
 import argparse
