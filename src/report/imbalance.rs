@@ -197,6 +197,23 @@ fn log_range(xs: impl Iterator<Item = f64>) -> (f64, f64) {
     (lo / 10f64.powf(1.0 / 3.0), hi * 10f64.powf(1.0 / 3.0))
 }
 
+/// Tick labels at 1, 2 and 5 of each decade only: a log axis ticks every integer multiple, and
+/// labels at 6, 7, 8 and 9 run into each other.
+fn log_tick_label(x: f64) -> String {
+    if !(x.is_finite() && x > 0.0) {
+        return String::new();
+    }
+    let mantissa = x / 10f64.powf(x.log10().floor());
+    if [1.0, 2.0, 5.0, 10.0]
+        .iter()
+        .any(|m| (mantissa - m).abs() < 1e-6)
+    {
+        format!("{x:.0}")
+    } else {
+        String::new()
+    }
+}
+
 fn y_range(points: &[&[Point]], include_zero: bool) -> (f64, f64) {
     let mut lo = if include_zero { 0.0 } else { f64::INFINITY };
     let mut hi = if include_zero { 0.0 } else { f64::NEG_INFINITY };
@@ -234,7 +251,7 @@ where
     ctx.configure_mesh()
         .x_desc("binary (anchor, class) negatives per positive (log scale)")
         .y_desc(y_label)
-        .x_label_formatter(&|x| format!("{x:.0}"))
+        .x_label_formatter(&|x| log_tick_label(*x))
         .label_style(("sans-serif", 18))
         .axis_desc_style(("sans-serif", 20))
         .draw()
@@ -539,4 +556,24 @@ pub fn summary_md(spec: &ImbalanceSpec, ladder: &Ladder, note: &str) -> String {
         let _ = writeln!(t, "\nDiverged runs (counted as AP 0): FL {dfl}, CE {dce}.");
     }
     t
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn log_axis_labels_only_1_2_and_5_of_each_decade() {
+        let labels: Vec<String> = [
+            100.0, 200.0, 300.0, 500.0, 900.0, 1000.0, 2000.0, 7000.0, 50000.0,
+        ]
+        .into_iter()
+        .map(log_tick_label)
+        .collect();
+        assert_eq!(
+            labels,
+            ["100", "200", "", "500", "", "1000", "2000", "", "50000"]
+        );
+        assert_eq!(log_tick_label(0.0), "");
+    }
 }

@@ -687,6 +687,25 @@ mod tests {
     }
 
     #[test]
+    fn the_longer_schedule_spec_reuses_the_builtin_rungs() {
+        // experiments/sweep-imbalance-long.toml retrains two of the ladder's rungs: the same datasets.
+        let path = concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/experiments/sweep-imbalance-long.toml"
+        );
+        let long = ImbalanceSpec::load(Path::new(path)).unwrap();
+        let builtin = ImbalanceSpec::parse(BUILTIN_SPEC, "built-in").unwrap();
+        assert_eq!(long.rungs.len(), 2);
+        for r in &long.rungs {
+            let same = builtin.rungs.iter().find(|b| b.label == r.label).unwrap();
+            assert_eq!(r.shapes_config(), same.shapes_config(), "{}", r.label);
+        }
+        assert_eq!(long.data_seed, builtin.data_seed);
+        assert_eq!(long.images, builtin.images);
+        assert_eq!((long.lrs.len(), long.ce_alphas.len()), (1, 1));
+    }
+
+    #[test]
     fn a_longer_schedule_keeps_its_shape() {
         let s = crate::config::ScheduleConfig {
             iterations: 800,
