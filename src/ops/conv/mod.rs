@@ -792,6 +792,26 @@ mod tests {
         relu: bool,
     }
 
+    /// A table row of the tests: `(n, c_in, h, w, c_out, k, stride, pad)`.
+    type Shape8 = (usize, usize, usize, usize, usize, usize, usize, usize);
+
+    impl Case {
+        fn new((n, c_in, h, w, c_out, k, stride, pad): Shape8, bias: bool, relu: bool) -> Self {
+            Case {
+                n,
+                c_in,
+                h,
+                w,
+                c_out,
+                k,
+                stride,
+                pad,
+                bias,
+                relu,
+            }
+        }
+    }
+
     fn check(c: &Case, seed: u64) {
         let dev = Device::Cpu;
         let x = Var::from_tensor(&rand_tensor(&[c.n, c.c_in, c.h, c.w], seed, &dev)).unwrap();
@@ -926,20 +946,9 @@ mod tests {
             (2, 13, 16, 17, 6, 3, 2, 1), (1, 8, 19, 16, 4, 1, 2, 0), (2, 15, 15, 18, 5, 3, 2, 0),
             (1, 9, 9, 21, 7, 5, 2, 2), (2, 11, 17, 26, 4, 3, 3, 1), (3, 8, 16, 16, 9, 2, 2, 0),
         ];
-        for (i, &(n, c_in, h, w, c_out, k, stride, pad)) in cases.iter().enumerate() {
+        for (i, &shape) in cases.iter().enumerate() {
             for (bias, relu) in [(true, false), (false, false), (true, true), (false, true)] {
-                let case = Case {
-                    n,
-                    c_in,
-                    h,
-                    w,
-                    c_out,
-                    k,
-                    stride,
-                    pad,
-                    bias,
-                    relu,
-                };
+                let case = Case::new(shape, bias, relu);
                 check(&case, 100 * i as u64 + 10 * bias as u64 + relu as u64);
             }
         }
@@ -961,20 +970,10 @@ mod tests {
                 .num_threads(threads)
                 .build()
                 .unwrap();
-            for (i, &(n, c_in, h, w, c_out, k, stride, pad)) in cases.iter().enumerate() {
+            for (i, &shape) in cases.iter().enumerate() {
                 for (bias, relu) in [(true, true), (false, false)] {
-                    let case = Case {
-                        n,
-                        c_in,
-                        h,
-                        w,
-                        c_out,
-                        k,
-                        stride,
-                        pad,
-                        bias,
-                        relu,
-                    };
+                    let case = Case::new(shape, bias, relu);
+                    let (n, c_in, h, w, c_out, k, stride, pad) = shape;
                     let g = ConvGeom::new(&[n, c_in, h, w], &[c_out, c_in, k, k], stride, pad);
                     let per = n.div_ceil(threads);
                     assert!(grouped::group_len(&g.unwrap(), per) > 1, "case {i}");
