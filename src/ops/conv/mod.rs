@@ -23,6 +23,7 @@ use gemm::Parallelism;
 use grouped::GroupGrads;
 use rayon::prelude::*;
 
+mod direct;
 mod grouped;
 mod shifted;
 
@@ -337,6 +338,12 @@ pub fn forward(
     let (per, par) = plan(g.n);
     let group = grouped::group_len(g, per);
     let table = image_table(g, group);
+    let direct = shifted::applies(g) && direct::enabled();
+    let packed = if direct {
+        shifted::pack_forward(w, g)
+    } else {
+        Vec::new()
+    };
     let lens = if shifted::applies(g) {
         [shifted::padded_len(g), g.c_out * shifted::wide_len(g)]
     } else if group > 1 {
@@ -372,7 +379,11 @@ pub fn forward(
                     let img = t * per + i;
                     let xn = &x[img * g.in_len()..(img + 1) * g.in_len()];
                     if shifted::applies(g) {
-                        shifted::forward_image(xn, w, g, col, wide, par);
+                        if direct {
+                            shifted::forward_image_direct(xn, &packed, g, col, wide);
+                        } else {
+                            shifted::forward_image(xn, w, g, col, wide, par);
+                        }
                         // Bias and ReLU while copying out the valid columns.
                         let rows = yn.chunks_exact_mut(g.w_out);
                         for (r, (dst, src)) in rows.zip(shifted::valid_rows(wide, g)).enumerate() {
@@ -458,8 +469,23 @@ pub fn backward(
     let group = grouped::group_len(g, per);
     let table = image_table(g, group);
     let dw_len = if needs.weight { g.c_out * k } else { 0 };
+    // The input gradient through the direct kernel needs the padded output gradient beside the
+    // wide one (in the second scratch buffer) and the transposed weights.
+    let direct_dx =
+        use_shifted && needs.input && shifted::input_grad_is_forward(g) && direct::enabled();
+    let packed_t = if direct_dx {
+        shifted::pack_input_grad(w, g)
+    } else {
+        Vec::new()
+    };
+    let wide_grad_len = g.c_out * shifted::wide_len(g);
     let lens = if use_shifted {
-        [shifted::padded_len(g), g.c_out * shifted::wide_len(g)]
+        let dyq_len = if direct_dx {
+            shifted::padded_grad_len(g)
+        } else {
+            0
+        };
+        [shifted::padded_len(g), wide_grad_len + dyq_len]
     } else if group > 1 {
         grouped::scratch_lens(g, group)
     } else {
@@ -523,7 +549,9 @@ pub fn backward(
                         .as_deref_mut()
                         .map(|d| &mut d[i * g.in_len()..(i + 1) * g.in_len()]);
                     if use_shifted {
-                        // `mask` holds the wide output gradient, `col` the padded image.
+                        // `mask` holds the wide output gradient (then the padded one for the
+                        // direct kernel), `col` the padded image, then the wide input gradient.
+                        let (mask, dyq) = mask.split_at_mut(wide_grad_len);
                         shifted::widen_gradient(&dy[out], rn, g, mask);
                         if needs.bias {
                             add_row_sums(&mut db, mask, shifted::wide_len(g));
@@ -531,8 +559,12 @@ pub fn backward(
                         if needs.weight {
                             shifted::weight_grad_image(xn, mask, g, col, &mut dw, i > 0, par);
                         }
-                        if let Some(dxn) = dxn {
-                            shifted::input_grad_image(w, mask, g, col, dxn, par);
+                        match dxn {
+                            Some(dxn) if direct_dx => {
+                                shifted::input_grad_image_direct(&packed_t, mask, g, dyq, col, dxn)
+                            }
+                            Some(dxn) => shifted::input_grad_image(w, mask, g, col, dxn, par),
+                            None => {}
                         }
                         continue;
                     }
@@ -949,7 +981,10 @@ mod tests {
         for (i, &shape) in cases.iter().enumerate() {
             for (bias, relu) in [(true, false), (false, false), (true, true), (false, true)] {
                 let case = Case::new(shape, bias, relu);
-                check(&case, 100 * i as u64 + 10 * bias as u64 + relu as u64);
+                let seed = 100 * i as u64 + 10 * bias as u64 + relu as u64;
+                check(&case, seed);
+                // The shifted products through `gemm` as well, where the direct kernel runs.
+                direct::with_gemm_only(|| check(&case, seed));
             }
         }
     }

@@ -12,7 +12,7 @@
 //! thrown away (or, in the backward products, carry a zero gradient). Compared with im2col this
 //! writes the image once instead of `kh * kw` times, and the planes stay in cache across taps.
 
-use super::{matmul_into, ConvGeom, Mat, MatMut};
+use super::{direct, matmul_into, ConvGeom, Mat, MatMut};
 use gemm::Parallelism;
 
 /// Worth it when the thrown-away columns are a small share of the work (at `W_out >= 8` the
@@ -276,6 +276,120 @@ pub(super) fn input_grad_image(
                 };
             }
         }
+    }
+}
+
+/// The weights packed for `direct::shifted_sum` in the forward pass: output row `co`, tap `t`,
+/// depth `ci`.
+pub(super) fn pack_forward(w: &[f32], g: &ConvGeom) -> Vec<f32> {
+    let taps = g.kh * g.kw;
+    let mut packed = vec![0.0; direct::packed_len(g.c_out, taps, g.c_in)];
+    direct::pack(
+        g.c_out,
+        taps,
+        g.c_in,
+        |co, t, ci| w[(co * g.c_in + ci) * taps + t],
+        &mut packed,
+    );
+    packed
+}
+
+/// `forward_image` through the direct kernel, with the weights packed by `pack_forward`.
+pub(super) fn forward_image_direct(
+    x: &[f32],
+    packed: &[f32],
+    g: &ConvGeom,
+    xq: &mut [f32],
+    ywide: &mut [f32],
+) {
+    let wide = wide_len(g);
+    pad_image(x, g, xq);
+    let offs: Vec<usize> = (0..g.kh * g.kw).map(|t| tap_offset(g, t)).collect();
+    direct::shifted_sum(
+        packed,
+        xq,
+        plane_len(g),
+        &offs,
+        ywide,
+        wide,
+        (g.c_out, g.c_in, wide),
+    );
+}
+
+/// Whether the input gradient is itself a forward pass of this scheme: at stride 1 with "same"
+/// padding (`2 pad + 1 = kh = kw`) the output gradient, zero-padded like the input, has the
+/// input's planes, and `dX = conv(pad(dY), W flipped in space with C_in and C_out swapped)`.
+pub(super) fn input_grad_is_forward(g: &ConvGeom) -> bool {
+    g.stride == 1 && g.kh == g.kw && 2 * g.pad + 1 == g.kh
+}
+
+/// The convolution that computes the input gradient when `input_grad_is_forward`: from the
+/// output gradient's `C_out` channels to `C_in`, on the same `H x W` map.
+fn transposed(g: &ConvGeom) -> ConvGeom {
+    ConvGeom {
+        c_in: g.c_out,
+        c_out: g.c_in,
+        ..*g
+    }
+}
+
+/// Scratch for the padded output gradient of one image.
+pub(super) fn padded_grad_len(g: &ConvGeom) -> usize {
+    padded_len(&transposed(g))
+}
+
+/// The weights of `transposed(g)` packed for `direct::shifted_sum`: output row `ci`, tap `t`
+/// (the flipped tap `taps - 1 - t` of `w`), depth `co`.
+pub(super) fn pack_input_grad(w: &[f32], g: &ConvGeom) -> Vec<f32> {
+    let taps = g.kh * g.kw;
+    let mut packed = vec![0.0; direct::packed_len(g.c_in, taps, g.c_out)];
+    direct::pack(
+        g.c_in,
+        taps,
+        g.c_out,
+        |ci, t, co| w[(co * g.c_in + ci) * taps + taps - 1 - t],
+        &mut packed,
+    );
+    packed
+}
+
+/// Input gradient of one image through the direct kernel, from the wide output gradient
+/// `dywide` (zeros in its thrown-away columns) and the weights packed by `pack_input_grad`.
+/// Scratch: `dyq` holds `padded_grad_len` values, `dxwide` `C_in * wide_len` values.
+pub(super) fn input_grad_image_direct(
+    packed: &[f32],
+    dywide: &[f32],
+    g: &ConvGeom,
+    dyq: &mut [f32],
+    dxwide: &mut [f32],
+    dx: &mut [f32],
+) {
+    let gt = transposed(g);
+    let (plane, wide, wq) = (plane_len(&gt), wide_len(&gt), wq(&gt));
+    // A wide row's zero tail is the left and right padding of the padded plane, so the padded
+    // plane is the wide gradient shifted by `pad` rows and columns with zeros before and after.
+    let lead = g.pad * wq + g.pad;
+    for (src, dst) in dywide
+        .chunks_exact(wide_len(g))
+        .zip(dyq.chunks_exact_mut(plane))
+    {
+        dst[..lead].fill(0.0);
+        dst[lead..lead + src.len()].copy_from_slice(src);
+        dst[lead + src.len()..].fill(0.0);
+    }
+    let offs: Vec<usize> = (0..gt.kh * gt.kw).map(|t| tap_offset(&gt, t)).collect();
+    let out = &mut dxwide[..gt.c_out * wide];
+    direct::shifted_sum(
+        packed,
+        dyq,
+        plane,
+        &offs,
+        out,
+        wide,
+        (g.c_in, g.c_out, wide),
+    );
+    for (dst, src) in dx.chunks_exact_mut(g.w).zip(valid_rows(out, &gt)) {
+        dst.copy_from_slice(src);
     }
 }
 
