@@ -1,16 +1,16 @@
 //! The shifted products of `shifted` as one AVX-512 kernel instead of one `gemm` call per tap.
 //!
 //! A shifted convolution sums `kh * kw` products `Y += W_t · X[·, q + off_t]`, each `k = C_in`
-//! deep. On the 16x16 maps that carry most of the model's arithmetic (the P3 heads), `gemm`
-//! packs both operands and reloads the output tile on every tap, and reached ~40% of the sgemm
-//! peak there. This kernel keeps an output tile of `MR` rows by `NV` vectors in registers through
-//! all taps and channels and reads the padded planes in place: the weights are rearranged once per
-//! call into the order the kernel broadcasts them (`pack`), and nothing else is copied.
+//! deep. `gemm` packs both operands and reloads the output tile on every tap; this kernel keeps an
+//! output tile of `MR` rows by `NV` vectors in registers through all taps and channels, reads the
+//! padded planes in place and broadcasts the weights straight from the weight tensor, so nothing
+//! is copied. (Packing the weights first cost more than it saved: a 128-channel layer's weights
+//! are repacked on every call, and on 8x8 maps a call holds little arithmetic.)
 
 /// Output rows per register tile.
-pub(super) const MR: usize = 4;
+const MR: usize = 8;
 /// 16-float vectors per register tile row.
-const NV: usize = 4;
+const NV: usize = 3;
 const NR: usize = 16 * NV;
 
 thread_local! {
@@ -45,41 +45,22 @@ pub(super) fn available() -> bool {
     }
 }
 
-/// Length of a packed operand for `m` output rows, `taps` taps and depth `k`.
-pub(super) fn packed_len(m: usize, taps: usize, k: usize) -> usize {
-    m.div_ceil(MR) * taps * k * MR
+/// The weights as the kernel reads them, in place: the weight of output row `r`, tap `t` and
+/// input row `kk` is `data[r * rs + kk * ks + taps[t]]`. The forward pass and the input gradient
+/// read the same `[C_out, C_in, kh, kw]` tensor with different strides and tap order.
+pub(super) struct Weights<'a> {
+    pub data: &'a [f32],
+    pub rs: usize,
+    pub ks: usize,
+    pub taps: &'a [usize],
 }
 
-/// Packs `a(row, t, kk)` (the weight of output row `row`, tap `t`, input row `kk`) as
-/// `[row block][tap][kk][MR]`, rows past `m` zero.
-pub(super) fn pack(
-    m: usize,
-    taps: usize,
-    k: usize,
-    a: impl Fn(usize, usize, usize) -> f32,
-    dst: &mut [f32],
-) {
-    for (blk, bd) in dst[..packed_len(m, taps, k)]
-        .chunks_exact_mut(taps * k * MR)
-        .enumerate()
-    {
-        for (t, td) in bd.chunks_exact_mut(k * MR).enumerate() {
-            for (kk, kd) in td.chunks_exact_mut(MR).enumerate() {
-                for (i, v) in kd.iter_mut().enumerate() {
-                    let row = blk * MR + i;
-                    *v = if row < m { a(row, t, kk) } else { 0.0 };
-                }
-            }
-        }
-    }
-}
-
-/// `out[r * ldo + q] = Σ_t Σ_kk a(r, t, kk) · b[kk * ldb + offs[t] + q]` for rows `r < m` and
-/// columns `q < n`, with `a` packed by `pack(m, offs.len(), k, ..)`.
+/// `out[r * ldo + q] = Σ_t Σ_kk w(r, t, kk) · b[kk * ldb + offs[t] + q]` for rows `r < m` and
+/// columns `q < n`; `w.taps` and `offs` have one entry per tap.
 ///
-/// Panics unless every read and write lies inside `b` and `out`.
+/// Panics unless every read and write lies inside `w.data`, `b` and `out`.
 pub(super) fn shifted_sum(
-    a: &[f32],
+    w: &Weights,
     b: &[f32],
     ldb: usize,
     offs: &[usize],
@@ -87,37 +68,48 @@ pub(super) fn shifted_sum(
     ldo: usize,
     (m, k, n): (usize, usize, usize),
 ) {
-    if m == 0 || n == 0 {
+    if m == 0 || n == 0 || k == 0 {
+        if m > 0 && n > 0 {
+            for row in out.chunks_mut(ldo).take(m) {
+                row[..n].fill(0.0);
+            }
+        }
         return;
     }
-    let taps = offs.len();
+    assert_eq!(w.taps.len(), offs.len(), "one weight offset per tap");
+    let w_last = w
+        .taps
+        .iter()
+        .max()
+        .map_or(0, |t| (m - 1) * w.rs + (k - 1) * w.ks + t);
     assert!(
-        a.len() >= packed_len(m, taps, k),
-        "packed operand too short"
+        offs.is_empty() || w_last < w.data.len(),
+        "weights too short"
     );
     let max_off = offs.iter().copied().max().unwrap_or(0);
     assert!(
-        k == 0 || (k - 1) * ldb + max_off + n <= b.len(),
+        (k - 1) * ldb + max_off + n <= b.len(),
         "shifted operand too short"
     );
     assert!((m - 1) * ldo + n <= out.len(), "output too short");
     assert!(available(), "shifted_sum needs AVX-512");
     #[cfg(target_arch = "x86_64")]
-    // SAFETY: AVX-512F is present (checked above) and every access is in bounds (checked
-    // above: loads and stores past column `n` are masked off).
+    // SAFETY: AVX-512F is present and every access is in bounds (both checked above: a tile's
+    // rows past `m - 1` reread row `m - 1` and are not stored; loads and stores past column `n`
+    // are masked off).
     unsafe {
-        avx512::shifted_sum(a, b, ldb, offs, out, ldo, (m, k, n))
+        avx512::shifted_sum(w, b, ldb, offs, out, ldo, (m, k, n))
     }
 }
 
 #[cfg(target_arch = "x86_64")]
 mod avx512 {
-    use super::{MR, NR, NV};
+    use super::{Weights, MR, NR, NV};
     use std::arch::x86_64::*;
 
     #[target_feature(enable = "avx512f")]
     pub(super) unsafe fn shifted_sum(
-        a: &[f32],
+        w: &Weights,
         b: &[f32],
         ldb: usize,
         offs: &[usize],
@@ -125,8 +117,7 @@ mod avx512 {
         ldo: usize,
         (m, k, n): (usize, usize, usize),
     ) {
-        let taps = offs.len();
-        let (ap, bp, op) = (a.as_ptr(), b.as_ptr(), out.as_mut_ptr());
+        let (wp, bp, op) = (w.data.as_ptr(), b.as_ptr(), out.as_mut_ptr());
         let mut q0 = 0;
         while q0 < n {
             let cols = (n - q0).min(NR);
@@ -135,29 +126,30 @@ mod avx512 {
                 let c = cols.saturating_sub(16 * v).min(16);
                 *mk = ((1u32 << c) - 1) as __mmask16;
             }
-            for blk in 0..m.div_ceil(MR) {
+            for r0 in (0..m).step_by(MR) {
+                let rows: [*const f32; MR] =
+                    std::array::from_fn(|i| wp.add((r0 + i).min(m - 1) * w.rs));
                 let mut acc = [[_mm512_setzero_ps(); NV]; MR];
-                let mut apk = ap.add(blk * taps * k * MR);
-                for &off in offs {
+                for (&wt, &off) in w.taps.iter().zip(offs) {
                     let mut bq = bp.add(off + q0);
+                    let mut wk = wt;
                     for _ in 0..k {
                         let mut bv = [_mm512_setzero_ps(); NV];
                         for v in 0..NV {
                             bv[v] = _mm512_maskz_loadu_ps(masks[v], bq.add(16 * v));
                         }
-                        for (i, row) in acc.iter_mut().enumerate() {
-                            let av = _mm512_set1_ps(*apk.add(i));
+                        for (row, &rp) in acc.iter_mut().zip(&rows) {
+                            let av = _mm512_set1_ps(*rp.add(wk));
                             for v in 0..NV {
                                 row[v] = _mm512_fmadd_ps(av, bv[v], row[v]);
                             }
                         }
-                        apk = apk.add(MR);
+                        wk += w.ks;
                         bq = bq.add(ldb);
                     }
                 }
-                let rows = (m - blk * MR).min(MR);
-                for (i, row) in acc.iter().enumerate().take(rows) {
-                    let dst = op.add((blk * MR + i) * ldo + q0);
+                for (i, row) in acc.iter().enumerate().take(m - r0) {
+                    let dst = op.add((r0 + i) * ldo + q0);
                     for v in 0..NV {
                         _mm512_mask_storeu_ps(dst.add(16 * v), masks[v], row[v]);
                     }
@@ -193,14 +185,20 @@ mod tests {
             let taps = offs.len();
             let val = |i: usize, s: u64| ((i as u64 * 2654435761 + s) % 1000) as f32 / 500.0 - 1.0;
             let w: Vec<f32> = (0..m * taps * k).map(|i| val(i, 7)).collect();
+            // Rows of taps of depth: w(r, t, kk) = w[(r * taps + t) * k + kk].
+            let tap_starts: Vec<usize> = (0..taps).map(|t| t * k).collect();
+            let weights = Weights {
+                data: &w,
+                rs: taps * k,
+                ks: 1,
+                taps: &tap_starts,
+            };
             let a_of = |r: usize, t: usize, kk: usize| w[(r * taps + t) * k + kk];
             let blen = (k - 1) * ldb + offs.iter().max().unwrap() + n;
             let b: Vec<f32> = (0..blen).map(|i| val(i, 3)).collect();
-            let mut packed = vec![0.0; packed_len(m, taps, k)];
-            pack(m, taps, k, a_of, &mut packed);
             let ldo = n + 3;
             let mut out = vec![f32::NAN; (m - 1) * ldo + n];
-            shifted_sum(&packed, &b, ldb, offs, &mut out, ldo, (m, k, n));
+            shifted_sum(&weights, &b, ldb, offs, &mut out, ldo, (m, k, n));
             for r in 0..m {
                 for q in 0..n {
                     let mut s = 0f64;

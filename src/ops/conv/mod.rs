@@ -9,7 +9,9 @@
 //! buffer, the masked output gradient and the partial weight gradient live in per-thread scratch
 //! that is reused from call to call, so steady-state training allocates only the outputs. Two
 //! schemes replace the im2col product where they pay: `shifted` (no im2col matrix, on maps 8
-//! wide and more) and `grouped` (one product over several images, on maps under 8x8).
+//! wide and more) and `grouped` (one product over several images, on maps under 8x8). On CPUs with
+//! AVX-512, `direct` runs the shifted scheme's forward products, and the input gradient of
+//! stride-1 "same" convolutions, as one register-tiled kernel instead of a `gemm` call per tap.
 //!
 //! Shapes: `x [N, C_in, H, W]`, `w [C_out, C_in, kh, kw]`, `b [C_out]`, `y [N, C_out, H_out, W_out]`,
 //! all contiguous NCHW.
@@ -339,11 +341,6 @@ pub fn forward(
     let group = grouped::group_len(g, per);
     let table = image_table(g, group);
     let direct = shifted::applies(g) && direct::enabled();
-    let packed = if direct {
-        shifted::pack_forward(w, g)
-    } else {
-        Vec::new()
-    };
     let lens = if shifted::applies(g) {
         [shifted::padded_len(g), g.c_out * shifted::wide_len(g)]
     } else if group > 1 {
@@ -380,7 +377,7 @@ pub fn forward(
                     let xn = &x[img * g.in_len()..(img + 1) * g.in_len()];
                     if shifted::applies(g) {
                         if direct {
-                            shifted::forward_image_direct(xn, &packed, g, col, wide);
+                            shifted::forward_image_direct(xn, w, g, col, wide);
                         } else {
                             shifted::forward_image(xn, w, g, col, wide, par);
                         }
@@ -470,14 +467,9 @@ pub fn backward(
     let table = image_table(g, group);
     let dw_len = if needs.weight { g.c_out * k } else { 0 };
     // The input gradient through the direct kernel needs the padded output gradient beside the
-    // wide one (in the second scratch buffer) and the transposed weights.
+    // wide one (in the second scratch buffer).
     let direct_dx =
         use_shifted && needs.input && shifted::input_grad_is_forward(g) && direct::enabled();
-    let packed_t = if direct_dx {
-        shifted::pack_input_grad(w, g)
-    } else {
-        Vec::new()
-    };
     let wide_grad_len = g.c_out * shifted::wide_len(g);
     let lens = if use_shifted {
         let dyq_len = if direct_dx {
@@ -561,7 +553,7 @@ pub fn backward(
                         }
                         match dxn {
                             Some(dxn) if direct_dx => {
-                                shifted::input_grad_image_direct(&packed_t, mask, g, dyq, col, dxn)
+                                shifted::input_grad_image_direct(w, mask, g, dyq, col, dxn)
                             }
                             Some(dxn) => shifted::input_grad_image(w, mask, g, col, dxn, par),
                             None => {}

@@ -279,41 +279,26 @@ pub(super) fn input_grad_image(
     }
 }
 
-/// The weights packed for `direct::shifted_sum` in the forward pass: output row `co`, tap `t`,
-/// depth `ci`.
-pub(super) fn pack_forward(w: &[f32], g: &ConvGeom) -> Vec<f32> {
-    let taps = g.kh * g.kw;
-    let mut packed = vec![0.0; direct::packed_len(g.c_out, taps, g.c_in)];
-    direct::pack(
-        g.c_out,
-        taps,
-        g.c_in,
-        |co, t, ci| w[(co * g.c_in + ci) * taps + t],
-        &mut packed,
-    );
-    packed
-}
-
-/// `forward_image` through the direct kernel, with the weights packed by `pack_forward`.
+/// `forward_image` through the direct kernel.
 pub(super) fn forward_image_direct(
     x: &[f32],
-    packed: &[f32],
+    w: &[f32],
     g: &ConvGeom,
     xq: &mut [f32],
     ywide: &mut [f32],
 ) {
-    let wide = wide_len(g);
+    let (taps, wide) = (g.kh * g.kw, wide_len(g));
     pad_image(x, g, xq);
-    let offs: Vec<usize> = (0..g.kh * g.kw).map(|t| tap_offset(g, t)).collect();
-    direct::shifted_sum(
-        packed,
-        xq,
-        plane_len(g),
-        &offs,
-        ywide,
-        wide,
-        (g.c_out, g.c_in, wide),
-    );
+    let offs: Vec<usize> = (0..taps).map(|t| tap_offset(g, t)).collect();
+    let tap_starts: Vec<usize> = (0..taps).collect();
+    let weights = direct::Weights {
+        data: w,
+        rs: g.k(),
+        ks: taps,
+        taps: &tap_starts,
+    };
+    let dims = (g.c_out, g.c_in, wide);
+    direct::shifted_sum(&weights, xq, plane_len(g), &offs, ywide, wide, dims);
 }
 
 /// Whether the input gradient is itself a forward pass of this scheme: at stride 1 with "same"
@@ -338,26 +323,12 @@ pub(super) fn padded_grad_len(g: &ConvGeom) -> usize {
     padded_len(&transposed(g))
 }
 
-/// The weights of `transposed(g)` packed for `direct::shifted_sum`: output row `ci`, tap `t`
-/// (the flipped tap `taps - 1 - t` of `w`), depth `co`.
-pub(super) fn pack_input_grad(w: &[f32], g: &ConvGeom) -> Vec<f32> {
-    let taps = g.kh * g.kw;
-    let mut packed = vec![0.0; direct::packed_len(g.c_in, taps, g.c_out)];
-    direct::pack(
-        g.c_in,
-        taps,
-        g.c_out,
-        |ci, t, co| w[(co * g.c_in + ci) * taps + taps - 1 - t],
-        &mut packed,
-    );
-    packed
-}
-
 /// Input gradient of one image through the direct kernel, from the wide output gradient
-/// `dywide` (zeros in its thrown-away columns) and the weights packed by `pack_input_grad`.
+/// `dywide` (zeros in its thrown-away columns): a forward pass of `transposed(g)` whose weight
+/// for output row `ci`, tap `t` and input row `co` is `w[co, ci]` at the flipped tap `taps - 1 - t`.
 /// Scratch: `dyq` holds `padded_grad_len` values, `dxwide` `C_in * wide_len` values.
 pub(super) fn input_grad_image_direct(
-    packed: &[f32],
+    w: &[f32],
     dywide: &[f32],
     g: &ConvGeom,
     dyq: &mut [f32],
@@ -377,17 +348,18 @@ pub(super) fn input_grad_image_direct(
         dst[lead..lead + src.len()].copy_from_slice(src);
         dst[lead + src.len()..].fill(0.0);
     }
-    let offs: Vec<usize> = (0..gt.kh * gt.kw).map(|t| tap_offset(&gt, t)).collect();
+    let taps = g.kh * g.kw;
+    let offs: Vec<usize> = (0..taps).map(|t| tap_offset(&gt, t)).collect();
+    let flipped: Vec<usize> = (0..taps).map(|t| taps - 1 - t).collect();
+    let weights = direct::Weights {
+        data: w,
+        rs: taps,
+        ks: g.k(),
+        taps: &flipped,
+    };
     let out = &mut dxwide[..gt.c_out * wide];
-    direct::shifted_sum(
-        packed,
-        dyq,
-        plane,
-        &offs,
-        out,
-        wide,
-        (g.c_in, g.c_out, wide),
-    );
+    let dims = (g.c_in, g.c_out, wide);
+    direct::shifted_sum(&weights, dyq, plane, &offs, out, wide, dims);
     for (dst, src) in dx.chunks_exact_mut(g.w).zip(valid_rows(out, &gt)) {
         dst.copy_from_slice(src);
     }
