@@ -7,11 +7,9 @@
 //! is copied. (Packing the weights first cost more than it saved: a 128-channel layer's weights
 //! are repacked on every call, and on 8x8 maps a call holds little arithmetic.)
 
-/// Output rows per register tile.
-const MR: usize = 8;
-/// 16-float vectors per register tile row.
-const NV: usize = 3;
-const NR: usize = 16 * NV;
+/// Register tiles (output rows x 16-float vectors), 24 accumulators each; each call picks the
+/// one whose column blocks waste the fewest lanes on its width.
+const TILES: [(usize, usize); 3] = [(8, 3), (6, 4), (12, 2)];
 
 thread_local! {
     /// Set by tests on the calling thread to run the `gemm` products instead (the choice is made
@@ -55,72 +53,89 @@ pub(super) struct Weights<'a> {
     pub taps: &'a [usize],
 }
 
-/// `out[r * ldo + q] = Σ_t Σ_kk w(r, t, kk) · b[kk * ldb + offs[t] + q]` for rows `r < m` and
+/// Where `shifted_sum` writes: rows `ld` apart; with `accumulate` it adds to what is there.
+pub(super) struct Dst<'a> {
+    pub data: &'a mut [f32],
+    pub ld: usize,
+    pub accumulate: bool,
+}
+
+/// `out[r * ld + q] (+)= Σ_t Σ_kk w(r, t, kk) · b[kk * ldb + offs[t] + q]` for rows `r < m` and
 /// columns `q < n`; `w.taps` and `offs` have one entry per tap.
 ///
-/// Panics unless every read and write lies inside `w.data`, `b` and `out`.
+/// Panics unless every read and write lies inside `w.data`, `b` and `out.data`.
 pub(super) fn shifted_sum(
     w: &Weights,
     b: &[f32],
     ldb: usize,
     offs: &[usize],
-    out: &mut [f32],
-    ldo: usize,
+    out: Dst,
     (m, k, n): (usize, usize, usize),
 ) {
-    if m == 0 || n == 0 || k == 0 {
-        if m > 0 && n > 0 {
-            for row in out.chunks_mut(ldo).take(m) {
+    if m == 0 || n == 0 {
+        return;
+    }
+    assert_eq!(w.taps.len(), offs.len(), "one weight offset per tap");
+    assert!((m - 1) * out.ld + n <= out.data.len(), "output too short");
+    if k == 0 || offs.is_empty() {
+        if !out.accumulate {
+            for row in out.data.chunks_mut(out.ld).take(m) {
                 row[..n].fill(0.0);
             }
         }
         return;
     }
-    assert_eq!(w.taps.len(), offs.len(), "one weight offset per tap");
-    let w_last = w
-        .taps
-        .iter()
-        .max()
-        .map_or(0, |t| (m - 1) * w.rs + (k - 1) * w.ks + t);
-    assert!(
-        offs.is_empty() || w_last < w.data.len(),
-        "weights too short"
-    );
+    let w_last = (m - 1) * w.rs + (k - 1) * w.ks + w.taps.iter().max().unwrap_or(&0);
+    assert!(w_last < w.data.len(), "weights too short");
     let max_off = offs.iter().copied().max().unwrap_or(0);
     assert!(
         (k - 1) * ldb + max_off + n <= b.len(),
         "shifted operand too short"
     );
-    assert!((m - 1) * ldo + n <= out.len(), "output too short");
     assert!(available(), "shifted_sum needs AVX-512");
+    let lanes = |nv: usize| n.div_ceil(16 * nv) * 16 * nv;
+    let &(mr, nv) = TILES
+        .iter()
+        .min_by_key(|&&(_, nv)| lanes(nv))
+        .expect("tiles");
     #[cfg(target_arch = "x86_64")]
     // SAFETY: AVX-512F is present and every access is in bounds (both checked above: a tile's
     // rows past `m - 1` reread row `m - 1` and are not stored; loads and stores past column `n`
     // are masked off).
     unsafe {
-        avx512::shifted_sum(w, b, ldb, offs, out, ldo, (m, k, n))
+        let args = (w, b, ldb, offs, out, (m, k, n));
+        match (mr, nv) {
+            (8, 3) => avx512::shifted_sum::<8, 3>(args),
+            (6, 4) => avx512::shifted_sum::<6, 4>(args),
+            _ => avx512::shifted_sum::<12, 2>(args),
+        }
     }
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = (mr, nv);
 }
 
 #[cfg(target_arch = "x86_64")]
 mod avx512 {
-    use super::{Weights, MR, NR, NV};
+    use super::{Dst, Weights};
     use std::arch::x86_64::*;
 
+    type Args<'a, 'b> = (
+        &'a Weights<'a>,
+        &'a [f32],
+        usize,
+        &'a [usize],
+        Dst<'b>,
+        (usize, usize, usize),
+    );
+
     #[target_feature(enable = "avx512f")]
-    pub(super) unsafe fn shifted_sum(
-        w: &Weights,
-        b: &[f32],
-        ldb: usize,
-        offs: &[usize],
-        out: &mut [f32],
-        ldo: usize,
-        (m, k, n): (usize, usize, usize),
+    pub(super) unsafe fn shifted_sum<const MR: usize, const NV: usize>(
+        (w, b, ldb, offs, out, (m, k, n)): Args,
     ) {
-        let (wp, bp, op) = (w.data.as_ptr(), b.as_ptr(), out.as_mut_ptr());
+        let (wp, bp, op) = (w.data.as_ptr(), b.as_ptr(), out.data.as_mut_ptr());
         let mut q0 = 0;
         while q0 < n {
-            let cols = (n - q0).min(NR);
+            let cols = (n - q0).min(16 * NV);
             let mut masks = [0 as __mmask16; NV];
             for (v, mk) in masks.iter_mut().enumerate() {
                 let c = cols.saturating_sub(16 * v).min(16);
@@ -149,13 +164,18 @@ mod avx512 {
                     }
                 }
                 for (i, row) in acc.iter().enumerate().take(m - r0) {
-                    let dst = op.add((r0 + i) * ldo + q0);
+                    let dst = op.add((r0 + i) * out.ld + q0);
                     for v in 0..NV {
-                        _mm512_mask_storeu_ps(dst.add(16 * v), masks[v], row[v]);
+                        let mut val = row[v];
+                        if out.accumulate {
+                            let old = _mm512_maskz_loadu_ps(masks[v], dst.add(16 * v));
+                            val = _mm512_add_ps(val, old);
+                        }
+                        _mm512_mask_storeu_ps(dst.add(16 * v), masks[v], val);
                     }
                 }
             }
-            q0 += NR;
+            q0 += 16 * NV;
         }
     }
 }
@@ -171,7 +191,10 @@ mod tests {
             return;
         }
         for &(m, k, n, ldb, ref offs) in &[
+            // Widths 48, 64 and 32 pick each register tile; the others leave tails.
             (8usize, 4usize, 48usize, 60usize, vec![0usize, 1, 5]),
+            (13, 7, 64, 70, vec![3, 0, 11, 2]),
+            (25, 3, 32, 40, vec![1, 0]),
             (13, 7, 50, 70, vec![3, 0, 11, 2]),
             (1, 1, 1, 1, vec![0]),
             (
@@ -197,8 +220,21 @@ mod tests {
             let blen = (k - 1) * ldb + offs.iter().max().unwrap() + n;
             let b: Vec<f32> = (0..blen).map(|i| val(i, 3)).collect();
             let ldo = n + 3;
-            let mut out = vec![f32::NAN; (m - 1) * ldo + n];
-            shifted_sum(&weights, &b, ldb, offs, &mut out, ldo, (m, k, n));
+            let start: Vec<f32> = (0..(m - 1) * ldo + n).map(|i| val(i, 5)).collect();
+            let mut out = vec![f32::NAN; start.len()];
+            let dst = Dst {
+                data: &mut out,
+                ld: ldo,
+                accumulate: false,
+            };
+            shifted_sum(&weights, &b, ldb, offs, dst, (m, k, n));
+            let mut added = start.clone();
+            let dst = Dst {
+                data: &mut added,
+                ld: ldo,
+                accumulate: true,
+            };
+            shifted_sum(&weights, &b, ldb, offs, dst, (m, k, n));
             for r in 0..m {
                 for q in 0..n {
                     let mut s = 0f64;
@@ -207,10 +243,16 @@ mod tests {
                             s += a_of(r, t, kk) as f64 * b[kk * ldb + off + q] as f64;
                         }
                     }
-                    let got = out[r * ldo + q] as f64;
+                    let i = r * ldo + q;
+                    let (got, sum) = (out[i] as f64, added[i] as f64);
+                    let s_added = s + start[i] as f64;
                     assert!(
                         (got - s).abs() <= 1e-5 * (1.0 + s.abs()),
                         "m{m} k{k} n{n} r{r} q{q}: {got} vs {s}"
+                    );
+                    assert!(
+                        (sum - s_added).abs() <= 1e-5 * (1.0 + s_added.abs()),
+                        "accumulated, m{m} k{k} n{n} r{r} q{q}: {sum} vs {s_added}"
                     );
                 }
             }

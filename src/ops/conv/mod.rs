@@ -470,14 +470,19 @@ pub fn backward(
     // wide one (in the second scratch buffer).
     let direct_dx =
         use_shifted && needs.input && shifted::input_grad_is_forward(g) && direct::enabled();
+    // The weight gradient through it needs the transposed padded image, after those, and sums
+    // tap-major partial gradients.
+    let direct_dw =
+        use_shifted && needs.weight && shifted::weight_grad_direct_applies(g) && direct::enabled();
     let wide_grad_len = g.c_out * shifted::wide_len(g);
+    let dyq_len = if direct_dx {
+        shifted::padded_grad_len(g)
+    } else {
+        0
+    };
     let lens = if use_shifted {
-        let dyq_len = if direct_dx {
-            shifted::padded_grad_len(g)
-        } else {
-            0
-        };
-        [shifted::padded_len(g), wide_grad_len + dyq_len]
+        let xt_len = if direct_dw { shifted::padded_len(g) } else { 0 };
+        [shifted::padded_len(g), wide_grad_len + dyq_len + xt_len]
     } else if group > 1 {
         grouped::scratch_lens(g, group)
     } else {
@@ -543,12 +548,16 @@ pub fn backward(
                     if use_shifted {
                         // `mask` holds the wide output gradient (then the padded one for the
                         // direct kernel), `col` the padded image, then the wide input gradient.
-                        let (mask, dyq) = mask.split_at_mut(wide_grad_len);
+                        let (mask, rest) = mask.split_at_mut(wide_grad_len);
+                        let (dyq, xt) = rest.split_at_mut(dyq_len);
                         shifted::widen_gradient(&dy[out], rn, g, mask);
                         if needs.bias {
                             add_row_sums(&mut db, mask, shifted::wide_len(g));
                         }
-                        if needs.weight {
+                        if direct_dw {
+                            let scratch = (&mut *col, xt);
+                            shifted::weight_grad_image_direct(xn, mask, g, scratch, &mut dw, i > 0);
+                        } else if needs.weight {
                             shifted::weight_grad_image(xn, mask, g, col, &mut dw, i > 0, par);
                         }
                         match dxn {
@@ -603,7 +612,11 @@ pub fn backward(
         for d in parts {
             dw.iter_mut().zip(d).for_each(|(a, b)| *a += b);
         }
-        grads.weight = dw;
+        grads.weight = if direct_dw {
+            shifted::from_tap_major(&dw, g)
+        } else {
+            dw
+        };
     }
     if needs.bias {
         let mut db = vec![0f64; g.c_out];

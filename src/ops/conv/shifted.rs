@@ -298,7 +298,12 @@ pub(super) fn forward_image_direct(
         taps: &tap_starts,
     };
     let dims = (g.c_out, g.c_in, wide);
-    direct::shifted_sum(&weights, xq, plane_len(g), &offs, ywide, wide, dims);
+    let dst = direct::Dst {
+        data: ywide,
+        ld: wide,
+        accumulate: false,
+    };
+    direct::shifted_sum(&weights, xq, plane_len(g), &offs, dst, dims);
 }
 
 /// Whether the input gradient is itself a forward pass of this scheme: at stride 1 with "same"
@@ -359,10 +364,83 @@ pub(super) fn input_grad_image_direct(
     };
     let out = &mut dxwide[..gt.c_out * wide];
     let dims = (g.c_in, g.c_out, wide);
-    direct::shifted_sum(&weights, dyq, plane, &offs, out, wide, dims);
+    let dst = direct::Dst {
+        data: out,
+        ld: wide,
+        accumulate: false,
+    };
+    direct::shifted_sum(&weights, dyq, plane, &offs, dst, dims);
     for (dst, src) in dx.chunks_exact_mut(g.w).zip(valid_rows(out, &gt)) {
         dst.copy_from_slice(src);
     }
+}
+
+/// Whether the weight gradient runs through the direct kernel: at stride 1, where the padded image
+/// is one plane per channel.
+pub(super) fn weight_grad_direct_applies(g: &ConvGeom) -> bool {
+    g.stride == 1
+}
+
+/// `xt [plane, C]` from `xq [C, plane]`, in tiles that stay in cache.
+fn transpose(xq: &[f32], c: usize, plane: usize, xt: &mut [f32]) {
+    const TILE: usize = 16;
+    for c0 in (0..c).step_by(TILE) {
+        let c1 = (c0 + TILE).min(c);
+        for p0 in (0..plane).step_by(TILE) {
+            let p1 = (p0 + TILE).min(plane);
+            for ch in c0..c1 {
+                let src = &xq[ch * plane + p0..ch * plane + p1];
+                for (p, v) in (p0..p1).zip(src) {
+                    xt[p * c + ch] = *v;
+                }
+            }
+        }
+    }
+}
+
+/// Weight gradient of one image through the direct kernel, written (or added, with
+/// `accumulate`) tap-major into `dwt [kh * kw, C_out, C_in]`: tap `t` is `dY · shifted(X)ᵀ`, a
+/// product whose depth is the wide output's columns, read from the transposed padded image so
+/// that the kernel's vectors run along `C_in`. Scratch: `xq` and `xt` hold `padded_len` values.
+pub(super) fn weight_grad_image_direct(
+    x: &[f32],
+    dywide: &[f32],
+    g: &ConvGeom,
+    (xq, xt): (&mut [f32], &mut [f32]),
+    dwt: &mut [f32],
+    accumulate: bool,
+) {
+    let (plane, wide) = (plane_len(g), wide_len(g));
+    pad_image(x, g, xq);
+    transpose(xq, g.c_in, plane, xt);
+    let weights = direct::Weights {
+        data: dywide,
+        rs: wide,
+        ks: 1,
+        taps: &[0],
+    };
+    let per_tap = g.c_out * g.c_in;
+    for (t, dst) in dwt.chunks_exact_mut(per_tap).enumerate() {
+        let offs = [tap_offset(g, t) * g.c_in];
+        let dst = direct::Dst {
+            data: dst,
+            ld: g.c_in,
+            accumulate,
+        };
+        direct::shifted_sum(&weights, xt, g.c_in, &offs, dst, (g.c_out, wide, g.c_in));
+    }
+}
+
+/// `dw [C_out, C_in, kh * kw]` from the tap-major `dwt [kh * kw, C_out, C_in]`.
+pub(super) fn from_tap_major(dwt: &[f32], g: &ConvGeom) -> Vec<f32> {
+    let (taps, per_tap) = (g.kh * g.kw, g.c_out * g.c_in);
+    let mut dw = vec![0.0; dwt.len()];
+    for (oi, v) in dw.chunks_exact_mut(taps).enumerate() {
+        for (t, d) in v.iter_mut().enumerate() {
+            *d = dwt[t * per_tap + oi];
+        }
+    }
+    dw
 }
 
 #[cfg(test)]
