@@ -1,5 +1,5 @@
 //! Drives `fl-lab bench train` as a user would, from outside the repository: a built-in preset by
-//! name, a TOML file, and a clear error for a config that is neither.
+//! name, a TOML file, the kernels it names, and a clear error for a config that is neither.
 
 mod common;
 
@@ -77,4 +77,27 @@ fn an_unknown_config_is_named_in_the_error() {
     assert!(!o.status.success());
     let err = String::from_utf8_lossy(&o.stderr);
     assert!(err.contains("--config 'nosuch'"), "{err}");
+}
+
+#[test]
+fn names_the_kernels_it_timed_and_rejects_two_choices() {
+    let t = tempfile::tempdir().unwrap();
+    for (flag, kernels) in [
+        (None, "fl-lab"),
+        (Some("--gemm-convs"), "fl-lab (gemm convs)"),
+        (Some("--candle-kernels"), "candle"),
+    ] {
+        let mut args = vec!["bench", "train", "--config", "smoke"];
+        args.extend(ONE_STEP);
+        args.extend(flag);
+        let v = step_json(&fl_lab(&args, t.path()));
+        assert_eq!(v["kernels"], kernels, "{flag:?}");
+    }
+    let o = fl_lab(
+        &["bench", "train", "--gemm-convs", "--candle-kernels"],
+        t.path(),
+    );
+    assert_eq!(o.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(err.contains("--gemm-convs"), "{err}");
 }

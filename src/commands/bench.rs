@@ -68,6 +68,10 @@ pub enum What {
         /// Time candle's own convolution and group-norm kernels instead of fl-lab's.
         #[arg(long)]
         candle_kernels: bool,
+        /// Run the shifted convolutions' products through `gemm` instead of the AVX-512 direct
+        /// kernel (to measure what the kernel gains; the same without AVX-512).
+        #[arg(long, conflicts_with = "candle_kernels")]
+        gemm_convs: bool,
         /// Skip the sgemm peak measurement.
         #[arg(long)]
         no_peak: bool,
@@ -97,6 +101,7 @@ pub fn run(args: Args, _quiet: bool) -> Result<()> {
             warmup,
             threads,
             candle_kernels,
+            gemm_convs,
             no_peak,
             json,
         } => {
@@ -106,6 +111,14 @@ pub fn run(args: Args, _quiet: bool) -> Result<()> {
                 .with_context(|| format!("invalid config {origin}"))?;
             let device = crate::device::parse_device(&cfg.device)?;
             crate::ops::use_candle_kernels_only(candle_kernels);
+            crate::ops::conv::use_gemm_for_shifted_convs(gemm_convs);
+            let kernels = if candle_kernels {
+                "candle"
+            } else if gemm_convs {
+                "fl-lab (gemm convs)"
+            } else {
+                "fl-lab"
+            };
             let t = with_pool(threads, || {
                 crate::train::step_timing::time_steps(&cfg, &device, steps, warmup)
             })?;
@@ -114,7 +127,7 @@ pub fn run(args: Args, _quiet: bool) -> Result<()> {
             } else {
                 Some(with_pool(threads, || measure_peak(2048, threads, 5))?)
             };
-            report_train(&origin, &cfg, threads, candle_kernels, &t, peak, json)
+            report_train(&origin, &cfg, threads, kernels, &t, peak, json)
         }
     }
 }
@@ -123,7 +136,7 @@ fn report_train(
     config: &str,
     cfg: &crate::config::Config,
     threads: usize,
-    candle_kernels: bool,
+    kernels: &str,
     t: &crate::train::step_timing::StepTimes,
     peak: Option<f64>,
     json: bool,
@@ -135,7 +148,7 @@ fn report_train(
             "config": config,
             "device": cfg.device,
             "threads": threads,
-            "kernels": if candle_kernels { "candle" } else { "fl-lab" },
+            "kernels": kernels,
             "batch": cfg.schedule.batch_size,
             "input_size": cfg.data.input_size,
             "num_classes": cfg.model.num_classes,
@@ -150,11 +163,7 @@ fn report_train(
     let s = cfg.data.input_size;
     println!(
         "{}: batch {} x 3 x {s} x {s}, K = {}, {threads} threads, {} kernels, median of {} steps",
-        config,
-        cfg.schedule.batch_size,
-        cfg.model.num_classes,
-        if candle_kernels { "candle" } else { "fl-lab" },
-        t.steps
+        config, cfg.schedule.batch_size, cfg.model.num_classes, kernels, t.steps
     );
     println!("part        ms");
     for (name, ms) in [

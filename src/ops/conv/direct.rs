@@ -5,7 +5,11 @@
 //! output tile of `MR` rows by `NV` vectors in registers through all taps and channels, reads the
 //! padded planes in place and broadcasts the weights straight from the weight tensor, so nothing
 //! is copied. (Packing the weights first cost more than it saved: a 128-channel layer's weights
-//! are repacked on every call, and on 8x8 maps a call holds little arithmetic.)
+//! are repacked on every call, and on 8x8 maps a call holds little arithmetic.) The same kernel
+//! computes the weight gradient with the output gradient as the broadcast operand and the padded
+//! image, transposed, as the shifted one (`shifted::weight_grad_image_direct`).
+
+use std::sync::atomic::{AtomicBool, Ordering};
 
 /// Register tiles (output rows x 16-float vectors), 24 accumulators each; each call picks the
 /// one whose column blocks waste the fewest lanes on its width.
@@ -17,9 +21,16 @@ thread_local! {
     static GEMM_ONLY: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
 }
 
+static SWITCHED_OFF: AtomicBool = AtomicBool::new(false);
+
+/// Switches the kernel off (or back on) process-wide, for benchmarks against the `gemm` products.
+pub fn set_switched_off(off: bool) {
+    SWITCHED_OFF.store(off, Ordering::Relaxed);
+}
+
 /// Whether convolutions called from this thread use the kernel.
 pub(super) fn enabled() -> bool {
-    available() && !GEMM_ONLY.with(|c| c.get())
+    available() && !SWITCHED_OFF.load(Ordering::Relaxed) && !GEMM_ONLY.with(|c| c.get())
 }
 
 /// Runs `f` with the kernel switched off on this thread.
@@ -43,9 +54,10 @@ pub(super) fn available() -> bool {
     }
 }
 
-/// The weights as the kernel reads them, in place: the weight of output row `r`, tap `t` and
-/// input row `kk` is `data[r * rs + kk * ks + taps[t]]`. The forward pass and the input gradient
-/// read the same `[C_out, C_in, kh, kw]` tensor with different strides and tap order.
+/// The broadcast operand as the kernel reads it, in place: the weight of output row `r`, tap `t`
+/// and input row `kk` is `data[r * rs + kk * ks + taps[t]]`. The forward pass and the input
+/// gradient read the `[C_out, C_in, kh, kw]` weights with different strides and tap order; the
+/// weight gradient reads the output gradient here, one tap at a time.
 pub(super) struct Weights<'a> {
     pub data: &'a [f32],
     pub rs: usize,

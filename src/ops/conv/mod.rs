@@ -27,6 +27,8 @@ use rayon::prelude::*;
 
 mod direct;
 mod grouped;
+
+pub use direct::set_switched_off as use_gemm_for_shifted_convs;
 mod shifted;
 
 /// The geometry of one convolution; everything else is derived from it.
@@ -982,6 +984,8 @@ mod tests {
             (2, 9, 12, 8, 13, 3, 1, 2), (1, 12, 7, 20, 3, 5, 1, 2), (3, 10, 1, 8, 9, 3, 1, 1),
             (2, 13, 16, 17, 6, 3, 2, 1), (1, 8, 19, 16, 4, 1, 2, 0), (2, 15, 15, 18, 5, 3, 2, 0),
             (1, 9, 9, 21, 7, 5, 2, 2), (2, 11, 17, 26, 4, 3, 3, 1), (3, 8, 16, 16, 9, 2, 2, 0),
+            // The model's own widths, where the direct kernel picks its 6x64 and 12x32 tiles.
+            (2, 64, 16, 16, 64, 3, 1, 1), (1, 32, 8, 12, 72, 3, 1, 1),
         ];
         for (i, &shape) in cases.iter().enumerate() {
             for (bias, relu) in [(true, false), (false, false), (true, true), (false, true)] {
