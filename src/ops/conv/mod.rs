@@ -10,8 +10,9 @@
 //! that is reused from call to call, so steady-state training allocates only the outputs. Two
 //! schemes replace the im2col product where they pay: `shifted` (no im2col matrix, on maps 8
 //! wide and more) and `grouped` (one product over several images, on maps under 8x8). On CPUs with
-//! AVX-512, `direct` runs the shifted scheme's forward products, and the input gradient of
-//! stride-1 "same" convolutions, as one register-tiled kernel instead of a `gemm` call per tap.
+//! AVX-512, `direct` runs the shifted scheme's forward products, the weight gradient of stride-1
+//! convolutions and the input gradient of stride-1 "same" ones as one register-tiled kernel
+//! instead of a `gemm` call per tap.
 //!
 //! Shapes: `x [N, C_in, H, W]`, `w [C_out, C_in, kh, kw]`, `b [C_out]`, `y [N, C_out, H_out, W_out]`,
 //! all contiguous NCHW.
@@ -27,9 +28,9 @@ use rayon::prelude::*;
 
 mod direct;
 mod grouped;
+mod shifted;
 
 pub use direct::set_switched_off as use_gemm_for_shifted_convs;
-mod shifted;
 
 /// The geometry of one convolution; everything else is derived from it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
