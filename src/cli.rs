@@ -37,6 +37,8 @@ pub enum Command {
     Anchors(crate::commands::sweep::Args),
     /// Table 1d: OHEM (batch 128/256/512, NMS .5/.7, with and without 1:3) against FL.
     OhemVsFocal(crate::commands::sweep::Args),
+    /// How training length decides Table 1: FL, the best CE and the best OHEM at 1,200 to 7,200 iterations.
+    Schedule(crate::commands::sweep::Args),
     /// At what foreground:background imbalance does FL beat CE? FL vs CE (each at its best lr) over a ladder of datasets.
     SweepImbalance(crate::commands::sweep_imbalance::Args),
     /// Write the paper's loss curves (Figures 1, 5 and 6) as CSV and PNG.
@@ -60,6 +62,7 @@ pub fn try_main() -> Result<()> {
         Command::SweepAlpha(args) => crate::commands::sweep::run("sweep-alpha", args, quiet),
         Command::Anchors(args) => crate::commands::sweep::run("anchors", args, quiet),
         Command::OhemVsFocal(args) => crate::commands::sweep::run("ohem-vs-focal", args, quiet),
+        Command::Schedule(args) => crate::commands::sweep::run("schedule", args, quiet),
         Command::SweepImbalance(args) => crate::commands::sweep_imbalance::run(args, quiet),
         Command::LossCurves(args) => crate::commands::loss_curves::run(args, quiet),
         Command::Bench(args) => crate::commands::bench::run(args, quiet),

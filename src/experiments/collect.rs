@@ -52,7 +52,7 @@ pub struct VariantSummary {
     pub paper: Option<PaperRow>,
     /// Value of the spec's x key for this variant, when numeric.
     pub x: Option<f64>,
-    /// Value of the spec's series key, as text.
+    /// The variant's series: its own, or the value of the spec's series key as text.
     pub series: Option<String>,
 }
 
@@ -128,10 +128,11 @@ pub fn collect(spec: &ExperimentSpec, jobs: &[Job], out: &Path) -> Result<Collec
                     .as_ref()
                     .and_then(|x| first.and_then(|j| config_value(&j.config, &x.key)))
                     .and_then(|v| v.parse().ok()),
-                series: spec
-                    .series_key
-                    .as_ref()
-                    .and_then(|k| first.and_then(|j| config_value(&j.config, k))),
+                series: spec.variants[*variant].series.clone().or_else(|| {
+                    spec.series_key
+                        .as_ref()
+                        .and_then(|k| first.and_then(|j| config_value(&j.config, k)))
+                }),
             }
         })
         .collect::<Vec<_>>();

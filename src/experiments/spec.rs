@@ -25,7 +25,7 @@ use serde::Deserialize;
 use std::path::Path;
 
 /// The built-in specs and presets, so the commands work from any directory.
-pub const BUILTIN_SPECS: [(&str, &str); 4] = [
+pub const BUILTIN_SPECS: [(&str, &str); 5] = [
     (
         "sweep-gamma",
         include_str!("../../experiments/sweep-gamma.toml"),
@@ -39,6 +39,7 @@ pub const BUILTIN_SPECS: [(&str, &str); 4] = [
         "ohem-vs-focal",
         include_str!("../../experiments/ohem-vs-focal.toml"),
     ),
+    ("schedule", include_str!("../../experiments/schedule.toml")),
 ];
 
 /// Training presets: `smoke` (seconds per run, for tests), `cpu` (the default), `paper` (GPU).
@@ -82,6 +83,10 @@ pub struct XAxis {
 #[serde(deny_unknown_fields)]
 pub struct Variant {
     pub label: String,
+    /// The series of the AP figure this variant belongs to, when the series is not one config
+    /// key's value (a method of the schedule study spans several keys).
+    #[serde(default)]
+    pub series: Option<String>,
     #[serde(default)]
     pub set: Vec<String>,
     #[serde(default)]

@@ -13,6 +13,7 @@
 //! (zero value and zero gradient). Normalization (by the number of positives) is the caller's.
 
 use super::fused;
+use super::split::LossSplit;
 use super::stable::{LogitParts, Real, StdMath, Transcendental};
 use candle_core::{DType, Device, Tensor};
 
@@ -240,11 +241,22 @@ pub fn sigmoid_focal_loss(
     labels: &Tensor,
     p: &FocalParams,
 ) -> candle_core::Result<Tensor> {
+    Ok(sigmoid_focal_loss_split(logits, labels, p)?.0)
+}
+
+/// [`sigmoid_focal_loss`] with how its loss and gradient split over positives, hard and easy
+/// negatives (nearly free on CPU, where the fused pass sums them as it goes).
+pub fn sigmoid_focal_loss_split(
+    logits: &Tensor,
+    labels: &Tensor,
+    p: &FocalParams,
+) -> candle_core::Result<(Tensor, LossSplit)> {
     p.validate().map_err(candle_core::Error::wrap)?;
     if logits.device().is_cpu() {
-        fused::apply(logits, labels, focal_kernel(p))
+        fused::apply_with_split(logits, labels, focal_kernel(p))
     } else {
-        sigmoid_focal_loss_composed(logits, labels, p)
+        let split = fused::host_split(logits, labels, focal_kernel(p))?;
+        Ok((sigmoid_focal_loss_composed(logits, labels, p)?, split))
     }
 }
 
@@ -278,19 +290,26 @@ pub fn fl_star_loss_with(
     labels: &Tensor,
     p: &FlStarParams,
 ) -> candle_core::Result<Tensor> {
+    Ok(fl_star_loss_split(logits, labels, p)?.0)
+}
+
+/// [`fl_star_loss_with`] with the split of [`sigmoid_focal_loss_split`].
+pub fn fl_star_loss_split(
+    logits: &Tensor,
+    labels: &Tensor,
+    p: &FlStarParams,
+) -> candle_core::Result<(Tensor, LossSplit)> {
     FlStarParams::new(p.gamma, p.beta, p.alpha).map_err(candle_core::Error::wrap)?;
+    let kind = fused::Kind::FlStar {
+        gamma: p.gamma,
+        beta: p.beta,
+        alpha: p.alpha,
+    };
     if logits.device().is_cpu() {
-        fused::apply(
-            logits,
-            labels,
-            fused::Kind::FlStar {
-                gamma: p.gamma,
-                beta: p.beta,
-                alpha: p.alpha,
-            },
-        )
+        fused::apply_with_split(logits, labels, kind)
     } else {
-        fl_star_loss_composed(logits, labels, p)
+        let split = fused::host_split(logits, labels, kind)?;
+        Ok((fl_star_loss_composed(logits, labels, p)?, split))
     }
 }
 

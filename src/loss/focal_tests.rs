@@ -517,3 +517,53 @@ fn invalid_parameters_and_labels_are_rejected() {
     let short = Tensor::new(&[0i64, 1], &Device::Cpu).unwrap();
     assert!(sigmoid_focal_loss(&x, &short, &FocalParams::paper()).is_err());
 }
+
+#[test]
+fn loss_split_matches_direct_f64_sums_per_group() {
+    use super::super::split::{group_of, LossSplit};
+    // Sizes spanning several parallel tasks and ragged tails; logits within +-8 so that f32 sums
+    // of the kernel and the f64 reference agree closely.
+    for (m, k, seed) in [(5000, 7, 1u64), (300, 1, 2), (4100, 13, 3)] {
+        let (logits, labels) = random_problem(m, k, seed, 8.0);
+        let x: Vec<f32> = logits.flatten_all().unwrap().to_vec1().unwrap();
+        let lab: Vec<i64> = labels.to_vec1().unwrap();
+        for (gamma, alpha) in [(0.0, Some(0.75)), (2.0, Some(0.25)), (0.5, None)] {
+            let mut want = LossSplit::default();
+            for (r, &label) in lab.iter().enumerate() {
+                if label < 0 {
+                    continue;
+                }
+                for c in 0..k {
+                    let v = x[r * k + c] as f64;
+                    let positive = label == c as i64 + 1;
+                    let g = group_of(positive, x[r * k + c]);
+                    want.loss[g] += focal_elem(v, positive, gamma, alpha);
+                    want.grad[g] += focal_elem_grad(v, positive, gamma, alpha).abs();
+                }
+            }
+            let p = FocalParams {
+                gamma: gamma as f32,
+                alpha: alpha.map(|a| a as f32),
+            };
+            let (loss, got) = sigmoid_focal_loss_split(&logits, &labels, &p).unwrap();
+            let total: f64 = got.loss.iter().sum();
+            let value = loss.to_scalar::<f32>().unwrap() as f64;
+            assert!((total - value).abs() <= 1e-4 * value, "{total} vs {value}");
+            for g in 0..3 {
+                for (what, a, b) in [
+                    ("loss", got.loss[g], want.loss[g]),
+                    ("grad", got.grad[g], want.grad[g]),
+                ] {
+                    assert!(
+                        (a - b).abs() <= 1e-4 * b.abs() + 1e-6,
+                        "m {m} k {k} gamma {gamma}: {what}[{g}] {a} vs {b}"
+                    );
+                }
+            }
+            // every group is present in these problems, and the shares sum to one
+            assert!(want.loss.iter().all(|&v| v > 0.0));
+            let s: f64 = got.loss_shares().iter().sum();
+            assert!((s - 1.0).abs() < 1e-12);
+        }
+    }
+}

@@ -12,10 +12,11 @@
 //! each foreground anchor is corrected in scalar code.
 
 use super::focal::{fl_star_terms, focal_terms, GAMMA_GENERAL, GAMMA_ONE, GAMMA_TWO, GAMMA_ZERO};
+use super::split::{group_of, LossSplit, EASY_NEGATIVE, HARD_NEGATIVE, POSITIVE};
 use super::stable::{FastMath, Real, Transcendental};
 use candle_core::{CpuStorage, CustomOp2, DType, Layout, Shape, Tensor};
 use rayon::prelude::*;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
 /// Anchors per parallel task: ~20k logits at K = 10, enough to amortize scheduling.
 const ROWS_PER_TASK: usize = 2048;
@@ -149,8 +150,14 @@ macro_rules! with_loss {
 
 impl Kind {
     /// Summed loss over `x [M, K]` with `labels [M]` (already checked), writing `d loss / dx`
-    /// into `grad` (same length as `x`).
-    pub(crate) fn value_grad(&self, x: &[f32], labels: &[i64], k: usize, grad: &mut [f32]) -> f64 {
+    /// into `grad` (same length as `x`), and how loss and gradient split over the sample groups.
+    pub(crate) fn value_grad(
+        &self,
+        x: &[f32],
+        labels: &[i64],
+        k: usize,
+        grad: &mut [f32],
+    ) -> (f64, LossSplit) {
         with_loss!(*self, l => value_grad_impl(l, x, labels, k, grad))
     }
 
@@ -184,25 +191,36 @@ fn value_grad_impl<L: ElemLoss>(
     labels: &[i64],
     k: usize,
     grad: &mut [f32],
-) -> f64 {
+) -> (f64, LossSplit) {
     if k == 0 || labels.is_empty() {
-        return 0.0;
+        return (0.0, LossSplit::default());
     }
     let chunk = ROWS_PER_TASK * k;
     // Partial sums are collected in chunk order and added sequentially so the result does not
     // depend on how rayon splits the work.
-    let partial: Vec<f64> = x
+    let partial: Vec<(f64, LossSplit)> = x
         .par_chunks(chunk)
         .zip(labels.par_chunks(ROWS_PER_TASK))
         .zip(grad.par_chunks_mut(chunk))
         .map(|((xc, lc), gc)| chunk_pass(l, xc, lc, k, gc))
         .collect();
-    partial.iter().sum()
+    let mut split = LossSplit::default();
+    for (_, s) in &partial {
+        split.add(s);
+    }
+    (partial.iter().map(|(t, _)| t).sum(), split)
 }
 
-fn chunk_pass<L: ElemLoss>(l: &L, x: &[f32], labels: &[i64], k: usize, g: &mut [f32]) -> f64 {
+fn chunk_pass<L: ElemLoss>(
+    l: &L,
+    x: &[f32],
+    labels: &[i64],
+    k: usize,
+    g: &mut [f32],
+) -> (f64, LossSplit) {
     let rows = labels.len();
     let mut total = 0.0f64;
+    let mut split = LossSplit::default();
     let mut r = 0;
     while r < rows {
         if labels[r] < 0 {
@@ -215,22 +233,43 @@ fn chunk_pass<L: ElemLoss>(l: &L, x: &[f32], labels: &[i64], k: usize, g: &mut [
             r += 1;
         }
         let (xs, gs) = (&x[start * k..r * k], &mut g[start * k..r * k]);
-        total += background_pass(l, xs, gs);
+        let bg = background_pass(l, xs, gs);
+        total += bg.loss;
+        split.loss[HARD_NEGATIVE] += bg.hard_loss;
+        split.loss[EASY_NEGATIVE] += bg.loss - bg.hard_loss;
+        split.grad[HARD_NEGATIVE] += bg.hard_grad;
+        split.grad[EASY_NEGATIVE] += bg.grad - bg.hard_grad;
         for (row, &label) in labels.iter().enumerate().take(r).skip(start) {
             if label > 0 {
                 let i = row * k + (label as usize - 1);
-                let (v_bg, _) = l.eval::<f32, FastMath>(x[i], false);
+                let (v_bg, d_bg) = l.eval::<f32, FastMath>(x[i], false);
                 let (v, d) = l.eval::<f32, FastMath>(x[i], true);
                 total += v as f64 - v_bg as f64;
                 g[i] = d;
+                // The background pass counted this sample as a negative: move it to the positives.
+                let was = group_of(false, x[i]);
+                split.loss[was] -= v_bg as f64;
+                split.grad[was] -= d_bg.abs() as f64;
+                split.loss[POSITIVE] += v as f64;
+                split.grad[POSITIVE] += d.abs() as f64;
             }
         }
     }
-    total
+    (total, split)
+}
+
+/// Sums of a background pass: the loss (the value the training loss adds, in the same order as
+/// always), and for the split, the hard negatives' loss and the gradient magnitudes.
+#[derive(Default)]
+struct BackgroundSums {
+    loss: f64,
+    hard_loss: f64,
+    grad: f64,
+    hard_grad: f64,
 }
 
 /// Every logit taken as background: `sum(value)`, `g = d value / dx`.
-fn background_pass<L: ElemLoss>(l: &L, x: &[f32], g: &mut [f32]) -> f64 {
+fn background_pass<L: ElemLoss>(l: &L, x: &[f32], g: &mut [f32]) -> BackgroundSums {
     #[cfg(target_arch = "x86_64")]
     {
         if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma")
@@ -244,32 +283,47 @@ fn background_pass<L: ElemLoss>(l: &L, x: &[f32], g: &mut [f32]) -> f64 {
 
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
-unsafe fn background_pass_avx2<L: ElemLoss>(l: &L, x: &[f32], g: &mut [f32]) -> f64 {
+unsafe fn background_pass_avx2<L: ElemLoss>(l: &L, x: &[f32], g: &mut [f32]) -> BackgroundSums {
     background_pass_generic(l, x, g)
 }
 
 #[inline(always)]
-fn background_pass_generic<L: ElemLoss>(l: &L, x: &[f32], g: &mut [f32]) -> f64 {
-    let mut total = 0.0f64;
+fn background_pass_generic<L: ElemLoss>(l: &L, x: &[f32], g: &mut [f32]) -> BackgroundSums {
+    let mut sums = BackgroundSums::default();
+    let lanes_sum = |a: &[f32; LANES]| a.iter().map(|&v| v as f64).sum::<f64>();
     for (xb, gb) in x.chunks(SUM_BLOCK).zip(g.chunks_mut(SUM_BLOCK)) {
         let mut acc = [0.0f32; LANES];
+        // The split's sums, branch-free: `hard` is 1 for a logit >= 0 (p_t <= 0.5), else 0.
+        let (mut hard_acc, mut grad_acc, mut hard_grad_acc) =
+            ([0.0f32; LANES], [0.0f32; LANES], [0.0f32; LANES]);
         let mut xl = xb.chunks_exact(LANES);
         let mut gl = gb.chunks_exact_mut(LANES);
         for (xv, gv) in (&mut xl).zip(&mut gl) {
             for j in 0..LANES {
                 let (v, d) = l.eval::<f32, FastMath>(xv[j], false);
+                let hard = if xv[j] >= 0.0 { 1.0f32 } else { 0.0 };
                 acc[j] += v;
+                hard_acc[j] += hard * v;
+                grad_acc[j] += d.abs();
+                hard_grad_acc[j] += hard * d.abs();
                 gv[j] = d;
             }
         }
         for (xv, gv) in xl.remainder().iter().zip(gl.into_remainder()) {
             let (v, d) = l.eval::<f32, FastMath>(*xv, false);
+            let hard = if *xv >= 0.0 { 1.0f32 } else { 0.0 };
             acc[0] += v;
+            hard_acc[0] += hard * v;
+            grad_acc[0] += d.abs();
+            hard_grad_acc[0] += hard * d.abs();
             *gv = d;
         }
-        total += acc.iter().map(|&a| a as f64).sum::<f64>();
+        sums.loss += lanes_sum(&acc);
+        sums.hard_loss += lanes_sum(&hard_acc);
+        sums.grad += lanes_sum(&grad_acc);
+        sums.hard_grad += lanes_sum(&hard_grad_acc);
     }
-    total
+    sums
 }
 
 fn per_anchor_impl<L: ElemLoss>(l: &L, x: &[f32], labels: &[i64], k: usize) -> Vec<f32> {
@@ -304,6 +358,8 @@ struct FusedLoss {
     /// The gradient computed by the forward pass, taken by the first `bwd`.
     grad: Mutex<Option<Vec<f32>>>,
     keep_grad: bool,
+    /// The forward pass's split of loss and gradient, read by [`apply_with_split`].
+    split: Arc<Mutex<LossSplit>>,
 }
 
 impl FusedLoss {
@@ -313,11 +369,11 @@ impl FusedLoss {
         labels: &[i64],
         m: usize,
         k: usize,
-    ) -> candle_core::Result<(f64, Vec<f32>)> {
+    ) -> candle_core::Result<(f64, Vec<f32>, LossSplit)> {
         check_labels(labels, m, k)?;
         let mut grad = vec![0.0f32; x.len()];
-        let total = self.kind.value_grad(x, labels, k, &mut grad);
-        Ok((total, grad))
+        let (total, split) = self.kind.value_grad(x, labels, k, &mut grad);
+        Ok((total, grad, split))
     }
 }
 
@@ -345,7 +401,11 @@ impl CustomOp2 for FusedLoss {
             (CpuStorage::I64(v), Some((a, b))) => &v[a..b],
             _ => candle_core::bail!("{}: labels must be contiguous i64", self.name()),
         };
-        let (total, grad) = self.compute(x, labels, m, k)?;
+        let (total, grad, split) = self.compute(x, labels, m, k)?;
+        *self
+            .split
+            .lock()
+            .map_err(|_| candle_core::Error::Msg("loss split poisoned".into()))? = split;
         if self.keep_grad {
             *self
                 .grad
@@ -389,8 +449,13 @@ impl CustomOp2 for FusedLoss {
 }
 
 /// Applies the fused loss to CPU tensors `logits [M, K]` (any float dtype, converted to f32) and
-/// `labels [M]` (integer; -1 ignore, 0 background, 1..=K).
-pub(crate) fn apply(logits: &Tensor, labels: &Tensor, kind: Kind) -> candle_core::Result<Tensor> {
+/// `labels [M]` (integer; -1 ignore, 0 background, 1..=K), returning the summed loss and how it
+/// and its gradient split over positives, hard and easy negatives.
+pub(crate) fn apply_with_split(
+    logits: &Tensor,
+    labels: &Tensor,
+    kind: Kind,
+) -> candle_core::Result<(Tensor, LossSplit)> {
     let (m, _k) = logits.dims2()?;
     let n = labels.dims1()?;
     if n != m {
@@ -403,14 +468,38 @@ pub(crate) fn apply(logits: &Tensor, labels: &Tensor, kind: Kind) -> candle_core
     };
     let labels = labels.to_dtype(DType::I64)?.contiguous()?;
     let track = logits.track_op();
+    let split = Arc::new(Mutex::new(LossSplit::default()));
     let op = FusedLoss {
         kind,
         grad: Mutex::new(None),
         keep_grad: track,
+        split: split.clone(),
     };
-    if track {
-        logits.apply_op2(&labels, op)
+    let loss = if track {
+        logits.apply_op2(&labels, op)?
     } else {
-        logits.apply_op2_no_bwd(&labels, &op)
-    }
+        logits.apply_op2_no_bwd(&labels, &op)?
+    };
+    let split = *split
+        .lock()
+        .map_err(|_| candle_core::Error::Msg("loss split poisoned".into()))?;
+    Ok((loss, split))
+}
+
+/// The split of [`apply_with_split`] for logits on any device, computed on a host copy (for the
+/// composed losses of other devices, whose kernels do not produce it).
+pub(crate) fn host_split(
+    logits: &Tensor,
+    labels: &Tensor,
+    kind: Kind,
+) -> candle_core::Result<LossSplit> {
+    let (m, k) = logits.dims2()?;
+    let x = logits
+        .to_dtype(DType::F32)?
+        .flatten_all()?
+        .to_vec1::<f32>()?;
+    let labels = labels.to_dtype(DType::I64)?.to_vec1::<i64>()?;
+    check_labels(&labels, m, k)?;
+    let mut grad = vec![0.0f32; x.len()];
+    Ok(kind.value_grad(&x, &labels, k, &mut grad).1)
 }

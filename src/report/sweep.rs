@@ -145,15 +145,10 @@ fn write_ap_figure(path: &Path, spec: &ExperimentSpec, c: &Collected) -> Result<
     let mut series = Vec::new();
     for (key, mut members) in groups {
         members.sort_by(|a, b| a.x.unwrap_or(0.0).total_cmp(&b.x.unwrap_or(0.0)));
-        let name = |what: &str| {
-            if key.is_empty() {
-                what.to_string()
-            } else {
-                format!(
-                    "{what}, {} = {key}",
-                    spec.series_key.as_deref().unwrap_or("")
-                )
-            }
+        let name = |what: &str| match (key.is_empty(), spec.series_key.as_deref()) {
+            (true, _) => what.to_string(),
+            (false, Some(series_key)) => format!("{what}, {series_key} = {key}"),
+            (false, None) => format!("{key}: {what}"),
         };
         series.push(Series {
             label: name("fl-lab (mean ± std over seeds)"),

@@ -5,8 +5,8 @@ use super::targets::{TargetBuilder, Targets};
 use crate::config::{Config, LossKind, NormalizerKind};
 use crate::loss::ohem::{select, OhemConfig};
 use crate::loss::{
-    alpha_balanced_ce, fl_star_loss_with, per_anchor_loss, sigmoid_focal_loss, smooth_l1_loss,
-    FlStarParams, FocalParams,
+    fl_star_loss_split, per_anchor_loss, sigmoid_focal_loss_split, smooth_l1_loss, FlStarParams,
+    FocalParams, LossSplit,
 };
 use crate::model::Output;
 use anyhow::{bail, Result};
@@ -53,6 +53,9 @@ pub struct LossTerms {
     pub boxes: Tensor,
     /// cls + box_weight * boxes.
     pub total: Tensor,
+    /// How the classification loss and its gradient split over positives, hard and easy
+    /// negatives (for OHEM: over the selected anchors, the only ones that carry a loss).
+    pub split: LossSplit,
 }
 
 /// Computes the loss of one minibatch. `out.cls` `[N, T, K]`, `out.boxes` `[N, T, 4]`.
@@ -118,21 +121,24 @@ pub fn compute_normalized(
         };
         Ok(smooth_l1_loss(&pred, &tgt, box_beta)?)
     };
-    let (cls_sum, box_sum) = match l.kind {
+    let ce = |labels: &Tensor, alpha: Option<f32>| {
+        sigmoid_focal_loss_split(&logits, labels, &FocalParams { gamma: 0.0, alpha })
+    };
+    let ((cls_sum, split), box_sum) = match l.kind {
         LossKind::Focal => {
             let p = FocalParams {
                 gamma,
                 alpha: Some(alpha),
             };
-            (sigmoid_focal_loss(&logits, &labels, &p)?, box_loss(None)?)
+            (
+                sigmoid_focal_loss_split(&logits, &labels, &p)?,
+                box_loss(None)?,
+            )
         }
-        LossKind::Ce => (
-            alpha_balanced_ce(&logits, &labels, Some(alpha))?,
-            box_loss(None)?,
-        ),
+        LossKind::Ce => (ce(&labels, Some(alpha))?, box_loss(None)?),
         LossKind::FlStar => {
             let p = FlStarParams::new(gamma, beta, Some(alpha))?;
-            (fl_star_loss_with(&logits, &labels, &p)?, box_loss(None)?)
+            (fl_star_loss_split(&logits, &labels, &p)?, box_loss(None)?)
         }
         LossKind::Ohem => {
             let plain = FocalParams {
@@ -171,16 +177,18 @@ pub fn compute_normalized(
                 .map(|&a| masked[a as usize] > 0)
                 .collect();
             let masked = Tensor::from_vec(masked, n * t, dev)?;
-            (
-                alpha_balanced_ce(&logits, &masked, None)?,
-                box_loss(Some(&keep))?,
-            )
+            (ce(&masked, None)?, box_loss(Some(&keep))?)
         }
     };
     let cls = (cls_sum / norm)?;
     let boxes = (box_sum / norm)?;
     let total = (&cls + (&boxes * l.box_weight)?)?;
-    Ok(LossTerms { cls, boxes, total })
+    Ok(LossTerms {
+        cls,
+        boxes,
+        total,
+        split,
+    })
 }
 
 /// Smooth L1 of one difference (for OHEM's scores; the training loss uses `smooth_l1_loss`).

@@ -12,6 +12,7 @@
 use super::objective::{self, Normalizer};
 use super::targets::{GtBoxes, TargetBuilder, Targets};
 use crate::config::{Config, NormKind};
+use crate::loss::LossSplit;
 use crate::model::RetinaNet;
 use anyhow::{Context, Result};
 use candle_core::backprop::GradStore;
@@ -25,6 +26,8 @@ pub struct Pass {
     pub loss_box: f64,
     /// Foreground anchors in the batch.
     pub positives: usize,
+    /// The classification loss and gradient split over positives, hard and easy negatives.
+    pub split: LossSplit,
     /// One gradient store per part; the batch's gradient is their sum.
     pub grads: Vec<GradStore>,
     /// Forward (targets, model, loss) and backward time of the slowest part.
@@ -99,6 +102,7 @@ impl Stepper {
             Ok(PartPass {
                 loss_cls,
                 loss_box,
+                split: terms.split,
                 grads,
                 forward: t1 - t0,
                 backward: t1.elapsed(),
@@ -127,10 +131,15 @@ impl Stepper {
                     .collect::<Result<Vec<_>>>()
             })?
         };
+        let mut split = LossSplit::default();
+        for p in &parts {
+            split.add(&p.split);
+        }
         Ok(Pass {
             loss_cls: parts.iter().map(|p| p.loss_cls).sum(),
             loss_box: parts.iter().map(|p| p.loss_box).sum(),
             positives,
+            split,
             forward: targets_time + parts.iter().map(|p| p.forward).max().unwrap_or_default(),
             backward: parts.iter().map(|p| p.backward).max().unwrap_or_default(),
             grads: parts.into_iter().map(|p| p.grads).collect(),
@@ -141,6 +150,7 @@ impl Stepper {
 struct PartPass {
     loss_cls: f64,
     loss_box: f64,
+    split: LossSplit,
     grads: GradStore,
     forward: Duration,
     backward: Duration,

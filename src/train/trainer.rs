@@ -3,7 +3,9 @@
 //!
 //! A run directory holds:
 //! - `config.toml`: the resolved config (a resumed run must match it);
-//! - `metrics.csv`: iteration, lr, loss_cls, loss_box, positives, seconds (cumulative training time);
+//! - `metrics.csv`: iteration, lr, loss_cls, loss_box, positives, seconds (cumulative training time),
+//!   and the shares of the classification loss and of its gradient carried by positives, hard and
+//!   easy negatives (`loss_share_pos`, ..., `grad_share_easy_neg`; see `crate::loss::split`);
 //! - `loss.png`: the loss curves;
 //! - `checkpoint.json` + `checkpoint-<iter>.safetensors`: model, optimizer and loop state. The JSON
 //!   is written last and names the weights file, so a crash between the two leaves the previous
@@ -67,6 +69,45 @@ pub struct MetricsRow {
     pub loss_box: f64,
     pub positives: usize,
     pub seconds: f64,
+    /// Shares of the classification loss (`loss_share_*`) and of its gradient magnitude with
+    /// respect to the logits (`grad_share_*`); NaN in files written before they were logged.
+    #[serde(default = "nan")]
+    pub loss_share_pos: f64,
+    #[serde(default = "nan")]
+    pub loss_share_hard_neg: f64,
+    #[serde(default = "nan")]
+    pub loss_share_easy_neg: f64,
+    #[serde(default = "nan")]
+    pub grad_share_pos: f64,
+    #[serde(default = "nan")]
+    pub grad_share_hard_neg: f64,
+    #[serde(default = "nan")]
+    pub grad_share_easy_neg: f64,
+}
+
+fn nan() -> f64 {
+    f64::NAN
+}
+
+impl MetricsRow {
+    fn new(iteration: usize, lr: f64, pass: &super::step::Pass, seconds: f64) -> MetricsRow {
+        let [loss_share_pos, loss_share_hard_neg, loss_share_easy_neg] = pass.split.loss_shares();
+        let [grad_share_pos, grad_share_hard_neg, grad_share_easy_neg] = pass.split.grad_shares();
+        MetricsRow {
+            iteration,
+            lr,
+            loss_cls: pass.loss_cls,
+            loss_box: pass.loss_box,
+            positives: pass.positives,
+            seconds,
+            loss_share_pos,
+            loss_share_hard_neg,
+            loss_share_easy_neg,
+            grad_share_pos,
+            grad_share_hard_neg,
+            grad_share_easy_neg,
+        }
+    }
 }
 
 /// The outcome of a run, written to `summary.json`.
@@ -229,14 +270,7 @@ pub fn train(
         let dt = t0.elapsed().as_secs_f64();
         if !(loss_cls.is_finite() && loss_box.is_finite()) {
             seconds += dt;
-            rows.push(MetricsRow {
-                iteration: it,
-                lr,
-                loss_cls,
-                loss_box,
-                positives: pass.positives,
-                seconds,
-            });
+            rows.push(MetricsRow::new(it, lr, &pass, seconds));
             diverged_at = Some(it);
             break;
         }
@@ -245,14 +279,7 @@ pub fn train(
         step_times.push(t_step.elapsed().as_secs_f64());
         last = (loss_cls, loss_box);
         if it % cfg.train.log_every == 0 || it + 1 == end {
-            rows.push(MetricsRow {
-                iteration: it,
-                lr,
-                loss_cls,
-                loss_box,
-                positives: pass.positives,
-                seconds,
-            });
+            rows.push(MetricsRow::new(it, lr, &pass, seconds));
         }
         bar.set_position((it + 1) as u64);
         bar.set_message(format!("cls {loss_cls:.4} box {loss_box:.4}"));
@@ -388,6 +415,12 @@ pub fn write_metrics(path: &Path, rows: &[MetricsRow]) -> Result<()> {
             "loss_box",
             "positives",
             "seconds",
+            "loss_share_pos",
+            "loss_share_hard_neg",
+            "loss_share_easy_neg",
+            "grad_share_pos",
+            "grad_share_hard_neg",
+            "grad_share_easy_neg",
         ])?;
     }
     let bytes = w.into_inner().context("finishing metrics.csv")?;
