@@ -20,7 +20,7 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
     let tmp = dir.join(format!(
         ".{}.tmp-{}",
         file_name.to_string_lossy(),
-        std::process::id()
+        unique_suffix()
     ));
     let result = (|| -> Result<()> {
         let mut f = std::fs::File::create(&tmp)
@@ -49,13 +49,43 @@ pub fn temp_beside(path: &Path) -> std::path::PathBuf {
         .extension()
         .map(|e| format!(".{}", e.to_string_lossy()))
         .unwrap_or_default();
-    path.with_file_name(format!(".{name}.tmp-{}{ext}", std::process::id()))
+    path.with_file_name(format!(".{name}.tmp-{}{ext}", unique_suffix()))
 }
 
-/// Renames a file made by [`temp_beside`] over its destination.
+/// Unique per process and per call, so that threads writing the same file never share a temporary.
+fn unique_suffix() -> String {
+    static CALLS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let n = CALLS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    format!("{}-{n}", std::process::id())
+}
+
+/// Renames a file made by [`temp_beside`] over its destination, with the permissions a newly
+/// created file gets (0666 less the umask), as [`write_atomic`]'s files have: some writers, such as
+/// safetensors', create theirs owner-only.
 pub fn commit_temp(tmp: &Path, path: &Path) -> Result<()> {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = 0o666 & !umask();
+        std::fs::set_permissions(tmp, std::fs::Permissions::from_mode(mode))
+            .with_context(|| format!("cannot set the permissions of {}", tmp.display()))?;
+    }
     std::fs::rename(tmp, path)
         .with_context(|| format!("cannot rename {} to {}", tmp.display(), path.display()))
+}
+
+/// The process's umask, read from `/proc/self/status` (setting it to read it would race with other
+/// threads creating files); 022 where that is not available.
+#[cfg(unix)]
+fn umask() -> u32 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("Umask:"))
+                .and_then(|v| u32::from_str_radix(v.trim(), 8).ok())
+        })
+        .unwrap_or(0o022)
 }
 
 /// `git describe --always --dirty` of the working directory, or "unknown" outside a git checkout.
@@ -85,5 +115,23 @@ mod tests {
         assert_eq!(std::fs::read(&p).unwrap(), b"two");
         let names: Vec<_> = std::fs::read_dir(dir.path().join("sub")).unwrap().collect();
         assert_eq!(names.len(), 1);
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn files_written_through_a_temporary_get_the_usual_permissions() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let (a, b) = (dir.path().join("a.csv"), dir.path().join("b.bin"));
+        write_atomic(&a, b"x").unwrap();
+        let tmp = temp_beside(&b);
+        // an owner-only file, as safetensors writes it
+        std::fs::write(&tmp, b"y").unwrap();
+        std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(0o600)).unwrap();
+        commit_temp(&tmp, &b).unwrap();
+        let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode(&b), mode(&a));
+        assert_eq!(mode(&b), 0o666 & !umask());
+        assert_ne!(temp_beside(&b), temp_beside(&b), "one temporary per call");
     }
 }

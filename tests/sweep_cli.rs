@@ -39,6 +39,50 @@ fn lines(path: &Path) -> usize {
 }
 
 #[test]
+fn the_main_job_trains_into_results_and_leaves_the_committed_reference_unchanged() {
+    // A checkout's committed reference folder, and the main job run from the checkout's root.
+    let t = tempfile::tempdir().unwrap();
+    let data = tiny_dataset(t.path());
+    let reference = t.path().join("plots/sweep-gamma");
+    std::fs::create_dir_all(&reference).unwrap();
+    let committed = concat!(env!("CARGO_MANIFEST_DIR"), "/plots/sweep-gamma");
+    let mut before = Vec::new();
+    for f in ["results.csv", "summary.csv", "summary.md"] {
+        std::fs::copy(format!("{committed}/{f}"), reference.join(f)).unwrap();
+        before.push(std::fs::read(reference.join(f)).unwrap());
+    }
+    let o = Command::new(env!("CARGO_BIN_EXE_fl-lab"))
+        .current_dir(t.path())
+        .args([
+            "--quiet",
+            "sweep-gamma",
+            "--preset",
+            "smoke",
+            "--data",
+            &data,
+        ])
+        .output()
+        .unwrap();
+    let stdout = ok(&o);
+    assert!(
+        stdout.starts_with("sweep-gamma: 7 runs (0 reused, 7 trained"),
+        "{stdout}"
+    );
+    assert!(stdout.contains("committed AP"), "{stdout}");
+    for (f, bytes) in ["results.csv", "summary.csv", "summary.md"]
+        .iter()
+        .zip(&before)
+    {
+        assert_eq!(
+            &std::fs::read(reference.join(f)).unwrap(),
+            bytes,
+            "{f} changed"
+        );
+    }
+    assert_eq!(lines(&t.path().join("results/sweep-gamma/results.csv")), 8);
+}
+
+#[test]
 fn every_sweep_runs_with_the_smoke_preset_and_writes_its_files() {
     let t = tempfile::tempdir().unwrap();
     let data = tiny_dataset(t.path());

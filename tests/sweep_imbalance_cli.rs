@@ -271,16 +271,21 @@ fn later_seeds_train_the_settings_seed_0_chose_and_committed_rows_are_reused() {
         "{md}"
     );
 
-    // A committed table without its run folders: nothing is trained again and the table survives.
+    // A committed table without its run folders: with --reuse-recorded (announced first) nothing
+    // is trained again and the table survives.
     std::fs::remove_dir_all(out.join("runs")).unwrap();
-    let again = ok(&run(out_s, &[]));
+    let again = ok(&run(out_s, &["--reuse-recorded"]));
+    assert!(
+        again.starts_with("--reuse-recorded: the 16 runs recorded in"),
+        "{again}"
+    );
     assert!(again.contains("16 runs (16 reused, 0 trained"), "{again}");
     let back = csv_rows(&out.join("results.csv"));
     for col in ["config_hash", "seed", "holdout_ap", "ap", "chosen"] {
         assert_eq!(column(&back, col), column(&rows, col), "{col}");
     }
     // --tune-seeds 2: seed 1 must now train the rest of the grid too
-    let more = ok(&run(out_s, &["--tune-seeds", "2"]));
+    let more = ok(&run(out_s, &["--reuse-recorded", "--tune-seeds", "2"]));
     assert!(more.contains("20 runs (16 reused, 4 trained"), "{more}");
 
     // Shards started one after the other: the first finds the grid unfinished and says so; once the

@@ -64,7 +64,23 @@ fn train_writes_a_run_and_resumes() {
     }
     let csv = std::fs::read_to_string(run.join("metrics.csv")).unwrap();
     let lines: Vec<&str> = csv.lines().collect();
-    assert_eq!(lines[0], "iteration,lr,loss_cls,loss_box,positives,seconds");
+    assert_eq!(
+        lines[0],
+        "iteration,lr,loss_cls,loss_box,positives,seconds,loss_share_pos,loss_share_hard_neg,\
+         loss_share_easy_neg,grad_share_pos,grad_share_hard_neg,grad_share_easy_neg"
+    );
+    // the shares of positives, hard and easy negatives sum to one, in loss and in gradient
+    for line in &lines[1..] {
+        let v: Vec<f64> = line
+            .split(',')
+            .skip(6)
+            .map(|x| x.parse().unwrap())
+            .collect();
+        for shares in [&v[0..3], &v[3..6]] {
+            assert!(shares.iter().all(|s| (0.0..=1.0).contains(s)), "{line}");
+            assert!((shares.iter().sum::<f64>() - 1.0).abs() < 1e-9, "{line}");
+        }
+    }
     let iters: Vec<&str> = lines[1..]
         .iter()
         .map(|l| l.split(',').next().unwrap())

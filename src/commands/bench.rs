@@ -234,11 +234,15 @@ pub fn simd_level() -> &'static str {
     "baseline"
 }
 
+/// The largest `bench peak --size`: three 8192 x 8192 f32 matrices take 768 MiB.
+const MAX_PEAK_SIZE: usize = 8192;
+
 /// Measured sgemm GFLOP/s for an n x n x n product with `threads` threads.
 pub fn measure_peak(n: usize, threads: usize, reps: usize) -> Result<f64> {
-    if n == 0 {
-        bail!("--size must be positive");
+    if !(1..=MAX_PEAK_SIZE).contains(&n) {
+        bail!("--size must be between 1 and {MAX_PEAK_SIZE}, got {n}");
     }
+    reps_ok(reps).with_context(|| format!("--reps must be between 1 and 256, got {reps}"))?;
     let a: Vec<f32> = (0..n * n)
         .map(|i| ((i % 97) as f32 - 48.0) / 97.0)
         .collect();
@@ -425,8 +429,15 @@ pub fn time_layer(l: &Layer, batch: usize, reps: usize) -> Result<(PassTimes, Pa
 
 fn conv_table(batch: usize, reps: usize, only: Option<&str>) -> Result<()> {
     reps_ok(reps).context("--reps must be between 1 and 256")?;
-    if batch == 0 {
-        bail!("--batch must be positive");
+    if batch == 0 || batch > 256 {
+        bail!("--batch must be between 1 and 256, got {batch}");
+    }
+    if let Some(o) = only.filter(|o| !REFERENCE_LAYERS.iter().any(|l| l.name.contains(o))) {
+        let names: Vec<&str> = REFERENCE_LAYERS.iter().map(|l| l.name).collect();
+        bail!(
+            "--only '{o}' matches no layer; the layers are: {}",
+            names.join(", ")
+        );
     }
     println!(
         "batch {batch}, {} threads, {} kernels, median of {reps}; ms per call",

@@ -160,7 +160,7 @@ pub struct StatsArgs {
     #[arg(long, default_value = "detectron")]
     pub low_quality: LowQualityMatches,
     /// Directory for the CSV files.
-    #[arg(long, default_value = "plots/data-stats")]
+    #[arg(long, default_value = "results/data-stats")]
     pub out: PathBuf,
 }
 
@@ -198,6 +198,22 @@ fn run_gen(a: GenArgs, quiet: bool) -> Result<()> {
         bail!("--name '{name}' must be a plain directory name");
     }
     let dir = root.join(&name);
+    if a.train == 0 || a.val == 0 {
+        bail!(
+            "--train {} --val {}: a dataset needs at least one image in each split",
+            a.train,
+            a.val
+        );
+    }
+    // A folder with a dataset that `data gen` did not write is the user's own.
+    if generate::holds_foreign_dataset(&dir) && !a.force {
+        bail!(
+            "{} holds a dataset that `data gen` did not write (no {}): refusing to overwrite it; \
+             choose another --name or --root, or pass --force to replace it",
+            dir.display(),
+            generate::MANIFEST
+        );
+    }
     let start = std::time::Instant::now();
     let manifest = match a.kind {
         Kind::Shapes => {
@@ -423,6 +439,22 @@ fn ratio(num: usize, den: usize) -> f64 {
 }
 
 fn run_stats(a: StatsArgs, quiet: bool) -> Result<()> {
+    // Settings are checked before anything is read or written.
+    // Anchors are the same for every image, since every image is padded to the square input.
+    let acfg = AnchorConfig {
+        anchor_scale: a.anchor_scale,
+        min_level: a.min_level,
+        max_level: a.max_level,
+        scales_per_octave: a.scales_per_octave,
+        ..AnchorConfig::default()
+    };
+    acfg.validate().context("anchor settings")?;
+    let matcher = Matcher {
+        pos_iou: a.pos_iou,
+        neg_iou: a.neg_iou,
+        low_quality: a.low_quality,
+    };
+    matcher.validate().context("matcher settings")?;
     let ds = open(&a.sel, quiet)?;
     let gts: Vec<_> = (0..ds.len()).map(|i| ds.ground_truth(i, false)).collect();
     let names = class_names(&ds);
@@ -477,21 +509,6 @@ fn run_stats(a: StatsArgs, quiet: bool) -> Result<()> {
             .collect(),
     )?;
 
-    // Anchors: the same for every image, since every image is padded to the square input.
-    let acfg = AnchorConfig {
-        anchor_scale: a.anchor_scale,
-        min_level: a.min_level,
-        max_level: a.max_level,
-        scales_per_octave: a.scales_per_octave,
-        ..AnchorConfig::default()
-    };
-    acfg.validate().context("anchor settings")?;
-    let matcher = Matcher {
-        pos_iou: a.pos_iou,
-        neg_iou: a.neg_iou,
-        low_quality: a.low_quality,
-    };
-    matcher.validate().context("matcher settings")?;
     let anchors = acfg.generate(a.sel.input_size, a.sel.input_size);
     let k = ds.num_classes();
     let per_image: Vec<AnchorCounts> = {
@@ -563,8 +580,7 @@ fn run_stats(a: StatsArgs, quiet: bool) -> Result<()> {
         gts.iter()
             .zip(&per_image)
             .map(|(g, c)| {
-                [
-                    g.image_id as usize,
+                let counts = [
                     c.objects,
                     c.positives,
                     c.ignored,
@@ -572,10 +588,11 @@ fn run_stats(a: StatsArgs, quiet: bool) -> Result<()> {
                     c.unmatched_objects,
                     c.binary_positives,
                     c.binary_negatives,
-                ]
-                .iter()
-                .map(|v| v.to_string())
-                .collect()
+                ];
+                // COCO ids are signed (pycocotools takes any integer), unlike the counts.
+                std::iter::once(g.image_id.to_string())
+                    .chain(counts.iter().map(|v| v.to_string()))
+                    .collect()
             })
             .collect(),
     )?;

@@ -23,7 +23,7 @@ pub struct Args {
     /// Draw detections scoring at least this (the model keeps every detection above 0.05).
     #[arg(long, default_value_t = 0.3)]
     pub min_score: f32,
-    /// Output PNG (default: plots/detect/<image name>.png).
+    /// Output PNG (default: results/detect/<image name>.png).
     #[arg(long)]
     pub out: Option<PathBuf>,
     /// Upscaling factor of the drawing (default: so the longer side is at least 512 px).
@@ -87,12 +87,12 @@ fn default_out(image: &Path) -> PathBuf {
         .file_stem()
         .map(|s| s.to_string_lossy().into_owned())
         .unwrap_or_else(|| "image".into());
-    PathBuf::from("plots/detect").join(format!("{stem}.png"))
+    PathBuf::from("results/detect").join(format!("{stem}.png"))
 }
 
 /// A weights file and the config beside it, on the device that config names.
 fn load_weights(weights: &Path) -> Result<RetinaNet> {
-    let cfg_path = crate::model::config_path(weights);
+    let cfg_path = crate::model::find_config(weights).context("--model")?;
     let cfg = crate::config::Config::load(&cfg_path, &[])
         .with_context(|| format!("--model {}: the config beside it", weights.display()))?;
     let device = crate::device::parse_device(&cfg.device)?;

@@ -27,7 +27,7 @@ pub struct Args {
     #[arg(long, requires = "run")]
     pub data: Option<PathBuf>,
     /// Directory for metrics.json, metrics.csv, per_category.csv, pr_curves.csv and pr_curves.png.
-    #[arg(long, value_name = "DIR", default_value = "plots/eval")]
+    #[arg(long, value_name = "DIR", default_value = "results/eval")]
     pub out: PathBuf,
 }
 

@@ -48,8 +48,9 @@ pub struct Args {
     /// the default model (trained with snapshots at 10% and 50%).
     #[arg(long, conflicts_with_all = ["samples", "gammas"])]
     pub over_training: bool,
-    /// Output directory.
-    #[arg(long, default_value = "plots/loss-cdf")]
+    /// Output directory (not tracked by default; the committed reference is plots/loss-cdf). A folder
+    /// holds the analyses of one model or samples file: those of another are replaced.
+    #[arg(long, default_value = "results/loss-cdf")]
     pub out: PathBuf,
 }
 
@@ -76,10 +77,11 @@ pub fn run(args: Args, quiet: bool) -> Result<()> {
         return run_over_training(&args, quiet);
     }
     let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(args.seed);
-    let (sets, source) = match &args.samples {
+    let (sets, source, key) = match &args.samples {
         Some(path) => (
             read_samples(path, args.values, args.max_pos, args.max_neg, &mut rng)?,
             format!("samples file `{}`", path.display()),
+            format!("samples {}", path.display()),
         ),
         None => {
             let run_dir = match &args.run {
@@ -111,10 +113,11 @@ pub fn run(args: Args, quiet: bool) -> Result<()> {
                 val.len(),
                 val.source.json.display()
             );
-            (sets, source)
+            (sets, source, model_key(&run_dir))
         }
     };
     let provenance = Provenance {
+        key,
         source,
         positives_seen: sets.positives.seen(),
         negatives_seen: sets.negatives.seen(),
@@ -141,6 +144,11 @@ pub fn run(args: Args, quiet: bool) -> Result<()> {
     })?;
     print_summary(&curves, &args.out);
     Ok(())
+}
+
+/// What a model's analyses are keyed by in their folder: its run directory.
+fn model_key(run_dir: &Path) -> String {
+    format!("model {}", run_dir.display())
 }
 
 /// Trains (once) the default gamma = 2 model the paper analyses, on the built-in benchmark.
@@ -273,6 +281,7 @@ fn run_over_training(args: &Args, quiet: bool) -> Result<()> {
         });
     }
     let provenance = Provenance {
+        key: model_key(&run_dir),
         source: format!(
             "run `{}` (loss {:?}, gamma {}, alpha {}), {} checkpoints, on {} validation images of `{}`",
             run_dir.display(),

@@ -12,7 +12,7 @@ use std::path::{Path, PathBuf};
 #[derive(Debug, clap::Args)]
 pub struct Args {
     /// Directory for figure1/5/6 .csv and .png (created if missing).
-    #[arg(long, default_value = "plots/loss-curves")]
+    #[arg(long, default_value = "results/loss-curves")]
     pub out: PathBuf,
     /// Focal loss gammas of Figure 1 (comma-separated, each >= 0).
     #[arg(long, value_delimiter = ',', default_value = "0,0.5,1,2,5")]

@@ -3,33 +3,29 @@
 
 use crate::experiments::executor::TrainAndEvaluate;
 use crate::experiments::runner::Shard;
-use crate::experiments::{default_out, run_experiment, SweepOptions};
+use crate::experiments::{default_out, reference_for, run_experiment, SweepOptions};
 use anyhow::Result;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
+/// The flags every sweep command shares (`sweep-*`, `anchors`, `ohem-vs-focal`, `schedule`,
+/// `sweep-imbalance`), declared once.
 #[derive(Debug, clap::Args)]
-pub struct Args {
+pub struct SweepFlags {
     /// Training preset: smoke (seconds per run, for tests), cpu (the default) or paper (GPU), or a TOML file.
     #[arg(long, default_value = "cpu")]
     pub preset: String,
-    /// Replicates per configuration (seeds 0..N); tables report mean and standard deviation.
+    /// Replicates per configuration (seeds 0..N); tables report mean and standard deviation over seeds.
     #[arg(long, default_value_t = 1)]
     pub seeds: usize,
-    /// A COCO-format dataset (directory with train.json/val.json, or a JSON file) instead of the built-in benchmark.
-    #[arg(long)]
-    pub data: Option<PathBuf>,
     /// cpu, cuda or cuda:N.
     #[arg(long)]
     pub device: Option<String>,
-    /// Output folder (default plots/<experiment>); finished runs live in <out>/runs/<config hash>.
+    /// Output folder (default results/<experiment>, not tracked; the committed reference is plots/<experiment>); finished runs live in <out>/runs/<config hash>.
     #[arg(long)]
     pub out: Option<PathBuf>,
     /// Extra config overrides for every run, e.g. --set schedule.iterations=3000.
     #[arg(long = "set", value_name = "KEY=VALUE")]
     pub set: Vec<String>,
-    /// Cross every configuration with these alphas (the full gamma x alpha grid of Table 1b).
-    #[arg(long, value_delimiter = ',')]
-    pub alphas: Vec<f64>,
     /// Run only shard i of n (1-based), e.g. --shard 2/4; every shard writes into the same --out.
     #[arg(long)]
     pub shard: Option<String>,
@@ -42,31 +38,82 @@ pub struct Args {
     /// Use this experiment spec instead of the built-in one.
     #[arg(long)]
     pub spec: Option<PathBuf>,
+    /// Count the runs recorded in <out>/results.csv as finished, training only the others (to spread a sweep over several sessions, e.g. with --out plots/<experiment>).
+    #[arg(long)]
+    pub reuse_recorded: bool,
+}
+
+impl SweepFlags {
+    /// `--device` and `--set` as config overrides, after `first`.
+    pub fn overrides(&self, first: Vec<String>) -> Vec<String> {
+        let mut overrides = first;
+        if let Some(d) = &self.device {
+            overrides.push(format!("device={d:?}"));
+        }
+        overrides.extend(self.set.iter().cloned());
+        overrides
+    }
+
+    pub fn shard(&self) -> Result<Shard> {
+        match &self.shard {
+            Some(s) => Shard::parse(s),
+            None => Ok(Shard::ALL),
+        }
+    }
+
+    /// The output folder of experiment `name`.
+    pub fn out(&self, name: &str) -> PathBuf {
+        self.out.clone().unwrap_or_else(|| default_out(name))
+    }
+
+    /// With `--reuse-recorded`, says first how many recorded runs count as finished.
+    pub fn announce_reuse(&self, out: &Path) -> Result<()> {
+        if self.reuse_recorded {
+            let table = out.join("results.csv");
+            let recorded = crate::experiments::collect::earlier_records(&table)?;
+            println!(
+                "--reuse-recorded: the {} runs recorded in {} count as finished; only the others are trained",
+                recorded.len(),
+                table.display()
+            );
+        }
+        Ok(())
+    }
+}
+
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    #[command(flatten)]
+    pub sweep: SweepFlags,
+    /// A COCO-format dataset (directory with train.json/val.json, or a JSON file) instead of the built-in benchmark.
+    #[arg(long)]
+    pub data: Option<PathBuf>,
+    /// Cross every configuration with these alphas (the full gamma x alpha grid of Table 1b).
+    #[arg(long, value_delimiter = ',')]
+    pub alphas: Vec<f64>,
 }
 
 /// The top-level entry point for the four sweep commands; `name` selects the experiment.
 pub fn run(name: &str, args: Args, quiet: bool) -> Result<()> {
-    let mut overrides = Vec::new();
-    if let Some(d) = &args.data {
-        overrides.push(format!("data.source={:?}", d.display().to_string()));
-    }
-    if let Some(d) = &args.device {
-        overrides.push(format!("device={d:?}"));
-    }
-    overrides.extend(args.set.iter().cloned());
+    let flags = &args.sweep;
+    let data = args
+        .data
+        .iter()
+        .map(|d| format!("data.source={:?}", d.display().to_string()));
+    let out = flags.out(name);
+    flags.announce_reuse(&out)?;
     let opts = SweepOptions {
-        spec: args.spec.clone(),
-        preset: args.preset.clone(),
-        seeds: args.seeds,
-        overrides,
+        spec: flags.spec.clone(),
+        preset: flags.preset.clone(),
+        seeds: flags.seeds,
+        overrides: flags.overrides(data.collect()),
         alphas: args.alphas.clone(),
-        shard: match &args.shard {
-            Some(s) => Shard::parse(s)?,
-            None => Shard::ALL,
-        },
-        collect_only: args.collect,
-        jobs: args.jobs,
-        out: args.out.clone().unwrap_or_else(|| default_out(name)),
+        shard: flags.shard()?,
+        collect_only: flags.collect,
+        jobs: flags.jobs,
+        reference: reference_for(name, &out),
+        out,
+        reuse_recorded: flags.reuse_recorded,
     };
     let outcome = run_experiment(name, &opts, &TrainAndEvaluate, quiet)?;
     match &outcome.collected {
@@ -78,15 +125,35 @@ pub fn run(name: &str, args: Args, quiet: bool) -> Result<()> {
                 format!("{} reused, {} trained, {} diverged", p.reused, p.trained, p.diverged)
             };
             println!("{name}: {} runs ({counts})", outcome.jobs);
-            println!("{:<28} {:>5} {:>14} {:>9}", "variant", "runs", "AP (mean±std)", "paper AP");
-            for s in &c.summaries {
-                let ours = if s.ap.mean.is_finite() {
-                    format!("{:.1} ± {:.1}", 100.0 * s.ap.mean, 100.0 * s.ap.std)
+            println!(
+                "{:<28} {:>5} {:>14} {:>18} {:>9}",
+                "variant", "runs", "AP (mean±std)", "committed AP (n)", "paper AP"
+            );
+            let pm = |m: f64, s: f64| {
+                if m.is_finite() {
+                    format!("{:.1} ± {:.1}", 100.0 * m, 100.0 * s)
                 } else {
                     "–".into()
-                };
+                }
+            };
+            for s in &c.summaries {
+                let ours = pm(s.ap.mean, s.ap.std);
+                let reference = s
+                    .reference
+                    .map(|(r, n)| format!("{} ({n})", pm(r.mean, r.std)))
+                    .unwrap_or_else(|| "–".into());
                 let paper = s.paper.map(|p| format!("{:.1}", p.ap)).unwrap_or_else(|| "–".into());
-                println!("{:<28} {:>5} {:>14} {:>9}", s.label, s.runs, ours, paper);
+                println!(
+                    "{:<28} {:>5} {:>14} {:>18} {:>9}",
+                    s.label, s.runs, ours, reference, paper
+                );
+            }
+            match &opts.reference {
+                Some(r) if r.exists() => println!(
+                    "committed AP: the same configurations and seeds in {} (– where it has none)",
+                    r.display()
+                ),
+                _ => {}
             }
             for v in &c.verdicts {
                 let word = match v.reproduced {

@@ -3,18 +3,14 @@
 
 use crate::experiments::imbalance::executor::TrainTuneEvaluate;
 use crate::experiments::imbalance::{run_ladder, ImbalanceOptions};
-use crate::experiments::runner::{Executor, Shard};
+use crate::experiments::runner::Executor;
 use anyhow::Result;
 use std::path::PathBuf;
 
 #[derive(Debug, clap::Args)]
 pub struct Args {
-    /// Training preset: smoke (seconds per run, for tests), cpu (the default) or paper (GPU), or a TOML file.
-    #[arg(long, default_value = "cpu")]
-    pub preset: String,
-    /// Replicates per configuration (seeds 0..N); differences are paired by seed.
-    #[arg(long, default_value_t = 1)]
-    pub seeds: usize,
+    #[command(flatten)]
+    pub sweep: crate::commands::sweep::SweepFlags,
     /// Seeds that train the whole grid and choose each loss's lr (and CE's alpha) by mean held-out AP;
     /// the other seeds train the chosen settings only (default: the spec's, 1).
     #[arg(long)]
@@ -22,15 +18,6 @@ pub struct Args {
     /// Where the rungs' datasets are generated and cached (default: $FL_LAB_DATA, else ./data).
     #[arg(long)]
     pub data_root: Option<PathBuf>,
-    /// cpu, cuda or cuda:N.
-    #[arg(long)]
-    pub device: Option<String>,
-    /// Output folder (default plots/sweep-imbalance); finished runs live in <out>/runs/<config hash>.
-    #[arg(long)]
-    pub out: Option<PathBuf>,
-    /// Extra config overrides for every run, e.g. --set schedule.iterations=3000 (a longer schedule).
-    #[arg(long = "set", value_name = "KEY=VALUE")]
-    pub set: Vec<String>,
     /// Schedule length (focal loss may need longer to pay off): sets schedule.iterations and scales the
     /// preset's lr steps and warm-up with it.
     #[arg(long)]
@@ -50,32 +37,18 @@ pub struct Args {
     /// Validation images per rung (the reported AP).
     #[arg(long)]
     pub val_images: Option<usize>,
-    /// Run only shard i of n (1-based), e.g. --shard 2/4; every shard writes into the same --out.
-    #[arg(long)]
-    pub shard: Option<String>,
-    /// Runs trained at once, each on its share of the cores (one run already spreads each step over the cores; more can pay on many-core machines).
-    #[arg(long, default_value_t = 1)]
-    pub jobs: usize,
-    /// Build the tables and figure from whatever runs exist in --out, training nothing.
-    #[arg(long)]
-    pub collect: bool,
-    /// Use this ladder spec instead of the built-in experiments/sweep-imbalance.toml.
-    #[arg(long)]
-    pub spec: Option<PathBuf>,
 }
 
 pub fn run(args: Args, quiet: bool) -> Result<()> {
-    let mut overrides = Vec::new();
-    if let Some(d) = &args.device {
-        overrides.push(format!("device={d:?}"));
-    }
-    overrides.extend(args.set.iter().cloned());
+    let flags = &args.sweep;
+    let out = flags.out("sweep-imbalance");
+    flags.announce_reuse(&out)?;
     let opts = ImbalanceOptions {
-        spec: args.spec.clone(),
-        preset: args.preset.clone(),
-        seeds: args.seeds,
+        spec: flags.spec.clone(),
+        preset: flags.preset.clone(),
+        seeds: flags.seeds,
         tune_seeds: args.tune_seeds,
-        overrides,
+        overrides: flags.overrides(Vec::new()),
         lrs: args.lrs.clone(),
         ce_alphas: args.ce_alphas.clone(),
         train_images: args.train_images,
@@ -86,16 +59,11 @@ pub fn run(args: Args, quiet: bool) -> Result<()> {
             .data_root
             .clone()
             .unwrap_or_else(crate::data::generate::default_data_root),
-        shard: match &args.shard {
-            Some(s) => Shard::parse(s)?,
-            None => Shard::ALL,
-        },
-        collect_only: args.collect,
-        jobs: args.jobs,
-        out: args
-            .out
-            .clone()
-            .unwrap_or_else(|| crate::experiments::default_out("sweep-imbalance")),
+        shard: flags.shard()?,
+        collect_only: flags.collect,
+        jobs: flags.jobs,
+        out,
+        reuse_recorded: flags.reuse_recorded,
     };
     if opts.seeds == 0 {
         anyhow::bail!("--seeds must be at least 1");

@@ -2,14 +2,14 @@
 
 use crate::config::Config;
 use crate::train::{train, RandomSource, TrainOptions};
-use anyhow::{bail, Result};
+use anyhow::{bail, Context, Result};
 use std::path::{Path, PathBuf};
 
 #[derive(Debug, clap::Args)]
 pub struct Args {
-    /// Preset to start from (TOML; every key has a default).
-    #[arg(long, default_value = "experiments/cpu.toml")]
-    pub config: PathBuf,
+    /// Preset to start from: a built-in name (smoke, cpu, paper) or a TOML file (every key has a default).
+    #[arg(long, default_value = "cpu")]
+    pub config: String,
     /// Override one key, e.g. `--set loss.gamma=0 --set schedule.lr=5e-3` (value parsed as TOML).
     #[arg(long = "set", value_name = "KEY=VALUE")]
     pub set: Vec<String>,
@@ -41,7 +41,9 @@ pub fn run(args: Args, quiet: bool) -> Result<()> {
     if let Some(d) = &args.device {
         sets.push(format!("device=\"{d}\""));
     }
-    let cfg = Config::load(&args.config, &sets)?;
+    let (text, origin) = crate::experiments::spec::named_preset_text("--config", &args.config)?;
+    let cfg =
+        Config::from_toml_str(&text, &sets).with_context(|| format!("invalid config {origin}"))?;
     let device = crate::device::parse_device(&cfg.device)?;
     let name = match &args.name {
         Some(n) => {
@@ -50,7 +52,7 @@ pub fn run(args: Args, quiet: bool) -> Result<()> {
             }
             n.clone()
         }
-        None => default_name(&args.config, &cfg)?,
+        None => default_name(Path::new(&args.config), &cfg)?,
     };
     let run_dir = args.runs_dir.join(&name);
     let snapshots = parse_snapshots(&args.snapshots, cfg.schedule.iterations)?;
@@ -91,11 +93,7 @@ fn report(args: &Args, run_dir: &Path, s: &crate::train::Summary) {
     };
     println!("run         {}", run_dir.display());
     println!("status      {status}");
-    println!(
-        "config      {} (hash {})",
-        args.config.display(),
-        s.config_hash
-    );
+    println!("config      {} (hash {})", args.config, s.config_hash);
     println!("device      {}", s.device);
     println!("parameters  {}", s.parameters);
     println!("iterations  {}", s.iterations);

@@ -254,7 +254,9 @@ pub fn generate(
     val: usize,
     quiet: bool,
 ) -> Result<super::generate::Manifest> {
-    use super::generate::{progress_bar, write_manifest, write_split, Manifest, Split, SplitSpec};
+    use super::generate::{
+        begin, progress_bar, write_manifest, write_split, Manifest, Split, SplitSpec,
+    };
     if cfg.objects.0 == 0 || cfg.objects.0 > cfg.objects.1 || cfg.distractors.0 > cfg.distractors.1
     {
         bail!(
@@ -272,6 +274,7 @@ pub fn generate(
     let train_src = load_split(source, "train")?;
     let test_src = load_split(source, "t10k")?;
     let names: Vec<String> = CLASSES.iter().map(|s| s.to_string()).collect();
+    begin(dir)?;
     let bar = progress_bar(train + val, "fashion-mnist scenes", quiet);
     for (split, n, src) in [
         (Split::Train, train, &train_src),

@@ -171,12 +171,38 @@ pub fn is_complete(dir: &Path, manifest: &Manifest) -> bool {
         && count("val") >= manifest.val
 }
 
+/// The manifest's file name: its presence marks a complete generated dataset.
+pub const MANIFEST: &str = "manifest.json";
+/// Present while a generator writes a dataset, so that an interrupted generation is known as the
+/// generator's own (and may be overwritten) rather than a dataset a user made by hand.
+pub const IN_PROGRESS: &str = ".generating";
+
+/// Whether `dir` holds a dataset that no generator wrote (files, but neither a manifest nor an
+/// interrupted generation's marker): one that must not be overwritten without asking.
+pub fn holds_foreign_dataset(dir: &Path) -> bool {
+    let files = ["train.json", "val.json", "images"]
+        .iter()
+        .any(|f| dir.join(f).exists());
+    files && !dir.join(MANIFEST).exists() && !dir.join(IN_PROGRESS).exists()
+}
+
+/// Starts writing a dataset into `dir`: marks it as in progress and drops an earlier manifest.
+pub fn begin(dir: &Path) -> Result<()> {
+    std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    crate::util::write_atomic(&dir.join(IN_PROGRESS), b"")?;
+    match std::fs::remove_file(dir.join(MANIFEST)) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+            Err(e).with_context(|| format!("cannot remove {}", dir.join(MANIFEST).display()))
+        }
+        _ => Ok(()),
+    }
+}
+
 /// Writes the manifest last: its presence marks the dataset complete.
 pub fn write_manifest(dir: &Path, manifest: &Manifest) -> Result<()> {
-    crate::util::write_atomic(
-        &dir.join("manifest.json"),
-        &serde_json::to_vec_pretty(manifest)?,
-    )
+    crate::util::write_atomic(&dir.join(MANIFEST), &serde_json::to_vec_pretty(manifest)?)?;
+    let _ = std::fs::remove_file(dir.join(IN_PROGRESS));
+    Ok(())
 }
 
 /// Generates a shapes dataset into `dir` (both splits and the manifest).
@@ -198,6 +224,7 @@ pub fn generate_shapes(
         params: serde_json::to_value(cfg)?,
     };
     let names: Vec<String> = (0..cfg.classes).map(super::shapes::class_name).collect();
+    begin(dir)?;
     let bar = progress_bar(train + val, "shapes", quiet);
     for (split, n) in [(Split::Train, train), (Split::Val, val)] {
         let info = serde_json::json!({

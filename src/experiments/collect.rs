@@ -50,10 +50,58 @@ pub struct VariantSummary {
     pub ap50: Stat,
     pub ap75: Stat,
     pub paper: Option<PaperRow>,
+    /// AP of the same configurations (hash and seed) in the reference table, and how many runs.
+    pub reference: Option<(Stat, usize)>,
     /// Value of the spec's x key for this variant, when numeric.
     pub x: Option<f64>,
     /// The variant's series: its own, or the value of the spec's series key as text.
     pub series: Option<String>,
+}
+
+/// Where one series of a training-length sweep converges.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Converged {
+    pub series: String,
+    /// The largest x with runs, and its mean AP.
+    pub longest: (f64, f64),
+    /// The smallest x whose mean AP is within the tolerance of the longest's, and that AP.
+    pub shortest_within: (f64, f64),
+    /// Whether a shorter length than the longest is within the tolerance: if not, the series may
+    /// still be rising and the sweep should be extended.
+    pub flattened: bool,
+}
+
+/// Per series (a variant without one is its own), the shortest x whose mean AP is within `within`
+/// (relative) of the mean AP at the series' largest x. Series with fewer than two lengths are left out.
+pub fn convergence(summaries: &[VariantSummary], within: f64) -> Vec<Converged> {
+    let mut series: Vec<(String, Vec<(f64, f64)>)> = Vec::new();
+    for s in summaries.iter().filter(|s| s.runs > 0 && s.ap.mean.is_finite()) {
+        let (Some(x), key) = (s.x, s.series.clone().unwrap_or_else(|| s.label.clone())) else {
+            continue;
+        };
+        match series.iter_mut().find(|(k, _)| *k == key) {
+            Some((_, points)) => points.push((x, s.ap.mean)),
+            None => series.push((key, vec![(x, s.ap.mean)])),
+        }
+    }
+    series
+        .into_iter()
+        .filter(|(_, p)| p.len() >= 2)
+        .map(|(key, mut points)| {
+            points.sort_by(|a, b| a.0.total_cmp(&b.0));
+            let longest = points[points.len() - 1];
+            let shortest_within = *points
+                .iter()
+                .find(|p| p.1 >= (1.0 - within) * longest.1)
+                .unwrap_or(&longest);
+            Converged {
+                series: key,
+                longest,
+                shortest_within,
+                flattened: shortest_within.0 < longest.0,
+            }
+        })
+        .collect()
 }
 
 /// A paper finding with our verdict.
@@ -73,6 +121,8 @@ pub struct Collected {
     pub varying_keys: Vec<String>,
     pub summaries: Vec<VariantSummary>,
     pub verdicts: Vec<Verdict>,
+    /// Per series, where its AP comes within the spec's tolerance of its AP at the largest x.
+    pub convergence: Vec<Converged>,
     pub missing: usize,
     /// Rows taken from an earlier `results.csv` because their run folders are absent.
     pub kept: usize,
@@ -81,8 +131,18 @@ pub struct Collected {
 /// Reads whatever runs of `jobs` have finished under `out`. A job whose run folder has no record
 /// keeps its row of an earlier `results.csv` in `out`, if there is one: run folders are not part
 /// of a shared or committed results folder, and `--collect` there must not erase the table.
-pub fn collect(spec: &ExperimentSpec, jobs: &[Job], out: &Path) -> Result<Collected> {
+/// `reference`: a results table whose rows of the same configurations are summarized beside ours.
+pub fn collect(
+    spec: &ExperimentSpec,
+    jobs: &[Job],
+    out: &Path,
+    reference: Option<&Path>,
+) -> Result<Collected> {
     let earlier = earlier_records(&out.join("results.csv"))?;
+    let reference = match reference {
+        Some(path) => Some(earlier_records(path)?),
+        None => None,
+    };
     let mut rows = Vec::new();
     let (mut missing, mut kept) = (0, 0);
     for job in jobs {
@@ -123,6 +183,14 @@ pub fn collect(spec: &ExperimentSpec, jobs: &[Job], out: &Path) -> Result<Collec
                 ap50: Stat::of(&pick(|r| r.ap50)),
                 ap75: Stat::of(&pick(|r| r.ap75)),
                 paper: spec.variants[*variant].paper,
+                reference: reference.as_ref().and_then(|table| {
+                    let aps: Vec<f64> = jobs
+                        .iter()
+                        .filter(|j| &j.label == label)
+                        .filter_map(|j| table.get(&(j.hash.clone(), j.seed)).map(|r| r.ap))
+                        .collect();
+                    (!aps.is_empty()).then(|| (Stat::of(&aps), aps.len()))
+                }),
                 x: spec
                     .x
                     .as_ref()
@@ -141,11 +209,16 @@ pub fn collect(spec: &ExperimentSpec, jobs: &[Job], out: &Path) -> Result<Collec
         .iter()
         .map(|f| judge(f.kind, &f.paper, &f.a, &f.b, &summaries))
         .collect();
+    let convergence = spec
+        .convergence
+        .map(|c| convergence(&summaries, c.within))
+        .unwrap_or_default();
     Ok(Collected {
         rows,
         varying_keys,
         summaries,
         verdicts,
+        convergence,
         missing,
         kept,
     })
@@ -390,6 +463,36 @@ fn varying_keys(jobs: &[Job]) -> Vec<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn convergence_is_the_shortest_length_within_the_tolerance_of_the_longest() {
+        let v = |label: &str, series: &str, x: f64, ap: f64| VariantSummary {
+            label: label.into(),
+            runs: 2,
+            diverged: 0,
+            ap: Stat { mean: ap, std: 0.01 },
+            ap50: Stat::default(),
+            ap75: Stat::default(),
+            paper: None,
+            reference: None,
+            x: Some(x),
+            series: Some(series.into()),
+        };
+        let rows = [
+            v("a1", "A", 1200.0, 0.10),
+            v("a2", "A", 2400.0, 0.37),
+            v("a3", "A", 3600.0, 0.40),
+            v("b1", "B", 1200.0, 0.10),
+            v("b2", "B", 2400.0, 0.20),
+            v("b3", "B", 3600.0, 0.40),
+            v("c1", "C", 1200.0, 0.30),
+        ];
+        let c = convergence(&rows, 0.10);
+        assert_eq!(c.len(), 2, "a series of one length has no verdict");
+        assert_eq!((c[0].shortest_within, c[0].flattened), ((2400.0, 0.37), true));
+        // 0.36 is the bound: B reaches it only at the longest length, so it may still be rising
+        assert_eq!((c[1].shortest_within, c[1].flattened), ((3600.0, 0.40), false));
+    }
 
     #[test]
     fn stat_is_mean_and_sample_std() {

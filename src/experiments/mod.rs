@@ -26,6 +26,12 @@ pub struct SweepOptions {
     pub out: PathBuf,
     /// Runs trained at once (`--jobs`).
     pub jobs: usize,
+    /// Count the runs recorded in `<out>/results.csv` as finished (`--reuse-recorded`), for a
+    /// sweep spread over several sessions whose run folders are gone.
+    pub reuse_recorded: bool,
+    /// A results table to set beside ours, matched by configuration hash and seed (the committed
+    /// reference in `plots/<experiment>/results.csv`); none when absent or when it is `out`'s own.
+    pub reference: Option<PathBuf>,
 }
 
 /// What a sweep did, for the caller's summary.
@@ -59,15 +65,21 @@ pub fn run_experiment(
     let mut progress = runner::SweepProgress::default();
     if !opts.collect_only {
         let mine = opts.shard.take(jobs.clone());
-        // A run kept only as a row of the table (its folder was not committed) is not trained again.
-        let recorded = collect::earlier_records(&opts.out.join("results.csv"))?
-            .into_keys()
-            .collect();
+        // Only on request is a run kept as a row of the table (its folder gone) not trained again:
+        // a newcomer's first sweep trains, and its table stands beside the committed one.
+        let recorded = if opts.reuse_recorded {
+            collect::earlier_records(&opts.out.join("results.csv"))?
+                .into_keys()
+                .collect()
+        } else {
+            Default::default()
+        };
         let workers = Workers::new(opts.jobs)?;
         progress = run_jobs(&mine, &opts.out, &recorded, executor, workers, quiet)?;
     }
     let collected = if opts.collect_only || opts.shard.count == 1 {
-        let c = collect::collect(&spec, &jobs, &opts.out)?;
+        let reference = opts.reference.as_deref().filter(|r| r.exists());
+        let c = collect::collect(&spec, &jobs, &opts.out, reference)?;
         let note = context_note(&preset_origin, opts);
         crate::report::sweep::write_all(&spec, &c, &opts.out, &note)?;
         Some(c)
@@ -86,12 +98,32 @@ fn context_note(preset_origin: &str, opts: &SweepOptions) -> String {
     if !opts.overrides.is_empty() {
         note += &format!("; overrides: `{}`", opts.overrides.join(" "));
     }
-    note + "."
+    note + &match opts.seeds {
+        1 => "; seed 0.".to_string(),
+        n => format!("; seeds 0-{}.", n - 1),
+    }
 }
 
-/// The default output folder of an experiment.
+/// The default output folder of an experiment: `results/<name>` (not tracked), so that a sweep
+/// never rewrites the committed reference.
 pub fn default_out(name: &str) -> PathBuf {
+    Path::new("results").join(name)
+}
+
+/// The committed reference tables of an experiment, relative to the repository root.
+pub fn reference_dir(name: &str) -> PathBuf {
     Path::new("plots").join(name)
+}
+
+/// The reference `results.csv` to set beside a sweep's table written to `out`: the committed
+/// one, unless `out` is the reference folder itself.
+pub fn reference_for(name: &str, out: &Path) -> Option<PathBuf> {
+    let dir = reference_dir(name);
+    let same = match (dir.canonicalize(), out.canonicalize()) {
+        (Ok(a), Ok(b)) => a == b,
+        _ => dir == out,
+    };
+    (!same).then(|| dir.join("results.csv"))
 }
 
 #[cfg(test)]
@@ -155,6 +187,8 @@ mod tests {
             collect_only: false,
             out: out.to_path_buf(),
             jobs: 1,
+            reuse_recorded: false,
+            reference: None,
         }
     }
 
@@ -275,6 +309,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let mut o = SweepOptions {
             seeds: 1,
+            reuse_recorded: true,
             ..opts(dir.path())
         };
         let first = run_experiment("sweep-gamma", &o, &fake(), true).unwrap();
@@ -295,6 +330,113 @@ mod tests {
         for row in seed0.lines().skip(1) {
             assert!(results.contains(row), "seed-0 row lost: {row}");
         }
+    }
+
+    #[test]
+    fn a_sweep_trains_unless_asked_to_reuse_and_never_drops_rows_it_did_not_produce() {
+        let dir = tempfile::tempdir().unwrap();
+        let read = |f: &str| std::fs::read_to_string(dir.path().join(f)).unwrap();
+        // A committed three-seed table, without its run folders (a fresh clone).
+        let three = SweepOptions {
+            seeds: 3,
+            ..opts(dir.path())
+        };
+        let out = run_experiment("sweep-gamma", &three, &fake(), true).unwrap();
+        std::fs::remove_dir_all(dir.path().join("runs")).unwrap();
+        let committed = read("results.csv");
+
+        // The default: one seed is trained again (not reused), and seeds 1 and 2 stay in the table.
+        let one = SweepOptions {
+            seeds: 1,
+            ..opts(dir.path())
+        };
+        let f = fake();
+        let again = run_experiment("sweep-gamma", &one, &f, true).unwrap();
+        assert_eq!((again.progress.trained, again.progress.reused), (7, 0));
+        assert_eq!(read("results.csv"), committed, "same runs, same rows");
+        let summary = read("summary.md");
+        assert!(
+            summary.contains(&format!(
+                "`results.csv` holds {} rows, 14 of them",
+                out.jobs
+            )),
+            "{summary}"
+        );
+
+        // Rows of another preset are kept in results.csv but never enter this table.
+        let cpu_rows = committed.lines().count();
+        let other = SweepOptions {
+            preset: "cpu".into(),
+            seeds: 1,
+            ..opts(dir.path())
+        };
+        let c = run_experiment("sweep-gamma", &other, &fake(), true)
+            .unwrap()
+            .collected
+            .unwrap();
+        assert_eq!(c.rows.len(), 7);
+        assert!(c.summaries.iter().all(|s| s.runs == 1));
+        let results = read("results.csv");
+        assert_eq!(results.lines().count(), cpu_rows + 7);
+        for row in committed.lines().skip(1) {
+            assert!(results.contains(row), "row lost or altered: {row}");
+        }
+
+        // --reuse-recorded trains nothing that the table holds.
+        let reuse = SweepOptions {
+            reuse_recorded: true,
+            ..three
+        };
+        std::fs::remove_dir_all(dir.path().join("runs")).unwrap();
+        let r = run_experiment("sweep-gamma", &reuse, &fake(), true).unwrap();
+        assert_eq!((r.progress.trained, r.progress.reused), (0, out.jobs));
+    }
+
+    #[test]
+    fn the_committed_reference_stands_beside_our_table() {
+        let reference = tempfile::tempdir().unwrap();
+        let two = opts(reference.path());
+        run_experiment("sweep-gamma", &two, &fake(), true).unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let o = SweepOptions {
+            seeds: 1,
+            reference: Some(reference.path().join("results.csv")),
+            ..opts(dir.path())
+        };
+        let c = run_experiment("sweep-gamma", &o, &fake(), true)
+            .unwrap()
+            .collected
+            .unwrap();
+        // Matched by hash and seed: seed 0 of the reference only.
+        let (stat, n) = c.summaries[0].reference.unwrap();
+        assert_eq!((n, stat.mean), (1, c.summaries[0].ap.mean));
+        let summary = std::fs::read_to_string(dir.path().join("summary.md")).unwrap();
+        assert!(summary.contains("committed AP (runs)"), "{summary}");
+    }
+
+    #[test]
+    fn duplicate_configurations_are_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let o = SweepOptions {
+            alphas: vec![0.25, 0.25],
+            ..opts(dir.path())
+        };
+        let e = run_experiment("sweep-gamma", &o, &fake(), true).unwrap_err();
+        assert!(
+            format!("{e:#}").contains("--alphas lists 0.25 twice"),
+            "{e:#}"
+        );
+        // sweep-alpha's variants differ only in alpha: --alphas collapses them into one.
+        let o = SweepOptions {
+            alphas: vec![0.5],
+            ..opts(dir.path())
+        };
+        let e = run_experiment("sweep-alpha", &o, &fake(), true).unwrap_err();
+        assert!(
+            format!("{e:#}").contains("resolve to the same configuration"),
+            "{e:#}"
+        );
+        assert!(!dir.path().join("runs").exists());
     }
 
     #[test]

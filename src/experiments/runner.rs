@@ -120,9 +120,12 @@ pub fn expand(
         if alphas.is_empty() {
             variants.push((i, v.label.clone(), v.set.clone()));
         } else {
-            for a in alphas {
+            for (j, a) in alphas.iter().enumerate() {
                 if !(0.0..=1.0).contains(a) {
                     bail!("--alphas: {a} is outside [0, 1]");
+                }
+                if alphas[..j].contains(a) {
+                    bail!("--alphas lists {a} twice");
                 }
                 let mut set: Vec<String> = v
                     .set
@@ -153,6 +156,19 @@ pub fn expand(
                 config,
                 hash,
             });
+        }
+    }
+    // Two variants of one configuration would share a run folder and count one run twice.
+    let mut seen = std::collections::HashMap::new();
+    for job in &jobs {
+        if let Some(first) = seen.insert((&job.hash, job.seed), &job.label) {
+            bail!(
+                "variants '{first}' and '{}' of {} resolve to the same configuration (hash {}): \
+                 every variant must differ (check --alphas and --set, which override the spec's settings)",
+                job.label,
+                spec.name,
+                job.hash
+            );
         }
     }
     Ok(jobs)

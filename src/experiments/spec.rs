@@ -68,6 +68,17 @@ pub struct ExperimentSpec {
     pub variants: Vec<Variant>,
     #[serde(default)]
     pub findings: Vec<FindingSpec>,
+    /// For a sweep over training length: per series, the shortest x whose mean AP is within this
+    /// relative tolerance of the AP at the largest x (`convergence = { within = 0.10 }`).
+    #[serde(default)]
+    pub convergence: Option<Convergence>,
+}
+
+#[derive(Debug, Clone, Copy, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Convergence {
+    /// Relative tolerance, e.g. 0.10 for "within 10%".
+    pub within: f64,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -148,6 +159,14 @@ impl ExperimentSpec {
     }
 
     fn validate(&self) -> Result<()> {
+        if let Some(c) = self.convergence {
+            if !(c.within > 0.0 && c.within < 1.0) {
+                bail!("convergence.within: {} is not in (0, 1)", c.within);
+            }
+            if self.x.is_none() {
+                bail!("convergence needs an x axis (the training length)");
+            }
+        }
         if self.variants.is_empty() {
             bail!("variants: a sweep needs at least one variant");
         }

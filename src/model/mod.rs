@@ -8,6 +8,7 @@ pub mod backbone;
 pub mod fpn;
 pub mod head;
 pub mod layers;
+pub mod memory;
 pub mod params;
 
 use crate::config::Config;
@@ -41,6 +42,7 @@ impl RetinaNet {
     /// Builds a freshly initialized model from `config` (seeded by `config.seed`).
     pub fn new(config: &Config, device: &Device) -> Result<RetinaNet> {
         config.validate()?;
+        memory::check_parameters_fit(config, memory::available_bytes())?;
         let m = &config.model;
         let a = &config.anchors;
         let mut store = ParamStore::new(config.seed, device);
@@ -165,11 +167,10 @@ impl RetinaNet {
         crate::util::write_atomic(&config_path(path), self.config.to_toml()?.as_bytes())
     }
 
-    /// Loads a model saved by [`RetinaNet::save`]: builds it from the config beside the weights,
-    /// then overwrites every parameter.
+    /// Loads a model saved by [`RetinaNet::save`], or a run's checkpoint or snapshot: builds it
+    /// from the config beside the weights ([`find_config`]), then overwrites every parameter.
     pub fn load(path: &Path, device: &Device) -> Result<RetinaNet> {
-        let cfg_path = config_path(path);
-        let cfg = Config::load(&cfg_path, &[])?;
+        let cfg = Config::load(&find_config(path)?, &[])?;
         let model = RetinaNet::new(&cfg, device)?;
         model.load_weights(path)?;
         Ok(model)
@@ -200,9 +201,30 @@ impl RetinaNet {
     }
 }
 
-/// The config file stored beside a weights file.
+/// The config file [`RetinaNet::save`] writes beside a weights file.
 pub fn config_path(weights: &Path) -> PathBuf {
     weights.with_extension("toml")
+}
+
+/// The config of a weights file: the one saved beside it (`model.toml` for `model.safetensors`),
+/// else its run's `config.toml` (checkpoints and snapshots have no config of their own).
+pub fn find_config(weights: &Path) -> Result<PathBuf> {
+    let own = config_path(weights);
+    let run = weights
+        .parent()
+        .unwrap_or_else(|| Path::new("."))
+        .join("config.toml");
+    [own.clone(), run.clone()]
+        .into_iter()
+        .find(|p| p.is_file())
+        .with_context(|| {
+            format!(
+                "{}: no config beside it (looked for {} and {})",
+                weights.display(),
+                own.display(),
+                run.display()
+            )
+        })
 }
 
 /// Writes named tensors as safetensors through a temporary file and a rename.

@@ -11,6 +11,17 @@ use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use std::collections::BTreeMap;
 
+/// A loaded tensor as f32 on `device`, refusing NaN and infinities: a damaged file would
+/// otherwise only show up later, as a diverged run or NaN scores.
+pub fn finite_f32(name: &str, t: &Tensor, device: &Device) -> Result<Tensor> {
+    let t = t.to_dtype(DType::F32)?.to_device(device)?;
+    // x - x is 0 for every finite x and NaN otherwise: one reduction, on any device.
+    if (&t - &t)?.sum_all()?.to_scalar::<f32>()? != 0.0 {
+        candle_core::bail!("checkpoint tensor {name} has NaN or infinite values");
+    }
+    Ok(t)
+}
+
 /// How a parameter starts.
 #[derive(Debug, Clone, Copy)]
 pub enum Init {
@@ -124,7 +135,7 @@ impl ParamStore {
                     var.dims()
                 );
             }
-            var.set(&t.to_dtype(DType::F32)?.to_device(&self.device)?)?;
+            var.set(&finite_f32(&name, t, &self.device)?)?;
         }
         Ok(())
     }

@@ -30,89 +30,91 @@ fn f6(v: f64) -> String {
     }
 }
 
+/// One row per run, merged by (config hash, seed) into the table already at `path`.
 pub fn write_results_csv(path: &Path, spec: &ImbalanceSpec, ladder: &Ladder) -> Result<()> {
-    let bytes = super::csv_bytes(|w| {
-        w.write_record([
-            "experiment",
-            "rung",
-            "canvas",
-            "classes",
-            "objects_min",
-            "objects_max",
-            "neg_per_pos_binary",
-            "loss",
-            "gamma",
-            "alpha",
-            "lr",
-            "seed",
-            "config_hash",
-            "holdout_ap",
-            "ap",
-            "ap50",
-            "ap75",
-            "aps",
-            "apm",
-            "apl",
-            "chosen",
-            "final_loss_cls",
-            "final_loss_box",
-            "positives_per_image",
-            "iterations",
-            "wall_seconds",
-            "device",
-            "diverged",
-            "version",
-            "git_revision",
-        ])?;
-        for rung in &ladder.rungs {
-            let rows = ladder
-                .outcomes
+    let header: Vec<String> = [
+        "experiment",
+        "rung",
+        "canvas",
+        "classes",
+        "objects_min",
+        "objects_max",
+        "neg_per_pos_binary",
+        "loss",
+        "gamma",
+        "alpha",
+        "lr",
+        "seed",
+        "config_hash",
+        "holdout_ap",
+        "ap",
+        "ap50",
+        "ap75",
+        "aps",
+        "apm",
+        "apl",
+        "chosen",
+        "final_loss_cls",
+        "final_loss_box",
+        "positives_per_image",
+        "iterations",
+        "wall_seconds",
+        "device",
+        "diverged",
+        "version",
+        "git_revision",
+    ]
+    .map(String::from)
+    .to_vec();
+    let mut table = Vec::new();
+    for rung in &ladder.rungs {
+        let rows = ladder
+            .outcomes
+            .iter()
+            .filter(|o| spec.rungs.get(o.rung).map(|r| &r.label) == Some(&rung.info.label));
+        for o in rows {
+            let c = &o.candidate;
+            let chosen = [&rung.fl, &rung.ce]
                 .iter()
-                .filter(|o| spec.rungs.get(o.rung).map(|r| &r.label) == Some(&rung.info.label));
-            for o in rows {
-                let c = &o.candidate;
-                let chosen = [&rung.fl, &rung.ce]
-                    .iter()
-                    .any(|ch| ch.as_ref().is_some_and(|ch| ch.candidate == *c));
-                let s = &rung.info.shapes;
-                let r = &o.record;
-                w.write_record([
-                    spec.name.clone(),
-                    rung.info.label.clone(),
-                    s.size.to_string(),
-                    s.classes.to_string(),
-                    s.objects.0.to_string(),
-                    s.objects.1.to_string(),
-                    format!("{:.3}", rung.info.imbalance.ratio()),
-                    c.family.name().to_string(),
-                    c.gamma.to_string(),
-                    c.alpha.to_string(),
-                    c.lr.to_string(),
-                    o.job.seed.to_string(),
-                    o.job.hash.clone(),
-                    f6(o.holdout.ap),
-                    f6(r.ap),
-                    f6(r.ap50),
-                    f6(r.ap75),
-                    f6(r.aps),
-                    f6(r.apm),
-                    f6(r.apl),
-                    chosen.to_string(),
-                    f6(r.final_loss_cls),
-                    f6(r.final_loss_box),
-                    format!("{:.3}", r.positives_per_image),
-                    r.iterations.to_string(),
-                    format!("{:.1}", r.wall_seconds),
-                    r.device.clone(),
-                    r.diverged.to_string(),
-                    r.version.clone(),
-                    r.git_revision.clone(),
-                ])?;
-            }
+                .any(|ch| ch.as_ref().is_some_and(|ch| ch.candidate == *c));
+            let s = &rung.info.shapes;
+            let r = &o.record;
+            table.push(vec![
+                spec.name.clone(),
+                rung.info.label.clone(),
+                s.size.to_string(),
+                s.classes.to_string(),
+                s.objects.0.to_string(),
+                s.objects.1.to_string(),
+                format!("{:.3}", rung.info.imbalance.ratio()),
+                c.family.name().to_string(),
+                c.gamma.to_string(),
+                c.alpha.to_string(),
+                c.lr.to_string(),
+                o.job.seed.to_string(),
+                o.job.hash.clone(),
+                f6(o.holdout.ap),
+                f6(r.ap),
+                f6(r.ap50),
+                f6(r.ap75),
+                f6(r.aps),
+                f6(r.apm),
+                f6(r.apl),
+                chosen.to_string(),
+                f6(r.final_loss_cls),
+                f6(r.final_loss_box),
+                format!("{:.3}", r.positives_per_image),
+                r.iterations.to_string(),
+                format!("{:.1}", r.wall_seconds),
+                r.device.clone(),
+                r.diverged.to_string(),
+                r.version.clone(),
+                r.git_revision.clone(),
+            ]);
         }
-        Ok(())
-    })?;
-    crate::util::write_atomic(path, &bytes)
+    }
+    super::write_merged_csv(path, &header, &table, &["config_hash", "seed"])?;
+    Ok(())
 }
 
 pub fn write_summary_csv(path: &Path, ladder: &Ladder) -> Result<()> {

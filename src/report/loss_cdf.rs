@@ -2,24 +2,70 @@
 //! `--over-training` `over_training.csv` and `over_training.png`.
 //!
 //! Both analyses share `summary.csv` and `summary.md` in one output directory: each rewrites its own
-//! rows (the `analysis` column) and its own part of the markdown and keeps the other's.
+//! rows (the `analysis` column) and its own part of the markdown and keeps the other's, but only
+//! when both are of the same model or samples file: `analysed.txt` names what the folder's files
+//! describe, and an analysis of something else first removes the other's files, so that every file
+//! of a folder comes from one source.
 
 use super::plot::{write_panels, LineChart, Series};
 use crate::analysis::loss_cdf::{paper_findings, Checkpoint, Curve, SampleSet, HARD_FRACTIONS};
-use anyhow::Result;
+use anyhow::{Context, Result};
 use std::fmt::Write as _;
 use std::path::Path;
 
 /// Where the samples came from, for the summary's header.
 pub struct Provenance {
+    /// What was analysed, as a key: `model <run dir>` or `samples <file>`.
+    pub key: String,
     pub source: String,
     pub positives_seen: u64,
     pub negatives_seen: u64,
     pub note: String,
 }
 
+/// Every file an analysis may write into its folder.
+const OUTPUTS: [&str; 6] = [
+    "cdf.csv",
+    "figure4.png",
+    "summary.csv",
+    "summary.md",
+    "over_training.csv",
+    "over_training.png",
+];
+const KEY_FILE: &str = "analysed.txt";
+
+/// Makes `out_dir` a folder of `key`'s analyses: when it holds outputs of something else (or of an
+/// unknown source), they are removed first, with a warning naming the folder.
+fn claim_folder(out_dir: &Path, key: &str) -> Result<()> {
+    std::fs::create_dir_all(out_dir)
+        .with_context(|| format!("cannot create {}", out_dir.display()))?;
+    let key_path = out_dir.join(KEY_FILE);
+    let previous = std::fs::read_to_string(&key_path).ok();
+    if previous.as_deref().map(str::trim) == Some(key) {
+        return Ok(());
+    }
+    let stale: Vec<&str> = OUTPUTS
+        .into_iter()
+        .filter(|f| out_dir.join(f).exists())
+        .collect();
+    if !stale.is_empty() {
+        eprintln!(
+            "note: {} held the analysis of {}; its files ({}) are replaced by this one's",
+            out_dir.display(),
+            previous.as_deref().map_or("another source", str::trim),
+            stale.join(", ")
+        );
+        for f in stale {
+            std::fs::remove_file(out_dir.join(f))
+                .with_context(|| format!("cannot remove {}", out_dir.join(f).display()))?;
+        }
+    }
+    crate::util::write_atomic(&key_path, format!("{key}\n").as_bytes())
+}
+
 /// Writes all outputs into `out_dir` (each file atomically).
 pub fn write_all(out_dir: &Path, curves: &[Curve], provenance: &Provenance) -> Result<()> {
+    claim_folder(out_dir, &provenance.key)?;
     write_cdf_csv(&out_dir.join("cdf.csv"), curves)?;
     write_figure(
         &out_dir.join("figure4.png"),
@@ -243,6 +289,7 @@ pub fn write_over_training(
     checkpoints: &[Checkpoint],
     provenance: &Provenance,
 ) -> Result<()> {
+    claim_folder(out_dir, &provenance.key)?;
     let bytes = super::csv_bytes(|w| {
         w.write_record(["iteration", "set", "fraction", "cumulative_loss"])?;
         for cp in checkpoints {

@@ -55,6 +55,17 @@ pub fn write_panels(
     panels: &[LineChart],
     size: (u32, u32),
 ) -> Result<()> {
+    write_panel_grid(path, caption, panels, (1, panels.len().max(1)), size)
+}
+
+/// Panels in a grid of `(rows, columns)`, filled row by row, under one caption.
+pub fn write_panel_grid(
+    path: &Path,
+    caption: &str,
+    panels: &[LineChart],
+    grid: (usize, usize),
+    size: (u32, u32),
+) -> Result<()> {
     super::font::ensure_registered();
     let tmp = crate::util::temp_beside(path);
     if let Some(dir) = path.parent() {
@@ -72,7 +83,7 @@ pub fn write_panels(
         } else {
             root.clone()
         };
-        let areas = body.split_evenly((1, panels.len().max(1)));
+        let areas = body.split_evenly(grid);
         for (area, chart) in areas.iter().zip(panels) {
             draw_chart(area, chart)?;
         }

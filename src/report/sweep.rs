@@ -1,6 +1,7 @@
 //! Files of a sweep: `results.csv`, `summary.csv`, `ap.png`, `ap_bars.png`, `loss_curves.png`, `summary.md`.
 
 use super::plot::{write_line_chart, LineChart, Series, PALETTE};
+use super::Merged;
 use crate::experiments::collect::{flatten, Collected};
 use crate::experiments::runner::run_dir;
 use crate::experiments::spec::ExperimentSpec;
@@ -9,37 +10,41 @@ use plotters::prelude::*;
 use std::fmt::Write as _;
 use std::path::Path;
 
-/// Writes every output of a sweep into `out` (each file atomically).
+/// Writes every output of a sweep into `out` (each file atomically). `results.csv` is merged into
+/// the one already there; every other file describes this sweep's runs alone.
 pub fn write_all(
     spec: &ExperimentSpec,
     c: &Collected,
     out: &Path,
     context_note: &str,
 ) -> Result<()> {
-    write_results_csv(&out.join("results.csv"), spec, c)?;
+    let merged = write_results_csv(&out.join("results.csv"), spec, c)?;
     write_summary_csv(&out.join("summary.csv"), c)?;
     if c.rows.is_empty() {
-        return write_summary_md(&out.join("summary.md"), spec, c, context_note);
+        return write_summary_md(&out.join("summary.md"), spec, c, context_note, merged);
     }
     write_ap_figure(&out.join("ap.png"), spec, c)?;
     write_ap_bars(&out.join("ap_bars.png"), spec, c)?;
     write_grid_heatmap(&out.join("heatmap.png"), spec, c)?;
     write_loss_curves(&out.join("loss_curves.png"), spec, c, out)?;
-    write_summary_md(&out.join("summary.md"), spec, c, context_note)
+    write_shares(spec, c, out)?;
+    write_summary_md(&out.join("summary.md"), spec, c, context_note, merged)
 }
 
-pub fn write_results_csv(path: &Path, spec: &ExperimentSpec, c: &Collected) -> Result<()> {
-    let bytes = super::csv_bytes(|w| {
-        let mut header: Vec<String> = vec![
-            "experiment".into(),
-            "label".into(),
-            "seed".into(),
-            "config_hash".into(),
-        ];
-        header.extend(c.varying_keys.iter().cloned());
-        header.extend(crate::experiments::collect::RECORD_COLUMNS.map(String::from));
-        w.write_record(&header)?;
-        for row in &c.rows {
+/// One row per run, merged by (config hash, seed) into the table already at `path`.
+pub fn write_results_csv(path: &Path, spec: &ExperimentSpec, c: &Collected) -> Result<Merged> {
+    let mut header: Vec<String> = vec![
+        "experiment".into(),
+        "label".into(),
+        "seed".into(),
+        "config_hash".into(),
+    ];
+    header.extend(c.varying_keys.iter().cloned());
+    header.extend(crate::experiments::collect::RECORD_COLUMNS.map(String::from));
+    let rows: Vec<Vec<String>> = c
+        .rows
+        .iter()
+        .map(|row| {
             let flat = flatten(&row.job.config);
             let r = &row.record;
             let mut rec = vec![
@@ -70,11 +75,10 @@ pub fn write_results_csv(path: &Path, spec: &ExperimentSpec, c: &Collected) -> R
                 r.version.clone(),
                 r.git_revision.clone(),
             ]);
-            w.write_record(&rec)?;
-        }
-        Ok(())
-    })?;
-    crate::util::write_atomic(path, &bytes)
+            rec
+        })
+        .collect();
+    super::write_merged_csv(path, &header, &rows, &["config_hash", "seed"])
 }
 
 pub fn write_summary_csv(path: &Path, c: &Collected) -> Result<()> {
@@ -405,6 +409,15 @@ fn write_loss_curves(path: &Path, spec: &ExperimentSpec, c: &Collected, out: &Pa
 
 /// (iteration, loss_cls) from a run's metrics.csv, smoothed by a running mean over 5% of the run.
 fn read_loss_curve(path: &Path) -> Result<Vec<(f64, f64)>> {
+    Ok(read_smoothed(path, &["loss_cls"], 20)?
+        .into_iter()
+        .map(|(i, v)| (i, v[0]))
+        .collect())
+}
+
+/// `(iteration, [columns])` from a run's metrics.csv, rows with a non-finite value left out,
+/// smoothed by a running mean over 1/`parts` of the rows (windows overlapping by half).
+fn read_smoothed(path: &Path, columns: &[&str], parts: usize) -> Result<Vec<(f64, Vec<f64>)>> {
     let mut r = csv::Reader::from_path(path)?;
     let h = r.headers()?.clone();
     let col = |name: &str| {
@@ -412,30 +425,122 @@ fn read_loss_curve(path: &Path) -> Result<Vec<(f64, f64)>> {
             .position(|x| x == name)
             .ok_or_else(|| anyhow!("no column {name}"))
     };
-    let (ci, cl) = (col("iteration")?, col("loss_cls")?);
-    let mut raw = Vec::new();
+    let ci = col("iteration")?;
+    let cols: Vec<usize> = columns.iter().map(|c| col(c)).collect::<Result<_>>()?;
+    let mut raw: Vec<(f64, Vec<f64>)> = Vec::new();
     for rec in r.records() {
         let rec = rec?;
-        let (Some(i), Some(l)) = (rec.get(ci), rec.get(cl)) else {
-            continue;
-        };
-        if let (Ok(i), Ok(l)) = (i.parse::<f64>(), l.parse::<f64>()) {
-            if l.is_finite() {
-                raw.push((i, l));
-            }
+        let value = |c: usize| rec.get(c).and_then(|v| v.parse::<f64>().ok());
+        let Some(i) = value(ci) else { continue };
+        let values: Option<Vec<f64>> = cols.iter().map(|&c| value(c)).collect();
+        if let Some(v) = values.filter(|v| v.iter().all(|x| x.is_finite())) {
+            raw.push((i, v));
         }
     }
-    let w = (raw.len() / 20).max(1);
+    let w = (raw.len() / parts.max(1)).max(1);
     Ok(raw
         .windows(w)
         .step_by((w / 2).max(1))
         .map(|win| {
-            (
-                win[win.len() - 1].0,
-                win.iter().map(|p| p.1).sum::<f64>() / win.len() as f64,
-            )
+            let mean = (0..columns.len())
+                .map(|j| win.iter().map(|p| p.1[j]).sum::<f64>() / win.len() as f64)
+                .collect();
+            (win[win.len() - 1].0, mean)
         })
         .collect())
+}
+
+/// The `metrics.csv` columns of the loss and gradient shares, in the panels' order.
+const SHARE_COLUMNS: [(&str, &str); 6] = [
+    ("loss_share_pos", "positives: share of the loss"),
+    ("loss_share_hard_neg", "hard negatives: share of the loss"),
+    ("loss_share_easy_neg", "easy negatives (p_t > 0.5): share of the loss"),
+    ("grad_share_pos", "positives: share of the gradient"),
+    ("grad_share_hard_neg", "hard negatives: share of the gradient"),
+    ("grad_share_easy_neg", "easy negatives: share of the gradient"),
+];
+
+/// Where the classification loss and its gradient come from over training (positives, hard and
+/// easy negatives), one line per variant (for series, the variant with the largest x: the longest
+/// schedule of the schedule study), each from its lowest seed with a log: `shares.csv` and
+/// `shares.png`. Without logs (tables kept from an earlier `results.csv`) both are left as they are.
+fn write_shares(spec: &ExperimentSpec, c: &Collected, out: &Path) -> Result<()> {
+    let mut chosen: Vec<&crate::experiments::collect::VariantSummary> = Vec::new();
+    for s in c.summaries.iter().filter(|s| s.runs > 0) {
+        match chosen
+            .iter_mut()
+            .find(|o| s.series.is_some() && o.series == s.series)
+        {
+            Some(o) if s.x.unwrap_or(0.0) > o.x.unwrap_or(0.0) => *o = s,
+            Some(_) => {}
+            None => chosen.push(s),
+        }
+    }
+    let columns: Vec<&str> = SHARE_COLUMNS.iter().map(|c| c.0).collect();
+    let mut curves = Vec::new();
+    for s in chosen {
+        let logged = c
+            .rows
+            .iter()
+            .filter(|r| r.job.label == s.label)
+            .map(|r| (r.job.seed, run_dir(out, &r.job).join("metrics.csv")))
+            .filter(|(_, m)| m.exists())
+            .min_by_key(|(seed, _)| *seed);
+        if let Some((seed, metrics)) = logged {
+            // Logs written before the shares were logged have no such columns: skipped.
+            if let Ok(points) = read_smoothed(&metrics, &columns, 100) {
+                if !points.is_empty() {
+                    curves.push((s.label.clone(), seed, points));
+                }
+            }
+        }
+    }
+    if curves.is_empty() {
+        return Ok(());
+    }
+    let bytes = super::csv_bytes(|w| {
+        let mut header = vec!["label", "seed", "iteration"];
+        header.extend(&columns);
+        w.write_record(&header)?;
+        for (label, seed, points) in &curves {
+            for (it, v) in points {
+                let mut rec = vec![label.clone(), seed.to_string(), it.to_string()];
+                rec.extend(v.iter().map(|x| format!("{x:.6}")));
+                w.write_record(&rec)?;
+            }
+        }
+        Ok(())
+    })?;
+    crate::util::write_atomic(&out.join("shares.csv"), &bytes)?;
+    let panels: Vec<LineChart> = SHARE_COLUMNS
+        .iter()
+        .enumerate()
+        .map(|(j, (_, title))| LineChart {
+            title: title.to_string(),
+            x_label: "iteration".into(),
+            y_label: "share".into(),
+            x_range: None,
+            y_range: Some((0.0, 1.0)),
+            series: curves
+                .iter()
+                .map(|(label, seed, points)| Series {
+                    label: format!("{label} (seed {seed})"),
+                    points: points.iter().map(|(i, v)| (*i, v[j])).collect(),
+                    ..Default::default()
+                })
+                .collect(),
+        })
+        .collect();
+    super::plot::write_panel_grid(
+        &out.join("shares.png"),
+        &format!(
+            "{}: where the classification loss and its gradient come from (smoothed over 1% of training)",
+            spec.title
+        ),
+        &panels,
+        (2, 3),
+        (2100, 1300),
+    )
 }
 
 pub fn write_summary_md(
@@ -443,6 +548,7 @@ pub fn write_summary_md(
     spec: &ExperimentSpec,
     c: &Collected,
     context_note: &str,
+    merged: Merged,
 ) -> Result<()> {
     let mut s = String::new();
     let _ = writeln!(s, "# {}\n", spec.title);
@@ -450,6 +556,12 @@ pub fn write_summary_md(
     if !context_note.is_empty() {
         let _ = writeln!(s, "{context_note}\n");
     }
+    let _ = writeln!(
+        s,
+        "This table covers the runs of experiment `{}` with the preset, overrides and seeds above; \
+         `results.csv` holds {} rows, {} of them of other configurations or seeds (kept, not in this table).\n",
+        spec.name, merged.rows, merged.kept
+    );
     let seeds = c.summaries.iter().map(|v| v.runs).max().unwrap_or(0);
     let _ = writeln!(
         s,
@@ -465,11 +577,18 @@ pub fn write_summary_md(
             c.kept
         );
     }
+    // The committed reference's AP of the same configurations, when this is not the reference.
+    let with_reference = c.summaries.iter().any(|v| v.reference.is_some());
+    let (ref_head, ref_rule) = if with_reference {
+        (" committed AP (runs) |", "---|")
+    } else {
+        ("", "")
+    };
     let _ = writeln!(
         s,
-        "| variant | paper AP | paper AP50 | paper AP75 | AP | AP50 | AP75 | runs | diverged |"
+        "| variant | paper AP | paper AP50 | paper AP75 | AP | AP50 | AP75 | runs | diverged |{ref_head}"
     );
-    let _ = writeln!(s, "|---|---|---|---|---|---|---|---|---|");
+    let _ = writeln!(s, "|---|---|---|---|---|---|---|---|---|{ref_rule}");
     let pm = |v: &crate::experiments::collect::Stat| {
         if v.mean.is_finite() {
             format!("{:.1} ± {:.1}", 100.0 * v.mean, 100.0 * v.std)
@@ -486,9 +605,14 @@ pub fn write_summary_md(
             ),
             None => ("–".into(), "–".into(), "–".into()),
         };
+        let reference = match (with_reference, &v.reference) {
+            (false, _) => String::new(),
+            (true, Some((stat, runs))) => format!(" {} ({runs}) |", pm(stat)),
+            (true, None) => " – |".into(),
+        };
         let _ = writeln!(
             s,
-            "| {} | {a} | {b} | {cc} | {} | {} | {} | {} | {} |",
+            "| {} | {a} | {b} | {cc} | {} | {} | {} | {} | {} |{reference}",
             v.label,
             pm(&v.ap),
             pm(&v.ap50),
@@ -496,6 +620,37 @@ pub fn write_summary_md(
             v.runs,
             v.diverged
         );
+    }
+    if with_reference {
+        let _ = writeln!(
+            s,
+            "\nCommitted AP: the same configurations (config hash and seed) in the project's committed \
+             `results.csv` for this experiment, mean ± std over its runs of the seeds above."
+        );
+    }
+    if let (Some(tol), Some(x)) = (&spec.convergence, &spec.x) {
+        let _ = writeln!(
+            s,
+            "\n## Convergence\n\nPer method, the shortest {} whose mean AP is within {:.0}% of its AP at \
+             the longest {} studied; where that is the longest itself, the method may still be improving.\n",
+            x.label,
+            100.0 * tol.within,
+            x.label
+        );
+        let _ = writeln!(s, "| method | longest | AP there | shortest within {:.0}% | AP there | flattened |", 100.0 * tol.within);
+        let _ = writeln!(s, "|---|---|---|---|---|---|");
+        for k in &c.convergence {
+            let _ = writeln!(
+                s,
+                "| {} | {} | {:.1} | {} | {:.1} | {} |",
+                k.series,
+                k.longest.0,
+                100.0 * k.longest.1,
+                k.shortest_within.0,
+                100.0 * k.shortest_within.1,
+                if k.flattened { "yes" } else { "no: extend the study" }
+            );
+        }
     }
     if !c.verdicts.is_empty() {
         let _ = writeln!(s, "\n## The paper's findings\n");

@@ -91,7 +91,7 @@ impl Sgd {
                         );
                     }
                     Some(
-                        t.to_device(slot.var.device())
+                        crate::model::params::finite_f32(&key, t, slot.var.device())
                             .with_context(|| format!("loading {key}"))?,
                     )
                 }

@@ -195,6 +195,9 @@ pub fn train(
     opts: &TrainOptions,
 ) -> Result<Summary> {
     cfg.validate()?;
+    if device.is_cpu() {
+        crate::model::memory::check_fits(cfg, crate::model::memory::available_bytes())?;
+    }
     let paths = RunPaths {
         dir: opts.run_dir.clone(),
     };
@@ -218,11 +221,20 @@ pub fn train(
                 meta.config_hash
             );
         }
+        if meta.iteration > s.iterations {
+            bail!(
+                "corrupt checkpoint {}: iteration {} is beyond schedule.iterations ({})",
+                paths.checkpoint().display(),
+                meta.iteration,
+                s.iterations
+            );
+        }
         let wpath = paths.dir.join(&meta.weights);
         let tensors = candle_core::safetensors::load(&wpath, device)
             .with_context(|| format!("cannot read checkpoint {}", wpath.display()))?;
-        model.store.load_from(&tensors)?;
-        sgd.load_state(&tensors)?;
+        let misfit = || format!("checkpoint {} does not fit this run", wpath.display());
+        model.store.load_from(&tensors).with_context(misfit)?;
+        sgd.load_state(&tensors).with_context(misfit)?;
         normalizer.value = meta.normalizer;
         start = meta.iteration;
         seconds = meta.seconds;
@@ -311,9 +323,15 @@ pub fn train(
         model.save(&paths.model())?;
     }
     step_times.sort_by(|a, b| a.total_cmp(b));
+    // A resumed run that had already finished takes no step in this session: its final losses
+    // are the last logged ones, and its step time is the one recorded when it trained.
     let (final_cls, final_box) = match rows.last() {
-        Some(r) if diverged => (r.loss_cls, r.loss_box),
+        Some(r) if diverged || last.0.is_nan() => (r.loss_cls, r.loss_box),
         _ => last,
+    };
+    let median_step_seconds = match step_times.get(step_times.len() / 2) {
+        Some(&t) => t,
+        None => earlier_step_seconds(&paths, &rows),
     };
     let summary = Summary {
         config_hash: hash,
@@ -326,16 +344,32 @@ pub fn train(
         final_loss_cls: final_cls,
         final_loss_box: final_box,
         seconds,
-        median_step_seconds: step_times
-            .get(step_times.len() / 2)
-            .copied()
-            .unwrap_or(f64::NAN),
+        median_step_seconds,
     };
     crate::util::write_atomic(
         &paths.summary(),
         serde_json::to_string_pretty(&summary)?.as_bytes(),
     )?;
     Ok(summary)
+}
+
+/// The step time of a run that took no step in this session: from its earlier `summary.json`, else
+/// the median time between logged iterations (which includes data loading); NaN with neither.
+fn earlier_step_seconds(paths: &RunPaths, rows: &[MetricsRow]) -> f64 {
+    let earlier = std::fs::read_to_string(paths.summary())
+        .ok()
+        .and_then(|t| serde_json::from_str::<Summary>(&t).ok())
+        .map(|s| s.median_step_seconds)
+        .filter(|t| t.is_finite());
+    earlier.unwrap_or_else(|| {
+        let mut gaps: Vec<f64> = rows
+            .windows(2)
+            .filter(|w| w[1].iteration == w[0].iteration + 1)
+            .map(|w| w[1].seconds - w[0].seconds)
+            .collect();
+        gaps.sort_by(f64::total_cmp);
+        gaps.get(gaps.len() / 2).copied().unwrap_or(f64::NAN)
+    })
 }
 
 fn progress_bar(quiet: bool, total: usize, start: usize) -> indicatif::ProgressBar {

@@ -369,6 +369,8 @@ pub struct ImbalanceOptions {
     pub out: PathBuf,
     /// Runs trained at once (`--jobs`).
     pub jobs: usize,
+    /// Count the runs recorded in `<out>/results.csv` as finished (`--reuse-recorded`).
+    pub reuse_recorded: bool,
 }
 
 /// What a sweep did.
@@ -449,8 +451,13 @@ pub fn run_ladder(
     let tune_seeds = spec.tune_seeds.min(opts.seeds);
     std::fs::create_dir_all(&opts.out)
         .with_context(|| format!("cannot create {}", opts.out.display()))?;
-    // Runs kept only as rows of the table (their folders were not committed) count as finished.
-    let earlier = earlier_rows(&opts.out.join("results.csv"), &["holdout_ap"])?;
+    // Runs kept only as rows of the table (their folders were not committed) count as finished
+    // when asked to (`--reuse-recorded`), and are collected with `--collect`.
+    let earlier = if opts.reuse_recorded || opts.collect_only {
+        earlier_rows(&opts.out.join("results.csv"), &["holdout_ap"])?
+    } else {
+        Default::default()
+    };
     let recorded: HashSet<(String, u64)> = earlier.keys().cloned().collect();
     let outcome_of = |j: &LadderJob| -> Result<Option<select::Outcome>> {
         let dir = run_dir(&opts.out, &j.job);
