@@ -94,7 +94,7 @@ pub fn run_experiment(
 }
 
 fn context_note(preset_origin: &str, opts: &SweepOptions) -> String {
-    let mut note = format!("Training preset: {preset_origin}");
+    let mut note = format!("Trained with {preset_origin}");
     if !opts.overrides.is_empty() {
         note += &format!("; overrides: `{}`", opts.overrides.join(" "));
     }

@@ -535,7 +535,7 @@ fn write_shares(spec: &ExperimentSpec, c: &Collected, out: &Path) -> Result<()> 
         &out.join("shares.png"),
         &format!(
             "{}: where the classification loss and its gradient come from (smoothed over 1% of training)",
-            spec.title
+            spec.name
         ),
         &panels,
         (2, 3),
