@@ -3,8 +3,9 @@
 //!
 //! A sample is one (anchor, class) sigmoid output with its 0/1 target, stored as its *margin*
 //! `x_t` (the logit signed toward the target: `x` for a positive, `-x` for a negative), so that
-//! `p_t = sigmoid(x_t)`. The analysis follows PAPER.md §1.4: per set (positives, negatives) compute
-//! FL for each gamma, normalize to sum 1, sort ascending and accumulate against the fraction of samples.
+//! `p_t = sigmoid(x_t)`. The analysis follows docs/paper.md §5: per set (positives, negatives)
+//! compute FL for each gamma, normalize to sum 1, sort ascending and accumulate against the
+//! fraction of samples.
 //!
 //! Alpha is left out: it is a constant factor within each set and cancels in the normalization.
 //!
@@ -540,7 +541,7 @@ const SHARE_20: usize = 3; // index of 0.20 in HARD_FRACTIONS
 const SHARE_10: usize = 2;
 const SHARE_5: usize = 1;
 
-/// Checks the paper's sentences (PAPER.md §1.4) against our curves, with the criteria spelled out.
+/// Checks the paper's sentences (docs/paper.md §5) against our curves, criteria spelled out.
 pub fn paper_findings(curves: &[Curve]) -> Vec<Finding> {
     let pos = |g| find(curves, SampleSet::Positive, g);
     let neg = |g| find(curves, SampleSet::Negative, g);

@@ -242,7 +242,7 @@ pub fn write_all(out: &Path, gammas: &[f32]) -> Result<Vec<PathBuf>> {
 }
 
 #[cfg(test)]
-#[allow(clippy::approx_constant)] // fixtures are PAPER.md's printed values (0.6931 is ln 2)
+#[allow(clippy::approx_constant)] // fixtures are docs/paper.md's printed values (0.6931 is ln 2)
 mod tests {
     use super::*;
 
@@ -285,7 +285,7 @@ mod tests {
             ]
         );
         assert_eq!(rows.len(), 999);
-        // PAPER.md §1.2 at p_t = 0.5 and 0.25.
+        // docs/paper.md §3 at p_t = 0.5 and 0.25.
         let r = row_at(&rows, 0.5);
         for (got, want) in r[1..]
             .iter()
@@ -308,7 +308,7 @@ mod tests {
             ]
         );
         assert_eq!(rows.len(), 1001);
-        // PAPER.md §1.5 at x_t = -2 and 0.
+        // docs/paper.md §7 at x_t = -2 and 0.
         let r = row_at(&rows, -2.0);
         for (got, want) in [(r[1], 2.1269), (r[3], 1.5243), (r[4], 2.0001)] {
             assert!((got - want).abs() < 1e-4, "{got} vs {want}");

@@ -1,6 +1,6 @@
 //! COCO bbox evaluation, identical to pycocotools 2.0.x `COCOeval` (`evaluate`, `accumulate`,
-//! `summarize` with the default detection parameters). PAPER.md §4 lists what that means; the
-//! points where reimplementations usually drift are marked "pycocotools:" below.
+//! `summarize` with the default detection parameters). docs/paper.md §10 lists what that means;
+//! the points where reimplementations usually drift are marked "pycocotools:" below.
 //!
 //! Layout of the results, as in pycocotools: `precision[t][r][k][a][m]` and `recall[t][k][a][m]`
 //! with T = 10 IoU thresholds, R = 101 recall thresholds, K categories (sorted ids), A = 4 area

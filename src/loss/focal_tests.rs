@@ -1,4 +1,4 @@
-// The fixtures are the values printed in PAPER.md, some of which happen to be ln 2 or ln 10.
+// The fixtures are the values printed in docs/paper.md (§3, §7); some happen to be ln 2 or ln 10.
 #![allow(clippy::approx_constant)]
 
 use super::*;
@@ -15,7 +15,7 @@ fn logit(p: f64) -> f64 {
 
 #[test]
 fn figure1_table_values() {
-    // PAPER.md §1.2: FL(p_t) without alpha, natural log.
+    // docs/paper.md §3: FL(p_t) without alpha, natural log.
     let gammas = [0.0, 0.5, 1.0, 2.0, 5.0];
     let table: [(f64, [f64; 5]); 5] = [
         (0.1, [2.30259, 2.18442, 2.07233, 1.86509, 1.35965]),
@@ -49,7 +49,7 @@ fn figure1_table_values() {
 
 #[test]
 fn fl_star_appendix_values() {
-    // PAPER.md §1.5 at x_t = -5, -2, 0, 2, 5.
+    // docs/paper.md §7 at x_t = -5, -2, 0, 2, 5.
     let xs = [-5.0, -2.0, 0.0, 2.0, 5.0];
     let cases: [(&str, [f64; 5]); 3] = [
         ("fl* 2 1", [4.5001, 1.5243, 0.1566, 0.0034, 0.0]),

@@ -17,7 +17,7 @@
 //! Returns the selected anchor indices by descending loss. Anchors not returned get no loss: OHEM "completely
 //! discards easy examples".
 //!
-//! ## Choices the paper leaves open (PAPER.md Table 1d, [uncertain])
+//! ## Choices the paper leaves open (docs/paper.md §6, [unspecified])
 //! - **Batch size per image.** `batch_size` here is per image. The paper's "batch size" (128/256/512) may count
 //!   anchors per image or per minibatch; §4.1 speaks of "a small set of anchors (e.g., 256) for each
 //!   minibatch", the RPN convention, which Faster R-CNN applies per image. A per-minibatch budget B over N
@@ -29,8 +29,8 @@
 //! - **The scoring loss.** The caller passes one loss per anchor. fl-lab scores an anchor by the loss it would
 //!   train with: the binary cross entropy summed over the K classes (the paper presumes plain CE for OHEM),
 //!   plus the box loss for positives, as OHEM scores an RoI by its classification plus regression loss. The
-//!   selected anchors are then trained with that loss; the normaliser is the number selected (or positives,
-//!   as the training configuration says).
+//!   selected anchors are then trained with that loss, divided by the training normaliser as every loss is:
+//!   the minibatch's positive anchors counted before selection (or their moving average, `loss.normalizer`).
 //! - **The 1:3 ratio when positives are short.** SSD enforces the ratio: with `n_pos` positives it keeps at
 //!   most `3 n_pos` negatives, so an image without positives selects nothing. [`select`] does the same.
 //!   [`select_with`] and [`RatioMode::FillWithNegatives`] offer Fast R-CNN's sampler instead (at most 25%
@@ -53,7 +53,8 @@ pub struct OhemConfig {
 }
 
 impl Default for OhemConfig {
-    /// The paper's best OHEM: batch 128, NMS 0.5, no ratio.
+    /// The paper's best OHEM in Table 1d: batch 128, NMS 0.5, no ratio (training takes its settings
+    /// from `loss.ohem_*` in the config instead).
     fn default() -> Self {
         Self {
             batch_size: 128,
