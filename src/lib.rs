@@ -20,6 +20,7 @@ pub mod infer;
 pub mod loss;
 pub mod model;
 pub mod ops;
+pub mod plot;
 pub mod report;
 pub mod runtime;
 pub mod train;

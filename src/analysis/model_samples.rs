@@ -27,7 +27,7 @@ pub fn model_samples<R: Rng>(
     let mut targets = TargetBuilder::new(&cfg.anchors, &cfg.matcher);
     let k = ds.num_classes();
     let mut sets = SampleSets::new(max_pos, max_neg);
-    let bar = crate::report::progress::bar(ds.len() as u64, "images", quiet);
+    let bar = crate::util::progress::bar(ds.len() as u64, "images", quiet);
     let indices: Vec<usize> = (0..ds.len()).collect();
     for chunk in indices.chunks(batch_size.max(1)) {
         let batch = ds.batch(chunk, &vec![false; chunk.len()], model.device())?;

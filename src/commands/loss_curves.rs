@@ -5,7 +5,7 @@ use crate::loss::focal::{
     ce_elem, ce_elem_grad, fl_star_elem, fl_star_elem_grad, focal_elem, focal_elem_grad,
     FlStarParams, FocalParams,
 };
-use crate::report::plot::{write_line_chart, LineChart, Series};
+use crate::plot::{write_line_chart, LineChart, Series};
 use anyhow::{Context, Result};
 use std::path::{Path, PathBuf};
 
@@ -270,7 +270,7 @@ mod tests {
             assert!(p.exists(), "{}", p.display());
         }
         let img = image::open(out.join("figure1.png")).unwrap();
-        assert_eq!((img.width(), img.height()), crate::report::plot::SIZE);
+        assert_eq!((img.width(), img.height()), crate::plot::SIZE);
 
         let (h, rows) = read(&out.join("figure1.csv"));
         assert_eq!(

@@ -93,7 +93,22 @@ pub struct Args {
     pub alphas: Vec<f64>,
 }
 
-/// The top-level entry point for the four sweep commands; `name` selects the experiment.
+/// Runs an experiment and writes its tables, figures and summary into `opts.out` (when the whole
+/// sweep is local or `--collect` is given).
+pub fn run_and_report(
+    name: &str,
+    opts: &SweepOptions,
+    executor: &dyn crate::experiments::runner::Executor,
+    quiet: bool,
+) -> Result<crate::experiments::SweepOutcome> {
+    let outcome = run_experiment(name, opts, executor, quiet)?;
+    if let Some(c) = &outcome.collected {
+        crate::report::sweep::write_all(&outcome.spec, c, &opts.out, &outcome.note)?;
+    }
+    Ok(outcome)
+}
+
+/// The top-level entry point for the sweep commands of Table 1 and `schedule`; `name` selects the experiment.
 pub fn run(name: &str, args: Args, quiet: bool) -> Result<()> {
     let flags = &args.sweep;
     let data = args
@@ -115,7 +130,7 @@ pub fn run(name: &str, args: Args, quiet: bool) -> Result<()> {
         out,
         reuse_recorded: flags.reuse_recorded,
     };
-    let outcome = run_experiment(name, &opts, &TrainAndEvaluate, quiet)?;
+    let outcome = run_and_report(name, &opts, &TrainAndEvaluate, quiet)?;
     match &outcome.collected {
         Some(c) => {
             let p = &outcome.progress;
@@ -175,4 +190,373 @@ pub fn run(name: &str, args: Args, quiet: bool) -> Result<()> {
         ),
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::experiments::runner::{Executor, Job, RunRecord, Workers};
+    use std::sync::Mutex;
+
+    /// Pretends to train: AP is a function of the config, so the test knows the right answer.
+    struct Fake {
+        calls: Mutex<Vec<String>>,
+        fail_on: Option<String>,
+    }
+
+    impl Executor for Fake {
+        fn execute(&self, job: &Job, _dir: &Path, _quiet: bool) -> Result<RunRecord> {
+            if self.fail_on.as_deref() == Some(job.label.as_str()) {
+                anyhow::bail!("killed");
+            }
+            self.calls
+                .lock()
+                .unwrap()
+                .push(format!("{}#{}", job.label, job.seed));
+            let g = job.config.loss.gamma;
+            let ap = 0.30 + 0.01 * g - 0.002 * g * g + 0.001 * job.seed as f64;
+            Ok(RunRecord {
+                ap,
+                ap50: ap + 0.2,
+                ap75: ap,
+                aps: 0.1,
+                apm: 0.2,
+                apl: 0.3,
+                final_loss_cls: 0.1,
+                final_loss_box: 0.2,
+                positives_per_image: 12.0,
+                iterations: 10,
+                wall_seconds: 1.0,
+                diverged: false,
+                device: "cpu".into(),
+                version: "test".into(),
+                git_revision: "test".into(),
+            })
+        }
+    }
+
+    fn fake() -> Fake {
+        Fake {
+            calls: Mutex::new(Vec::new()),
+            fail_on: None,
+        }
+    }
+
+    fn opts(out: &Path) -> SweepOptions {
+        SweepOptions {
+            spec: None,
+            preset: "smoke".into(),
+            seeds: 2,
+            overrides: vec![],
+            alphas: vec![],
+            shard: Shard::ALL,
+            collect_only: false,
+            out: out.to_path_buf(),
+            jobs: 1,
+            reuse_recorded: false,
+            reference: None,
+        }
+    }
+
+    #[test]
+    fn one_seed_gives_a_direction_but_no_verdict() {
+        let dir = tempfile::tempdir().unwrap();
+        let o = SweepOptions {
+            seeds: 1,
+            ..opts(dir.path())
+        };
+        let c = run_and_report("sweep-gamma", &o, &fake(), true)
+            .unwrap()
+            .collected
+            .unwrap();
+        let beats: Vec<_> = c
+            .verdicts
+            .iter()
+            .filter(|v| v.ours.contains(" vs "))
+            .collect();
+        assert!(!beats.is_empty(), "{:?}", c.verdicts);
+        for v in beats {
+            assert_eq!(v.reproduced, None, "{v:?}");
+            assert!(v.ours.contains("run --seeds 3"), "{v:?}");
+        }
+    }
+
+    #[test]
+    fn finished_runs_are_reused_and_failed_ones_rerun() {
+        let dir = tempfile::tempdir().unwrap();
+        let o = opts(dir.path());
+        let failing = Fake {
+            calls: Mutex::new(Vec::new()),
+            fail_on: Some("gamma 1, alpha .25".into()),
+        };
+        assert!(run_and_report("sweep-gamma", &o, &failing, true).is_err());
+        let done_before = failing.calls.lock().unwrap().len();
+        assert!(done_before > 0);
+        let f = fake();
+        let outcome = run_and_report("sweep-gamma", &o, &f, true).unwrap();
+        assert_eq!(outcome.progress.reused, done_before);
+        assert_eq!(outcome.progress.trained, outcome.jobs - done_before);
+        let again = run_and_report("sweep-gamma", &o, &fake(), true).unwrap();
+        assert_eq!(again.progress.trained, 0);
+        let summary = std::fs::read_to_string(dir.path().join("summary.md")).unwrap();
+        assert!(
+            summary.contains("| gamma 2, alpha .25 | 34.0 |"),
+            "{summary}"
+        );
+    }
+
+    #[test]
+    fn shards_then_collect_equal_one_unsharded_run() {
+        let whole = tempfile::tempdir().unwrap();
+        run_and_report("sweep-gamma", &opts(whole.path()), &fake(), true).unwrap();
+        let split = tempfile::tempdir().unwrap();
+        let mut o = opts(split.path());
+        for i in 0..3 {
+            o.shard = Shard { index: i, count: 3 };
+            let out = run_and_report("sweep-gamma", &o, &fake(), true).unwrap();
+            assert!(out.collected.is_none());
+        }
+        o.shard = Shard::ALL;
+        o.collect_only = true;
+        run_and_report("sweep-gamma", &o, &fake(), true).unwrap();
+        for f in ["results.csv", "summary.csv"] {
+            assert_eq!(
+                std::fs::read_to_string(whole.path().join(f)).unwrap(),
+                std::fs::read_to_string(split.path().join(f)).unwrap(),
+                "{f}"
+            );
+        }
+    }
+
+    #[test]
+    fn findings_follow_the_numbers() {
+        let dir = tempfile::tempdir().unwrap();
+        let out = run_and_report("sweep-gamma", &opts(dir.path()), &fake(), true).unwrap();
+        let c = out.collected.unwrap();
+        // fake AP peaks at gamma 2.5: gamma 2 beats gamma 0 by 0.012 with a seed std of 0.0007
+        assert!(
+            c.verdicts.iter().any(|v| v.reproduced == Some(true)),
+            "{:?}",
+            c.verdicts
+        );
+        let csv = std::fs::read_to_string(dir.path().join("results.csv")).unwrap();
+        assert!(csv.lines().next().unwrap().contains("loss.gamma"));
+        assert_eq!(csv.lines().count(), 1 + out.jobs);
+    }
+
+    #[test]
+    fn collect_keeps_the_rows_of_runs_whose_folders_are_gone() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut o = opts(dir.path());
+        run_and_report("sweep-gamma", &o, &fake(), true).unwrap();
+        let read = |f: &str| std::fs::read_to_string(dir.path().join(f)).unwrap();
+        let (results, summary) = (read("results.csv"), read("summary.csv"));
+        // A fresh clone of a results folder: the tables are committed, the run folders are not.
+        std::fs::remove_dir_all(dir.path().join("runs")).unwrap();
+        o.collect_only = true;
+        let out = run_and_report("sweep-gamma", &o, &fake(), true).unwrap();
+        let c = out.collected.unwrap();
+        assert_eq!((c.kept, c.missing, c.rows.len()), (out.jobs, 0, out.jobs));
+        assert_eq!(read("results.csv"), results);
+        assert_eq!(read("summary.csv"), summary);
+        assert!(
+            read("summary.md").contains(&format!("{} of them are rows of the earlier", out.jobs))
+        );
+
+        // A damaged table is an error that names it, and it is left as it was.
+        std::fs::write(dir.path().join("results.csv"), "config_hash,seed\nabc,x\n").unwrap();
+        let err = run_and_report("sweep-gamma", &o, &fake(), true).unwrap_err();
+        assert!(format!("{err:#}").contains("results.csv"), "{err:#}");
+        assert_eq!(read("results.csv"), "config_hash,seed\nabc,x\n");
+    }
+
+    #[test]
+    fn more_seeds_train_only_the_runs_the_table_lacks() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut o = SweepOptions {
+            seeds: 1,
+            reuse_recorded: true,
+            ..opts(dir.path())
+        };
+        let first = run_and_report("sweep-gamma", &o, &fake(), true).unwrap();
+        let seed0 = std::fs::read_to_string(dir.path().join("results.csv")).unwrap();
+        // As in a fresh clone: the table of seed 0 is committed, its run folders are not.
+        std::fs::remove_dir_all(dir.path().join("runs")).unwrap();
+        o.seeds = 2;
+        let f = fake();
+        let out = run_and_report("sweep-gamma", &o, &f, true).unwrap();
+        assert_eq!(out.progress.trained, first.jobs);
+        assert!(
+            f.calls.lock().unwrap().iter().all(|c| c.ends_with("#1")),
+            "{:?}",
+            f.calls
+        );
+        let results = std::fs::read_to_string(dir.path().join("results.csv")).unwrap();
+        assert_eq!(results.lines().count(), 1 + 2 * first.jobs);
+        for row in seed0.lines().skip(1) {
+            assert!(results.contains(row), "seed-0 row lost: {row}");
+        }
+    }
+
+    #[test]
+    fn a_sweep_trains_unless_asked_to_reuse_and_never_drops_rows_it_did_not_produce() {
+        let dir = tempfile::tempdir().unwrap();
+        let read = |f: &str| std::fs::read_to_string(dir.path().join(f)).unwrap();
+        // A committed three-seed table, without its run folders (a fresh clone).
+        let three = SweepOptions {
+            seeds: 3,
+            ..opts(dir.path())
+        };
+        let out = run_and_report("sweep-gamma", &three, &fake(), true).unwrap();
+        std::fs::remove_dir_all(dir.path().join("runs")).unwrap();
+        let committed = read("results.csv");
+
+        // The default: one seed is trained again (not reused), and seeds 1 and 2 stay in the table.
+        let one = SweepOptions {
+            seeds: 1,
+            ..opts(dir.path())
+        };
+        let f = fake();
+        let again = run_and_report("sweep-gamma", &one, &f, true).unwrap();
+        assert_eq!((again.progress.trained, again.progress.reused), (7, 0));
+        assert_eq!(read("results.csv"), committed, "same runs, same rows");
+        let summary = read("summary.md");
+        assert!(
+            summary.contains(&format!(
+                "`results.csv` holds {} rows, 14 of them",
+                out.jobs
+            )),
+            "{summary}"
+        );
+
+        // Rows of another preset are kept in results.csv but never enter this table.
+        let cpu_rows = committed.lines().count();
+        let other = SweepOptions {
+            preset: "cpu".into(),
+            seeds: 1,
+            ..opts(dir.path())
+        };
+        let c = run_and_report("sweep-gamma", &other, &fake(), true)
+            .unwrap()
+            .collected
+            .unwrap();
+        assert_eq!(c.rows.len(), 7);
+        assert!(c.summaries.iter().all(|s| s.runs == 1));
+        let results = read("results.csv");
+        assert_eq!(results.lines().count(), cpu_rows + 7);
+        for row in committed.lines().skip(1) {
+            assert!(results.contains(row), "row lost or altered: {row}");
+        }
+
+        // --reuse-recorded trains nothing that the table holds.
+        let reuse = SweepOptions {
+            reuse_recorded: true,
+            ..three
+        };
+        std::fs::remove_dir_all(dir.path().join("runs")).unwrap();
+        let r = run_and_report("sweep-gamma", &reuse, &fake(), true).unwrap();
+        assert_eq!((r.progress.trained, r.progress.reused), (0, out.jobs));
+    }
+
+    #[test]
+    fn the_committed_reference_stands_beside_our_table() {
+        let reference = tempfile::tempdir().unwrap();
+        let two = opts(reference.path());
+        run_and_report("sweep-gamma", &two, &fake(), true).unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let o = SweepOptions {
+            seeds: 1,
+            reference: Some(reference.path().join("results.csv")),
+            ..opts(dir.path())
+        };
+        let c = run_and_report("sweep-gamma", &o, &fake(), true)
+            .unwrap()
+            .collected
+            .unwrap();
+        // Matched by hash and seed: seed 0 of the reference only.
+        let (stat, n) = c.summaries[0].reference.unwrap();
+        assert_eq!((n, stat.mean), (1, c.summaries[0].ap.mean));
+        let summary = std::fs::read_to_string(dir.path().join("summary.md")).unwrap();
+        assert!(summary.contains("committed AP (runs)"), "{summary}");
+    }
+
+    #[test]
+    fn duplicate_configurations_are_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let o = SweepOptions {
+            alphas: vec![0.25, 0.25],
+            ..opts(dir.path())
+        };
+        let e = run_and_report("sweep-gamma", &o, &fake(), true).unwrap_err();
+        assert!(
+            format!("{e:#}").contains("--alphas lists 0.25 twice"),
+            "{e:#}"
+        );
+        // sweep-alpha's variants differ only in alpha: --alphas collapses them into one.
+        let o = SweepOptions {
+            alphas: vec![0.5],
+            ..opts(dir.path())
+        };
+        let e = run_and_report("sweep-alpha", &o, &fake(), true).unwrap_err();
+        assert!(
+            format!("{e:#}").contains("resolve to the same configuration"),
+            "{e:#}"
+        );
+        assert!(!dir.path().join("runs").exists());
+    }
+
+    #[test]
+    fn runs_side_by_side_give_the_tables_of_one_at_a_time() {
+        let serial = tempfile::tempdir().unwrap();
+        run_and_report("sweep-gamma", &opts(serial.path()), &fake(), true).unwrap();
+        let side = tempfile::tempdir().unwrap();
+        let o = SweepOptions {
+            jobs: 3,
+            ..opts(side.path())
+        };
+        let f = fake();
+        let out = run_and_report("sweep-gamma", &o, &f, true).unwrap();
+        let mut calls = f.calls.lock().unwrap().clone();
+        let n = calls.len();
+        calls.dedup();
+        assert_eq!(
+            (n, calls.len(), out.progress.trained),
+            (out.jobs, n, out.jobs)
+        );
+        for file in ["results.csv", "summary.csv"] {
+            assert_eq!(
+                std::fs::read_to_string(serial.path().join(file)).unwrap(),
+                std::fs::read_to_string(side.path().join(file)).unwrap(),
+                "{file}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_failing_run_side_by_side_stops_the_sweep_and_keeps_the_others() {
+        let dir = tempfile::tempdir().unwrap();
+        let o = SweepOptions {
+            jobs: 2,
+            ..opts(dir.path())
+        };
+        let failing = Fake {
+            calls: Mutex::new(Vec::new()),
+            fail_on: Some("gamma 1, alpha .25".into()),
+        };
+        let err = run_and_report("sweep-gamma", &o, &failing, true).unwrap_err();
+        assert!(format!("{err:#}").contains("gamma 1, alpha .25"), "{err:#}");
+        let done = failing.calls.lock().unwrap().len();
+        let again = run_and_report("sweep-gamma", &o, &fake(), true).unwrap();
+        assert_eq!(again.progress.reused, done);
+        assert_eq!(again.progress.trained, again.jobs - done);
+        assert!(Workers::new(0).is_err());
+    }
+
+    #[test]
+    fn shard_parsing() {
+        assert_eq!(Shard::parse("2/4").unwrap(), Shard { index: 1, count: 4 });
+        for bad in ["0/4", "5/4", "x", "1/0"] {
+            assert!(Shard::parse(bad).is_err(), "{bad}");
+        }
+    }
 }

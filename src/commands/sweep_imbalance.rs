@@ -70,7 +70,7 @@ pub fn run(args: Args, quiet: bool) -> Result<()> {
     }
     let executor = |rungs| Box::new(TrainTuneEvaluate { rungs }) as Box<dyn Executor>;
     let outcome = run_ladder(&opts, &executor, quiet)?;
-    let Some(ladder) = &outcome.collected else {
+    let Some((ladder, spec, note)) = &outcome.collected else {
         println!(
             "sweep-imbalance shard {}/{}: {} runs trained, {} reused; when every shard has finished, run `fl-lab sweep-imbalance --collect --out {}` with the same flags",
             opts.shard.index + 1,
@@ -87,6 +87,7 @@ pub fn run(args: Args, quiet: bool) -> Result<()> {
         }
         return Ok(());
     };
+    crate::report::imbalance::write_all(spec, ladder, &opts.out, note)?;
     let p = &outcome.progress;
     let counts = if opts.collect_only {
         let found = ladder.outcomes.len();

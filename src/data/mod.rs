@@ -1,5 +1,6 @@
 //! Datasets: COCO-format I/O, image decoding, the built-in generators and batching.
 
+pub mod anchor_counts;
 pub mod coco;
 pub mod fashion;
 pub mod generate;

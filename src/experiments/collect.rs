@@ -75,7 +75,10 @@ pub struct Converged {
 /// (relative) of the mean AP at the series' largest x. Series with fewer than two lengths are left out.
 pub fn convergence(summaries: &[VariantSummary], within: f64) -> Vec<Converged> {
     let mut series: Vec<(String, Vec<(f64, f64)>)> = Vec::new();
-    for s in summaries.iter().filter(|s| s.runs > 0 && s.ap.mean.is_finite()) {
+    for s in summaries
+        .iter()
+        .filter(|s| s.runs > 0 && s.ap.mean.is_finite())
+    {
         let (Some(x), key) = (s.x, s.series.clone().unwrap_or_else(|| s.label.clone())) else {
             continue;
         };
@@ -470,7 +473,10 @@ mod tests {
             label: label.into(),
             runs: 2,
             diverged: 0,
-            ap: Stat { mean: ap, std: 0.01 },
+            ap: Stat {
+                mean: ap,
+                std: 0.01,
+            },
             ap50: Stat::default(),
             ap75: Stat::default(),
             paper: None,
@@ -489,9 +495,15 @@ mod tests {
         ];
         let c = convergence(&rows, 0.10);
         assert_eq!(c.len(), 2, "a series of one length has no verdict");
-        assert_eq!((c[0].shortest_within, c[0].flattened), ((2400.0, 0.37), true));
+        assert_eq!(
+            (c[0].shortest_within, c[0].flattened),
+            ((2400.0, 0.37), true)
+        );
         // 0.36 is the bound: B reaches it only at the longest length, so it may still be rising
-        assert_eq!((c[1].shortest_within, c[1].flattened), ((3600.0, 0.40), false));
+        assert_eq!(
+            (c[1].shortest_within, c[1].flattened),
+            ((3600.0, 0.40), false)
+        );
     }
 
     #[test]

@@ -250,7 +250,7 @@ pub fn run_jobs(
         reused: jobs.len() - todo.len(),
         ..Default::default()
     });
-    let bar = crate::report::progress::bar(todo.len() as u64, "runs", quiet);
+    let bar = crate::util::progress::bar(todo.len() as u64, "runs", quiet);
     let start = Instant::now();
     let finished = |job: &Job, record: &RunRecord| {
         let mut p = progress.lock().unwrap_or_else(|e| e.into_inner());

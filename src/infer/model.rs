@@ -56,7 +56,7 @@ where
     cfg.validate()?;
     let coder = BoxCoder::default();
     let num_classes = ds.num_classes();
-    let bar = crate::report::progress::bar(ds.len() as u64, "images", quiet);
+    let bar = crate::util::progress::bar(ds.len() as u64, "images", quiet);
     let mut out = Vec::new();
     let indices: Vec<usize> = (0..ds.len()).collect();
     let mut anchors_for: Option<((usize, usize), Anchors)> = None;

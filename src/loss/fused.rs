@@ -11,9 +11,9 @@
 //! [`FastMath`], compiled for AVX2+FMA when the CPU has them), then the single positive logit of
 //! each foreground anchor is corrected in scalar code.
 
-use super::focal::{fl_star_terms, focal_terms, GAMMA_GENERAL, GAMMA_ONE, GAMMA_TWO, GAMMA_ZERO};
 use super::split::{group_of, LossSplit, EASY_NEGATIVE, HARD_NEGATIVE, POSITIVE};
 use super::stable::{FastMath, Real, Transcendental};
+use super::terms::{fl_star_terms, focal_terms, GAMMA_GENERAL, GAMMA_ONE, GAMMA_TWO, GAMMA_ZERO};
 use candle_core::{CpuStorage, CustomOp2, DType, Layout, Shape, Tensor};
 use rayon::prelude::*;
 use std::sync::{Arc, Mutex};
@@ -99,7 +99,7 @@ macro_rules! with_loss {
         match $kind {
             Kind::Focal { gamma, alpha } => {
                 let (a_pos, a_neg) = alphas(alpha);
-                match super::focal::gamma_kind(gamma as f64) {
+                match super::terms::gamma_kind(gamma as f64) {
                     GAMMA_ZERO => {
                         let $l = &Focal::<GAMMA_ZERO> {
                             gamma,

@@ -29,6 +29,16 @@ pub fn smooth_l1_loss(pred: &Tensor, target: &Tensor, beta: f32) -> candle_core:
     quad.add(&n.sub(&c)?)?.sum_all()
 }
 
+/// Smooth L1 of one difference `d` (for scoring anchors, as OHEM does, without a tensor).
+pub fn smooth_l1_elem(d: f32, beta: f32) -> f32 {
+    let d = d.abs();
+    if d < beta {
+        0.5 * d * d / beta
+    } else {
+        d - 0.5 * beta
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -39,6 +49,19 @@ mod tests {
             (0.5 * d * d / beta, d / beta)
         } else {
             (d.abs() - 0.5 * beta, d.signum())
+        }
+    }
+
+    #[test]
+    fn one_difference_matches_the_closed_form() {
+        for beta in [0.0f32, 0.11, 1.0] {
+            for d in [-3.0f32, -0.05, 0.0, 0.1, 2.5] {
+                let want = closed_form(d as f64, beta as f64).0;
+                assert!(
+                    (smooth_l1_elem(d, beta) as f64 - want).abs() < 1e-6,
+                    "{d} {beta}"
+                );
+            }
         }
     }
 

@@ -47,7 +47,7 @@ pub fn draw_boxes(pixels: &RgbImage, boxes: &[LabelledBox], scale: u32) -> Resul
     }
     let mut buf =
         image::imageops::resize(pixels, sw, sh, image::imageops::FilterType::Nearest).into_raw();
-    super::font::ensure_registered();
+    crate::plot::font::ensure_registered();
     {
         let root = BitMapBackend::with_buffer(&mut buf, (sw, sh)).into_drawing_area();
         let font_px = (10 + sw / 60).min(28);

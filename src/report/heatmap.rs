@@ -38,7 +38,7 @@ pub fn write_heatmap(path: &Path, map: &HeatMap) -> Result<()> {
             path.display()
         );
     }
-    super::font::ensure_registered();
+    crate::plot::font::ensure_registered();
     let present: Vec<f64> = map
         .values
         .iter()

@@ -1,9 +1,9 @@
 //! Files of `sweep-imbalance`: `results.csv` (every run), `summary.csv` (per rung), `imbalance.png`
 //! (AP(FL) - AP(CE), and both APs, against the measured ratio on a log axis) and `summary.md`.
 
-use super::plot::PALETTE;
 use crate::experiments::imbalance::select::{Choice, Ladder, LEARNED_AP};
 use crate::experiments::imbalance::{Family, ImbalanceSpec};
+use crate::plot::PALETTE;
 use anyhow::{anyhow, Context, Result};
 use plotters::prelude::*;
 use std::fmt::Write as _;
@@ -296,7 +296,7 @@ where
 
 /// Two panels: AP(FL) - AP(CE) with error bars over seeds, and each loss's AP.
 pub fn write_figure(path: &Path, ladder: &Ladder) -> Result<()> {
-    super::font::ensure_registered();
+    crate::plot::font::ensure_registered();
     let ratio = |r: &crate::experiments::imbalance::select::RungResult| r.info.imbalance.ratio();
     let diff: Vec<Point> = ladder
         .rungs

@@ -7,8 +7,8 @@
 //! describe, and an analysis of something else first removes the other's files, so that every file
 //! of a folder comes from one source.
 
-use super::plot::{write_panels, LineChart, Series};
 use crate::analysis::loss_cdf::{paper_findings, Checkpoint, Curve, SampleSet, HARD_FRACTIONS};
+use crate::plot::{write_panels, LineChart, Series};
 use anyhow::{Context, Result};
 use std::fmt::Write as _;
 use std::path::Path;

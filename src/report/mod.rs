@@ -1,13 +1,10 @@
 //! Output: CSV tables and PNG figures. Computes no statistics itself.
 
 pub mod boxes;
-pub mod font;
 pub mod heatmap;
 pub mod imbalance;
 pub mod loss_cdf;
-pub mod plot;
 pub mod pr_curve;
-pub mod progress;
 pub mod sweep;
 
 use anyhow::{Context, Result};

@@ -1,7 +1,7 @@
 //! Precision-recall curves of a COCO evaluation: a CSV of every curve and a two-panel PNG.
 
-use super::plot::{write_panels, LineChart, Series};
 use crate::eval::coco::{CocoEval, NUM_IOU};
+use crate::plot::{write_panels, LineChart, Series};
 use anyhow::Result;
 use std::path::Path;
 

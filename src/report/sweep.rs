@@ -1,10 +1,10 @@
 //! Files of a sweep: `results.csv`, `summary.csv`, `ap.png`, `ap_bars.png`, `loss_curves.png`, `summary.md`.
 
-use super::plot::{write_line_chart, LineChart, Series, PALETTE};
 use super::Merged;
 use crate::experiments::collect::{flatten, Collected};
 use crate::experiments::runner::run_dir;
 use crate::experiments::spec::ExperimentSpec;
+use crate::plot::{write_line_chart, LineChart, Series, PALETTE};
 use anyhow::{anyhow, Context, Result};
 use plotters::prelude::*;
 use std::fmt::Write as _;
@@ -242,7 +242,7 @@ fn write_grid_heatmap(path: &Path, spec: &ExperimentSpec, c: &Collected) -> Resu
 
 /// One bar per variant (mean AP, error bar = std over seeds), the paper's AP as a hollow bar beside it.
 fn write_ap_bars(path: &Path, spec: &ExperimentSpec, c: &Collected) -> Result<()> {
-    super::font::ensure_registered();
+    crate::plot::font::ensure_registered();
     let tmp = crate::util::temp_beside(path);
     let items: Vec<_> = c.summaries.iter().collect();
     let n = items.len();
@@ -454,10 +454,19 @@ fn read_smoothed(path: &Path, columns: &[&str], parts: usize) -> Result<Vec<(f64
 const SHARE_COLUMNS: [(&str, &str); 6] = [
     ("loss_share_pos", "positives: share of the loss"),
     ("loss_share_hard_neg", "hard negatives: share of the loss"),
-    ("loss_share_easy_neg", "easy negatives (p_t > 0.5): share of the loss"),
+    (
+        "loss_share_easy_neg",
+        "easy negatives (p_t > 0.5): share of the loss",
+    ),
     ("grad_share_pos", "positives: share of the gradient"),
-    ("grad_share_hard_neg", "hard negatives: share of the gradient"),
-    ("grad_share_easy_neg", "easy negatives: share of the gradient"),
+    (
+        "grad_share_hard_neg",
+        "hard negatives: share of the gradient",
+    ),
+    (
+        "grad_share_easy_neg",
+        "easy negatives: share of the gradient",
+    ),
 ];
 
 /// Where the classification loss and its gradient come from over training (positives, hard and
@@ -531,7 +540,7 @@ fn write_shares(spec: &ExperimentSpec, c: &Collected, out: &Path) -> Result<()> 
                 .collect(),
         })
         .collect();
-    super::plot::write_panel_grid(
+    crate::plot::write_panel_grid(
         &out.join("shares.png"),
         &format!(
             "{}: where the classification loss and its gradient come from (smoothed over 1% of training)",
@@ -637,7 +646,11 @@ pub fn write_summary_md(
             100.0 * tol.within,
             x.label
         );
-        let _ = writeln!(s, "| method | longest | AP there | shortest within {:.0}% | AP there | flattened |", 100.0 * tol.within);
+        let _ = writeln!(
+            s,
+            "| method | longest | AP there | shortest within {:.0}% | AP there | flattened |",
+            100.0 * tol.within
+        );
         let _ = writeln!(s, "|---|---|---|---|---|---|");
         for k in &c.convergence {
             let _ = writeln!(
@@ -648,7 +661,11 @@ pub fn write_summary_md(
                 100.0 * k.longest.1,
                 k.shortest_within.0,
                 100.0 * k.shortest_within.1,
-                if k.flattened { "yes" } else { "no: extend the study" }
+                if k.flattened {
+                    "yes"
+                } else {
+                    "no: extend the study"
+                }
             );
         }
     }

@@ -4,6 +4,7 @@
 use super::targets::{TargetBuilder, Targets};
 use crate::config::{Config, LossKind, NormalizerKind};
 use crate::loss::ohem::{select, OhemConfig};
+use crate::loss::smooth_l1::smooth_l1_elem;
 use crate::loss::{
     fl_star_loss_split, per_anchor_loss, sigmoid_focal_loss_split, smooth_l1_loss, FlStarParams,
     FocalParams, LossSplit,
@@ -151,7 +152,7 @@ pub fn compute_normalized(
                 for (j, &a) in targets.positives.iter().enumerate() {
                     scores[a as usize] += (0..4)
                         .map(|c| {
-                            smooth_l1_value(p[4 * j + c] - targets.box_targets[4 * j + c], box_beta)
+                            smooth_l1_elem(p[4 * j + c] - targets.box_targets[4 * j + c], box_beta)
                         })
                         .sum::<f32>();
                 }
@@ -189,14 +190,4 @@ pub fn compute_normalized(
         total,
         split,
     })
-}
-
-/// Smooth L1 of one difference (for OHEM's scores; the training loss uses `smooth_l1_loss`).
-fn smooth_l1_value(d: f32, beta: f32) -> f32 {
-    let d = d.abs();
-    if d < beta {
-        0.5 * d * d / beta
-    } else {
-        d - 0.5 * beta
-    }
 }

@@ -473,7 +473,7 @@ pub fn read_metrics(path: &Path) -> Result<Vec<MetricsRow>> {
 }
 
 fn plot_losses(path: &Path, rows: &[MetricsRow], dir: &Path) -> Result<()> {
-    use crate::report::plot::{write_line_chart, LineChart, Series};
+    use crate::plot::{write_line_chart, LineChart, Series};
     let finite = |v: f64| v.is_finite();
     let pts = |f: &dyn Fn(&MetricsRow) -> f64| -> Vec<(f64, f64)> {
         rows.iter()

@@ -3,8 +3,8 @@
 //! and the binary-sample imbalance the classification loss sees on it.
 
 use super::ImageCounts;
-use crate::commands::data::AnchorCounts;
 use crate::config::Config;
+use crate::data::anchor_counts::AnchorCounts;
 use crate::data::coco::CocoDataset;
 use crate::data::generate::{self, Manifest};
 use crate::data::loader::{CachePolicy, Dataset, LoaderConfig};

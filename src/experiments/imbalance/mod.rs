@@ -381,7 +381,9 @@ pub struct ImbalanceOutcome {
     pub progress: SweepProgress,
     /// Runs of the other seeds not started because their rung's grid has not finished (other shards).
     pub waiting: usize,
-    pub collected: Option<select::Ladder>,
+    /// When the whole ladder is local (or `--collect`): the ladder, the spec it ran and a note on
+    /// the settings, for the command to hand to `report::imbalance`.
+    pub collected: Option<(select::Ladder, ImbalanceSpec, String)>,
 }
 
 /// Resolves the spec and options into the spec actually run and the image counts.
@@ -589,12 +591,11 @@ pub fn run_ladder(
         schedule.iterations,
         schedule.batch_size
     );
-    crate::report::imbalance::write_all(&spec, &ladder, &opts.out, &note)?;
     Ok(ImbalanceOutcome {
         jobs: planned,
         progress,
         waiting,
-        collected: Some(ladder),
+        collected: Some((ladder, spec, note)),
     })
 }
 

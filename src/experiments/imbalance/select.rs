@@ -213,7 +213,7 @@ pub fn crossings(rungs: &[RungResult]) -> Vec<Crossing> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::commands::data::AnchorCounts;
+    use crate::data::anchor_counts::AnchorCounts;
 
     fn info(ratio: usize) -> RungInfo {
         RungInfo {

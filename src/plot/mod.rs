@@ -1,4 +1,7 @@
-//! Line charts with titles, axis labels and legends, written atomically as PNG.
+//! Plotting primitives every layer may use (a leaf): line charts with titles, axis labels and
+//! legends, written atomically as PNG, and the font shipped in the repository ([`font`]).
+
+pub mod font;
 
 use anyhow::{anyhow, Context, Result};
 use plotters::prelude::*;
@@ -66,7 +69,7 @@ pub fn write_panel_grid(
     grid: (usize, usize),
     size: (u32, u32),
 ) -> Result<()> {
-    super::font::ensure_registered();
+    font::ensure_registered();
     let tmp = crate::util::temp_beside(path);
     if let Some(dir) = path.parent() {
         if !dir.as_os_str().is_empty() {
@@ -338,7 +341,7 @@ mod tests {
 
     #[test]
     fn long_titles_get_a_smaller_font_that_fits() {
-        crate::report::font::ensure_registered();
+        crate::plot::font::ensure_registered();
         let mut buf = vec![0u8; 600 * 100 * 3];
         let area = BitMapBackend::with_buffer(&mut buf, (600, 100)).into_drawing_area();
         assert_eq!(caption_size(&area, "short"), 26);

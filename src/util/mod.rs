@@ -1,4 +1,7 @@
-//! Small helpers shared by every module: atomic file writes.
+//! Small helpers every layer may use (a leaf: it imports no other module of the crate): atomic file
+//! writes, the git revision, and progress bars.
+
+pub mod progress;
 
 use anyhow::{Context, Result};
 use std::io::Write;
