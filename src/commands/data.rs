@@ -8,7 +8,7 @@ use crate::data::generate::{self, Split};
 use crate::data::loader::{CachePolicy, Dataset, LoaderConfig};
 use crate::data::shapes::ShapesConfig;
 use crate::data::stats::{box_stats, BoxStats, SIZE_EDGES};
-use crate::geometry::{AnchorConfig, LowQualityMatches, Matcher};
+use crate::geometry::{AnchorConfig, Matcher};
 use anyhow::{bail, Context, Result};
 use clap::{Subcommand, ValueEnum};
 use std::fmt::Write as _;
@@ -129,37 +129,19 @@ pub struct DataSel {
     /// Which split, when --data is a directory.
     #[arg(long, value_enum, default_value = "train")]
     pub split: SplitArg,
-    /// Model input size (square); boxes are measured after resizing to it.
-    #[arg(long, default_value_t = 128)]
-    pub input_size: usize,
 }
 
 #[derive(Debug, clap::Args)]
 pub struct StatsArgs {
     #[command(flatten)]
     pub sel: DataSel,
-    /// Anchor size = anchor_scale x stride x 2^(octave / scales_per_octave). Default 2, as the `cpu`
-    /// preset uses on the 128-px benchmark; the paper's 4 suits 600-px COCO images.
-    #[arg(long, default_value_t = 2.0)]
-    pub anchor_scale: f32,
-    /// Lowest pyramid level (stride 2^level).
-    #[arg(long, default_value_t = AnchorConfig::default().min_level)]
-    pub min_level: u32,
-    /// Highest pyramid level.
-    #[arg(long, default_value_t = AnchorConfig::default().max_level)]
-    pub max_level: u32,
-    /// Anchor scales per octave.
-    #[arg(long, default_value_t = AnchorConfig::default().scales_per_octave)]
-    pub scales_per_octave: u32,
-    /// IoU at or above which an anchor is foreground.
-    #[arg(long, default_value_t = Matcher::default().pos_iou)]
-    pub pos_iou: f32,
-    /// IoU below which an anchor is background (in between: ignored).
-    #[arg(long, default_value_t = Matcher::default().neg_iou)]
-    pub neg_iou: f32,
-    /// Low-quality matches: none, detectron or any.
-    #[arg(long, default_value = "detectron")]
-    pub low_quality: LowQualityMatches,
+    /// The training config whose input size, anchors and matcher the statistics use: a built-in
+    /// preset name (cpu, the default; smoke; paper) or a TOML file, as `fl-lab train --config`.
+    #[arg(long, default_value = "cpu")]
+    pub config: String,
+    /// Override one config key, e.g. `--set anchors.anchor_scale=4 --set data.input_size=256`.
+    #[arg(long = "set", value_name = "KEY=VALUE")]
+    pub set: Vec<String>,
     /// Directory for the CSV files.
     #[arg(long, default_value = "results/data-stats")]
     pub out: PathBuf,
@@ -276,7 +258,7 @@ fn run_gen(a: GenArgs, quiet: bool) -> Result<()> {
     Ok(())
 }
 
-fn open(sel: &DataSel, quiet: bool) -> Result<Dataset> {
+fn open(sel: &DataSel, input_size: usize, quiet: bool) -> Result<Dataset> {
     let src = crate::data::resolve(
         sel.data.as_deref(),
         sel.images.as_deref(),
@@ -286,7 +268,7 @@ fn open(sel: &DataSel, quiet: bool) -> Result<Dataset> {
     let ds = Dataset::open(
         &src,
         LoaderConfig {
-            input_size: sel.input_size,
+            input_size,
             hflip: false,
             cache: CachePolicy::Never,
         },
@@ -385,31 +367,24 @@ fn ratio(num: usize, den: usize) -> f64 {
 }
 
 fn run_stats(a: StatsArgs, quiet: bool) -> Result<()> {
-    // Settings are checked before anything is read or written.
-    // Anchors are the same for every image, since every image is padded to the square input.
-    let acfg = AnchorConfig {
-        anchor_scale: a.anchor_scale,
-        min_level: a.min_level,
-        max_level: a.max_level,
-        scales_per_octave: a.scales_per_octave,
-        ..AnchorConfig::default()
-    };
+    // Settings are checked (by the config's validation) before anything is read or written.
+    let (text, origin) = crate::experiments::spec::named_preset_text("--config", &a.config)?;
+    let cfg = crate::config::Config::from_toml_str(&text, &a.set)
+        .with_context(|| format!("invalid config {origin}"))?;
+    let acfg = AnchorConfig::from(&cfg.anchors);
     acfg.validate().context("anchor settings")?;
-    let matcher = Matcher {
-        pos_iou: a.pos_iou,
-        neg_iou: a.neg_iou,
-        low_quality: a.low_quality,
-    };
+    let matcher = Matcher::from(&cfg.matcher);
     matcher.validate().context("matcher settings")?;
-    let ds = open(&a.sel, quiet)?;
+    let input_size = cfg.data.input_size;
+    let ds = open(&a.sel, input_size, quiet)?;
     let gts: Vec<_> = (0..ds.len()).map(|i| ds.ground_truth(i, false)).collect();
     let names = class_names(&ds);
     let s = box_stats(&gts, ds.num_classes());
     println!(
         "{} (input {}x{})",
         ds.source.json.display(),
-        a.sel.input_size,
-        a.sel.input_size
+        input_size,
+        input_size
     );
     print!("{}", format_box_stats(&s, &names));
     let out = &a.out;
@@ -455,7 +430,7 @@ fn run_stats(a: StatsArgs, quiet: bool) -> Result<()> {
             .collect(),
     )?;
 
-    let anchors = acfg.generate(a.sel.input_size, a.sel.input_size);
+    let anchors = acfg.generate(input_size, input_size);
     let k = ds.num_classes();
     let per_image: Vec<AnchorCounts> = {
         use rayon::prelude::*;
@@ -483,13 +458,13 @@ fn run_stats(a: StatsArgs, quiet: bool) -> Result<()> {
         "anchors: {} per image ({} per location; sizes {:.0}..{:.0} px on P{}-P{}), matcher IoU {} / {} ({:?} low-quality rule), K = {k}",
         anchors.len(),
         anchors.anchors_per_location(),
-        a.anchor_scale * (1u32 << a.min_level) as f32,
-        a.anchor_scale * (1u32 << a.max_level) as f32 * 2f32.powf((a.scales_per_octave.max(1) - 1) as f32 / a.scales_per_octave.max(1) as f32),
-        a.min_level,
-        a.max_level,
-        a.pos_iou,
-        a.neg_iou,
-        a.low_quality
+        acfg.anchor_scale * (1u32 << acfg.min_level) as f32,
+        acfg.anchor_scale * (1u32 << acfg.max_level) as f32 * 2f32.powf((acfg.scales_per_octave.max(1) - 1) as f32 / acfg.scales_per_octave.max(1) as f32),
+        acfg.min_level,
+        acfg.max_level,
+        matcher.pos_iou,
+        matcher.neg_iou,
+        matcher.low_quality
     );
     println!(
         "  per image: positives {:.1}, ignored {:.1}, negatives {:.1}; objects with no positive anchor: {} of {} ({:.1}%)",
@@ -570,14 +545,14 @@ fn run_stats(a: StatsArgs, quiet: bool) -> Result<()> {
             s.images.to_string(),
             f(s.mean_per_image()),
             k.to_string(),
-            a.sel.input_size.to_string(),
+            input_size.to_string(),
             anchors.len().to_string(),
-            a.anchor_scale.to_string(),
-            a.min_level.to_string(),
-            a.max_level.to_string(),
-            a.pos_iou.to_string(),
-            a.neg_iou.to_string(),
-            format!("{:?}", a.low_quality).to_lowercase(),
+            acfg.anchor_scale.to_string(),
+            acfg.min_level.to_string(),
+            acfg.max_level.to_string(),
+            matcher.pos_iou.to_string(),
+            matcher.neg_iou.to_string(),
+            format!("{:?}", matcher.low_quality).to_lowercase(),
             f(total.positives as f64 / n),
             f(total.ignored as f64 / n),
             f(total.negatives as f64 / n),

@@ -310,6 +310,35 @@ pub fn earlier_rows(path: &Path, extra: &[&str]) -> Result<HashMap<RunKey, (RunR
     Ok(out)
 }
 
+/// A run record's fields in the order of [`RECORD_COLUMNS`], as `results.csv` writes them (a
+/// non-finite loss or positives count, as a diverged run has, is an empty field).
+pub fn record_fields(r: &RunRecord) -> Vec<String> {
+    let nullable = |v: f64, digits: usize| {
+        if v.is_finite() {
+            format!("{v:.digits$}")
+        } else {
+            String::new()
+        }
+    };
+    vec![
+        format!("{:.6}", r.ap),
+        format!("{:.6}", r.ap50),
+        format!("{:.6}", r.ap75),
+        format!("{:.6}", r.aps),
+        format!("{:.6}", r.apm),
+        format!("{:.6}", r.apl),
+        nullable(r.final_loss_cls, 6),
+        nullable(r.final_loss_box, 6),
+        nullable(r.positives_per_image, 3),
+        r.iterations.to_string(),
+        format!("{:.1}", r.wall_seconds),
+        r.device.clone(),
+        r.diverged.to_string(),
+        r.version.clone(),
+        r.git_revision.clone(),
+    ]
+}
+
 /// The columns of a run record in `results.csv`, after the label, seed, hash and varying knobs.
 pub const RECORD_COLUMNS: [&str; 15] = [
     "ap",

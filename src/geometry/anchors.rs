@@ -217,6 +217,19 @@ impl AnchorConfig {
     }
 }
 
+/// The config's anchor section as the anchor generator takes it (the one place they are converted).
+impl From<&crate::config::AnchorsConfig> for AnchorConfig {
+    fn from(a: &crate::config::AnchorsConfig) -> Self {
+        AnchorConfig {
+            min_level: a.min_level as u32,
+            max_level: a.max_level as u32,
+            anchor_scale: a.anchor_scale as f32,
+            scales_per_octave: a.scales_per_octave as u32,
+            aspect_ratios: a.aspect_ratios.iter().map(|&r| r as f32).collect(),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

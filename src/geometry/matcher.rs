@@ -250,6 +250,22 @@ pub fn anchor_labels(matches: &[i32], gt_classes: &[usize]) -> Vec<i32> {
         .collect()
 }
 
+/// The config's matcher section as the matcher takes it (the one place they are converted).
+impl From<&crate::config::MatcherConfig> for Matcher {
+    fn from(m: &crate::config::MatcherConfig) -> Self {
+        use crate::config::LowQualityKind;
+        Matcher {
+            pos_iou: m.pos_iou as f32,
+            neg_iou: m.neg_iou as f32,
+            low_quality: match m.low_quality {
+                LowQualityKind::None => LowQualityMatches::None,
+                LowQualityKind::Detectron => LowQualityMatches::Detectron,
+                LowQualityKind::Any => LowQualityMatches::Any,
+            },
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

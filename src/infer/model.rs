@@ -21,7 +21,7 @@ pub fn detect_dataset(
     batch_size: usize,
     quiet: bool,
 ) -> Result<Vec<CocoDetection>> {
-    let anchor_cfg = crate::train::targets::anchor_config(&model.config().anchors);
+    let anchor_cfg = crate::geometry::AnchorConfig::from(&model.config().anchors);
     detect_dataset_with(
         ds,
         &anchor_cfg,
@@ -113,8 +113,7 @@ pub fn detect_picture(
     cfg.validate()?;
     let size = model.config().data.input_size;
     let (input, (rw, rh)) = crate::data::loader::image_input(img, size, model.device())?;
-    let anchors =
-        crate::train::targets::anchor_config(&model.config().anchors).generate(size, size);
+    let anchors = crate::geometry::AnchorConfig::from(&model.config().anchors).generate(size, size);
     let pred = model.forward(&input, false)?;
     let cls: Vec<f32> = pred.cls.flatten_all()?.to_vec1()?;
     let deltas: Vec<f32> = pred.boxes.flatten_all()?.to_vec1()?;

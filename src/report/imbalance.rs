@@ -47,25 +47,12 @@ pub fn write_results_csv(path: &Path, spec: &ImbalanceSpec, ladder: &Ladder) -> 
         "seed",
         "config_hash",
         "holdout_ap",
-        "ap",
-        "ap50",
-        "ap75",
-        "aps",
-        "apm",
-        "apl",
         "chosen",
-        "final_loss_cls",
-        "final_loss_box",
-        "positives_per_image",
-        "iterations",
-        "wall_seconds",
-        "device",
-        "diverged",
-        "version",
-        "git_revision",
     ]
+    .into_iter()
+    .chain(crate::experiments::collect::RECORD_COLUMNS)
     .map(String::from)
-    .to_vec();
+    .collect();
     let mut table = Vec::new();
     for rung in &ladder.rungs {
         let rows = ladder
@@ -94,23 +81,12 @@ pub fn write_results_csv(path: &Path, spec: &ImbalanceSpec, ladder: &Ladder) -> 
                 o.job.seed.to_string(),
                 o.job.hash.clone(),
                 f6(o.holdout.ap),
-                f6(r.ap),
-                f6(r.ap50),
-                f6(r.ap75),
-                f6(r.aps),
-                f6(r.apm),
-                f6(r.apl),
                 chosen.to_string(),
-                f6(r.final_loss_cls),
-                f6(r.final_loss_box),
-                format!("{:.3}", r.positives_per_image),
-                r.iterations.to_string(),
-                format!("{:.1}", r.wall_seconds),
-                r.device.clone(),
-                r.diverged.to_string(),
-                r.version.clone(),
-                r.git_revision.clone(),
             ]);
+            table
+                .last_mut()
+                .expect("just pushed")
+                .extend(crate::experiments::collect::record_fields(r));
         }
     }
     super::write_merged_csv(path, &header, &table, &["config_hash", "seed"])?;

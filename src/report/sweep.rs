@@ -58,23 +58,7 @@ pub fn write_results_csv(path: &Path, spec: &ExperimentSpec, c: &Collected) -> R
                     .iter()
                     .map(|k| flat.get(k).cloned().unwrap_or_default()),
             );
-            rec.extend([
-                format!("{:.6}", r.ap),
-                format!("{:.6}", r.ap50),
-                format!("{:.6}", r.ap75),
-                format!("{:.6}", r.aps),
-                format!("{:.6}", r.apm),
-                format!("{:.6}", r.apl),
-                format!("{:.6}", r.final_loss_cls),
-                format!("{:.6}", r.final_loss_box),
-                format!("{:.3}", r.positives_per_image),
-                r.iterations.to_string(),
-                format!("{:.1}", r.wall_seconds),
-                r.device.clone(),
-                r.diverged.to_string(),
-                r.version.clone(),
-                r.git_revision.clone(),
-            ]);
+            rec.extend(crate::experiments::collect::record_fields(r));
             rec
         })
         .collect();

@@ -1,7 +1,7 @@
 //! Per-anchor training targets: labels from the matcher and box-regression targets from the coder.
 
-use crate::config::{AnchorsConfig, LowQualityKind, MatcherConfig};
-use crate::geometry::{anchor_labels, AnchorConfig, Anchors, BoxCoder, LowQualityMatches, Matcher};
+use crate::config::{AnchorsConfig, MatcherConfig};
+use crate::geometry::{anchor_labels, AnchorConfig, Anchors, BoxCoder, Matcher};
 use std::collections::HashMap;
 
 /// Ground truth of one image in input pixels: xyxy boxes and 0-based classes.
@@ -46,30 +46,6 @@ impl Targets {
     }
 }
 
-/// Converts the config's anchor section to the geometry module's.
-pub fn anchor_config(a: &AnchorsConfig) -> AnchorConfig {
-    AnchorConfig {
-        min_level: a.min_level as u32,
-        max_level: a.max_level as u32,
-        anchor_scale: a.anchor_scale as f32,
-        scales_per_octave: a.scales_per_octave as u32,
-        aspect_ratios: a.aspect_ratios.iter().map(|&r| r as f32).collect(),
-    }
-}
-
-/// Converts the config's matcher section to the geometry module's.
-pub fn matcher(m: &MatcherConfig) -> Matcher {
-    Matcher {
-        pos_iou: m.pos_iou as f32,
-        neg_iou: m.neg_iou as f32,
-        low_quality: match m.low_quality {
-            LowQualityKind::None => LowQualityMatches::None,
-            LowQualityKind::Detectron => LowQualityMatches::Detectron,
-            LowQualityKind::Any => LowQualityMatches::Any,
-        },
-    }
-}
-
 /// Builds targets, caching the anchors of each input size.
 pub struct TargetBuilder {
     anchor_cfg: AnchorConfig,
@@ -81,8 +57,8 @@ pub struct TargetBuilder {
 impl TargetBuilder {
     pub fn new(anchors: &AnchorsConfig, matcher_cfg: &MatcherConfig) -> TargetBuilder {
         TargetBuilder {
-            anchor_cfg: anchor_config(anchors),
-            matcher: matcher(matcher_cfg),
+            anchor_cfg: AnchorConfig::from(anchors),
+            matcher: Matcher::from(matcher_cfg),
             coder: BoxCoder::default(),
             cache: HashMap::new(),
         }

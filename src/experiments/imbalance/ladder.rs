@@ -174,9 +174,9 @@ pub fn measure(cfg: &Config, json: &Path) -> Result<Imbalance> {
         0 => ds.len(),
         m => m.min(ds.len()),
     };
-    let anchors = crate::train::targets::anchor_config(&cfg.anchors)
+    let anchors = crate::geometry::AnchorConfig::from(&cfg.anchors)
         .generate(cfg.data.input_size, cfg.data.input_size);
-    let matcher = crate::train::targets::matcher(&cfg.matcher);
+    let matcher = crate::geometry::Matcher::from(&cfg.matcher);
     let k = cfg.model.num_classes;
     let mut total = AnchorCounts::default();
     for i in 0..n {
