@@ -314,82 +314,136 @@ struct Scratch {
 /// Empty `dets` is allowed (pycocotools' loadRes would raise IndexError on it; COCOeval itself,
 /// given an empty result set, scores every category with ground truth 0, and so does this).
 pub fn evaluate(gt: &CocoDataset, dets: &[Detection]) -> Result<CocoEval, EvalError> {
-    // pycocotools: imgIds and catIds are sorted unique ids of the ground truth.
-    let mut image_ids: Vec<i64> = gt.images.iter().map(|i| i.id).collect();
-    image_ids.sort_unstable();
-    image_ids.dedup();
-    let mut category_ids: Vec<i64> = gt.categories.iter().map(|c| c.id).collect();
-    category_ids.sort_unstable();
-    category_ids.dedup();
-    let img_index: HashMap<i64, u32> = image_ids
-        .iter()
-        .enumerate()
-        .map(|(i, &id)| (id, i as u32))
-        .collect();
-    let cat_index: HashMap<i64, u32> = category_ids
-        .iter()
-        .enumerate()
-        .map(|(i, &id)| (id, i as u32))
-        .collect();
-    let nk = category_ids.len();
+    let index = Index::build(gt, dets)?;
+    let (units, total_out) = units(&index.gt_keys, &index.dt_keys);
+    let matched = match_units(&units, &index, total_out);
+    let rec_thr = recall_thresholds();
+    let (precision, recall) = accumulate(&units, &matched, index.category_ids.len(), &rec_thr);
+    let mut ev = CocoEval {
+        stats: [0.0; 12],
+        num_images: index.image_ids.len(),
+        category_ids: index.category_ids,
+        num_gt: index.num_gt,
+        num_dets: index.num_dets,
+        iou_thresholds: iou_thresholds(),
+        recall_thresholds: rec_thr,
+        precision,
+        recall,
+    };
+    ev.stats = summarize(&ev);
+    Ok(ev)
+}
 
-    // Sort keys (category, image); a stable sort keeps file order inside each unit, which is
-    // the order pycocotools' index gives (and the tie order of equal scores).
-    let mut gt_keys = Vec::with_capacity(gt.annotations.len());
-    for a in &gt.annotations {
-        // CocoDataset::validate guarantees these exist.
-        if let (Some(&k), Some(&i)) = (cat_index.get(&a.category_id), img_index.get(&a.image_id)) {
-            gt_keys.push(((k as u64) << 32) | i as u64);
-        }
-    }
-    let mut gt_sorted: Vec<u32> = (0..gt_keys.len() as u32).collect();
-    gt_sorted.sort_by_key(|&j| gt_keys[j as usize]);
-    let gts: Vec<Gt> = gt_sorted
-        .iter()
-        .map(|&j| {
-            let a = &gt.annotations[j as usize];
-            Gt {
-                bbox: a.bbox,
-                area: a.area,
-                crowd: a.iscrowd != 0,
-                id_nonzero: a.id != 0,
+/// The ground truth and detections indexed as pycocotools indexes them: sorted unique image and
+/// category ids, and both lists sorted by (category, image) keys.
+struct Index {
+    image_ids: Vec<i64>,
+    category_ids: Vec<i64>,
+    /// Ground truth in key order, with the sorted keys `(category << 32) | image`.
+    gts: Vec<Gt>,
+    gt_keys: Vec<u64>,
+    /// Detections in key order (file order within a key), with their sorted keys.
+    dts: Vec<Detection>,
+    dt_keys: Vec<u64>,
+    /// Per category: non-crowd ground truth and detections.
+    num_gt: Vec<usize>,
+    num_dets: Vec<usize>,
+}
+
+impl Index {
+    fn build(gt: &CocoDataset, dets: &[Detection]) -> Result<Index, EvalError> {
+        // pycocotools: imgIds and catIds are sorted unique ids of the ground truth.
+        let mut image_ids: Vec<i64> = gt.images.iter().map(|i| i.id).collect();
+        image_ids.sort_unstable();
+        image_ids.dedup();
+        let mut category_ids: Vec<i64> = gt.categories.iter().map(|c| c.id).collect();
+        category_ids.sort_unstable();
+        category_ids.dedup();
+        let img_index: HashMap<i64, u32> = image_ids
+            .iter()
+            .enumerate()
+            .map(|(i, &id)| (id, i as u32))
+            .collect();
+        let cat_index: HashMap<i64, u32> = category_ids
+            .iter()
+            .enumerate()
+            .map(|(i, &id)| (id, i as u32))
+            .collect();
+        let nk = category_ids.len();
+
+        // Sort keys (category, image); a stable sort keeps file order inside each unit, which is
+        // the order pycocotools' index gives (and the tie order of equal scores).
+        let mut gt_keys = Vec::with_capacity(gt.annotations.len());
+        for a in &gt.annotations {
+            // CocoDataset::validate guarantees these exist.
+            if let (Some(&k), Some(&i)) =
+                (cat_index.get(&a.category_id), img_index.get(&a.image_id))
+            {
+                gt_keys.push(((k as u64) << 32) | i as u64);
             }
-        })
-        .collect();
-    gt_keys.sort_unstable();
+        }
+        let mut gt_sorted: Vec<u32> = (0..gt_keys.len() as u32).collect();
+        gt_sorted.sort_by_key(|&j| gt_keys[j as usize]);
+        let gts: Vec<Gt> = gt_sorted
+            .iter()
+            .map(|&j| {
+                let a = &gt.annotations[j as usize];
+                Gt {
+                    bbox: a.bbox,
+                    area: a.area,
+                    crowd: a.iscrowd != 0,
+                    id_nonzero: a.id != 0,
+                }
+            })
+            .collect();
+        gt_keys.sort_unstable();
 
-    let mut dt_keys = Vec::with_capacity(dets.len());
-    let mut num_dets = vec![0usize; nk];
-    for (index, d) in dets.iter().enumerate() {
-        let i = *img_index.get(&d.image_id).ok_or(EvalError::UnknownImage {
-            index,
-            image_id: d.image_id,
-        })?;
-        let k = *cat_index
-            .get(&d.category_id)
-            .ok_or(EvalError::UnknownCategory {
+        let mut dt_keys = Vec::with_capacity(dets.len());
+        let mut num_dets = vec![0usize; nk];
+        for (index, d) in dets.iter().enumerate() {
+            let i = *img_index.get(&d.image_id).ok_or(EvalError::UnknownImage {
                 index,
-                category_id: d.category_id,
+                image_id: d.image_id,
             })?;
-        if !d.score.is_finite() || d.bbox.iter().any(|v| !v.is_finite()) {
-            return Err(EvalError::NonFinite { index });
+            let k = *cat_index
+                .get(&d.category_id)
+                .ok_or(EvalError::UnknownCategory {
+                    index,
+                    category_id: d.category_id,
+                })?;
+            if !d.score.is_finite() || d.bbox.iter().any(|v| !v.is_finite()) {
+                return Err(EvalError::NonFinite { index });
+            }
+            num_dets[k as usize] += 1;
+            dt_keys.push(((k as u64) << 32) | i as u64);
         }
-        num_dets[k as usize] += 1;
-        dt_keys.push(((k as u64) << 32) | i as u64);
-    }
-    let mut dt_sorted: Vec<u32> = (0..dt_keys.len() as u32).collect();
-    dt_sorted.sort_by_key(|&j| dt_keys[j as usize]);
-    let dts: Vec<Detection> = dt_sorted.iter().map(|&j| dets[j as usize]).collect();
-    dt_keys.sort_unstable();
+        let mut dt_sorted: Vec<u32> = (0..dt_keys.len() as u32).collect();
+        dt_sorted.sort_by_key(|&j| dt_keys[j as usize]);
+        let dts: Vec<Detection> = dt_sorted.iter().map(|&j| dets[j as usize]).collect();
+        dt_keys.sort_unstable();
 
-    let mut num_gt = vec![0usize; nk];
-    for (g, key) in gts.iter().zip(&gt_keys) {
-        if !g.crowd {
-            num_gt[(key >> 32) as usize] += 1;
+        let mut num_gt = vec![0usize; nk];
+        for (g, key) in gts.iter().zip(&gt_keys) {
+            if !g.crowd {
+                num_gt[(key >> 32) as usize] += 1;
+            }
         }
+        Ok(Index {
+            image_ids,
+            category_ids,
+            gts,
+            gt_keys,
+            dts,
+            dt_keys,
+            num_gt,
+            num_dets,
+        })
     }
+}
 
-    // Merge the two sorted key lists into units.
+/// Merges the two sorted key lists into (category, image) units, each with its slice of the
+/// outputs (at most 100 detections); returns them in key order with the outputs' total length.
+fn units(gt_keys: &[u64], dt_keys: &[u64]) -> (Vec<Unit>, usize) {
     let mut units = Vec::new();
     let (mut gi, mut di, mut out) = (0usize, 0usize, 0usize);
     while gi < gt_keys.len() || di < dt_keys.len() {
@@ -415,59 +469,77 @@ pub fn evaluate(gt: &CocoDataset, dets: &[Detection]) -> Result<CocoEval, EvalEr
         });
         out += (di - d0).min(MAX_DETS[NUM_MAXDET - 1]);
     }
-    let total_out = out;
+    (units, out)
+}
 
-    // Matching, parallel over units. Each unit writes its own disjoint slice of the outputs.
-    let mut out_score = vec![0.0f64; total_out];
-    let mut out_flags: Vec<Flags> = vec![[0; NUM_AREA]; total_out];
-    let mut out_pos = vec![0u8; total_out];
-    let mut unit_npig: Vec<[u32; NUM_AREA]> = vec![[0; NUM_AREA]; units.len()];
-    {
-        let mut jobs = Vec::with_capacity(units.len());
-        let (mut s_rest, mut f_rest, mut p_rest) = (
-            out_score.as_mut_slice(),
-            out_flags.as_mut_slice(),
-            out_pos.as_mut_slice(),
-        );
-        for (u, npig) in units.iter().zip(unit_npig.iter_mut()) {
-            let n = u.dts.len().min(MAX_DETS[NUM_MAXDET - 1]);
-            let (s, sr) = std::mem::take(&mut s_rest).split_at_mut(n);
-            let (f, fr) = std::mem::take(&mut f_rest).split_at_mut(n);
-            let (p, pr) = std::mem::take(&mut p_rest).split_at_mut(n);
-            (s_rest, f_rest, p_rest) = (sr, fr, pr);
-            jobs.push((u, npig, s, f, p));
-        }
-        let thr = iou_thresholds();
-        jobs.into_par_iter()
-            .for_each_init(Scratch::default, |sc, (u, npig, s, f, p)| {
-                match_unit(
-                    &gts[u.gts.clone()],
-                    &dts[u.dts.clone()],
-                    &thr,
-                    sc,
-                    npig,
-                    s,
-                    f,
-                    p,
-                )
-            });
+/// What matching gives, per output (detection kept in a unit, in score order) and per unit.
+struct Matched {
+    score: Vec<f64>,
+    flags: Vec<Flags>,
+    pos: Vec<u8>,
+    /// Per unit and area range: ground truth not ignored.
+    unit_npig: Vec<[u32; NUM_AREA]>,
+}
+
+/// Matches every unit, in parallel; each unit writes its own disjoint slice of the outputs.
+fn match_units(units: &[Unit], index: &Index, total_out: usize) -> Matched {
+    let mut m = Matched {
+        score: vec![0.0f64; total_out],
+        flags: vec![[0; NUM_AREA]; total_out],
+        pos: vec![0u8; total_out],
+        unit_npig: vec![[0; NUM_AREA]; units.len()],
+    };
+    let mut jobs = Vec::with_capacity(units.len());
+    let (mut s_rest, mut f_rest, mut p_rest) = (
+        m.score.as_mut_slice(),
+        m.flags.as_mut_slice(),
+        m.pos.as_mut_slice(),
+    );
+    for (u, npig) in units.iter().zip(m.unit_npig.iter_mut()) {
+        let n = u.dts.len().min(MAX_DETS[NUM_MAXDET - 1]);
+        let (s, sr) = std::mem::take(&mut s_rest).split_at_mut(n);
+        let (f, fr) = std::mem::take(&mut f_rest).split_at_mut(n);
+        let (p, pr) = std::mem::take(&mut p_rest).split_at_mut(n);
+        (s_rest, f_rest, p_rest) = (sr, fr, pr);
+        jobs.push((u, npig, s, f, p));
     }
+    let thr = iou_thresholds();
+    jobs.into_par_iter()
+        .for_each_init(Scratch::default, |sc, (u, npig, s, f, p)| {
+            match_unit(
+                &index.gts[u.gts.clone()],
+                &index.dts[u.dts.clone()],
+                &thr,
+                sc,
+                npig,
+                s,
+                f,
+                p,
+            )
+        });
+    m
+}
 
-    // Accumulate, parallel over categories. Units are sorted by category, so each category owns a
-    // contiguous run of units and of outputs.
+/// Accumulates precision `[T, R, K, A, M]` and recall `[T, K, A, M]` (-1 where a category has no
+/// ground truth), in parallel over categories. Units are sorted by category, so each category owns
+/// a contiguous run of units and of outputs.
+fn accumulate(
+    units: &[Unit],
+    matched: &Matched,
+    nk: usize,
+    rec_thr: &[f64; NUM_REC],
+) -> (Vec<f64>, Vec<f64>) {
+    let total_out = matched.score.len();
     let mut cat_units = vec![0..0; nk];
-    {
-        let mut i = 0;
-        while i < units.len() {
-            let k = units[i].k as usize;
-            let j0 = i;
-            while i < units.len() && units[i].k as usize == k {
-                i += 1;
-            }
-            cat_units[k] = j0..i;
+    let mut i = 0;
+    while i < units.len() {
+        let k = units[i].k as usize;
+        let j0 = i;
+        while i < units.len() && units[i].k as usize == k {
+            i += 1;
         }
+        cat_units[k] = j0..i;
     }
-    let rec_thr = recall_thresholds();
     let per_cat: Vec<Option<CatAcc>> = cat_units
         .par_iter()
         .map(|ur| {
@@ -477,17 +549,17 @@ pub fn evaluate(gt: &CocoDataset, dets: &[Detection]) -> Result<CocoEval, EvalEr
             let o0 = units[ur.start].out;
             let o1 = units.get(ur.end).map_or(total_out, |u| u.out);
             let mut npig = [0u32; NUM_AREA];
-            for n in &unit_npig[ur.clone()] {
+            for n in &matched.unit_npig[ur.clone()] {
                 for a in 0..NUM_AREA {
                     npig[a] += n[a];
                 }
             }
             Some(accumulate_category(
-                &out_score[o0..o1],
-                &out_flags[o0..o1],
-                &out_pos[o0..o1],
+                &matched.score[o0..o1],
+                &matched.flags[o0..o1],
+                &matched.pos[o0..o1],
                 npig,
-                &rec_thr,
+                rec_thr,
             ))
         })
         .collect();
@@ -509,20 +581,7 @@ pub fn evaluate(gt: &CocoDataset, dets: &[Detection]) -> Result<CocoEval, EvalEr
             }
         }
     }
-
-    let mut ev = CocoEval {
-        stats: [0.0; 12],
-        category_ids,
-        num_gt,
-        num_dets,
-        iou_thresholds: iou_thresholds(),
-        recall_thresholds: rec_thr,
-        precision,
-        recall,
-        num_images: image_ids.len(),
-    };
-    ev.stats = summarize(&ev);
-    Ok(ev)
+    (precision, recall)
 }
 
 /// pycocotools `evaluateImg` for one (image, category), all four area ranges and all IoU
