@@ -1,7 +1,7 @@
 //! `fl-lab data`: generate the benchmarks (`gen`), describe a dataset (`stats`), draw one image with
 //! its boxes (`show`).
 
-use crate::data::anchor_counts::AnchorCounts;
+use crate::data::anchor_counts::AnchorStats;
 use crate::data::coco::CocoDataset;
 use crate::data::fashion::{self, FashionConfig};
 use crate::data::generate::{self, Split};
@@ -358,14 +358,6 @@ fn write_csv(path: &Path, header: &[&str], rows: Vec<Vec<String>>) -> Result<()>
     crate::util::write_atomic(path, &bytes)
 }
 
-fn ratio(num: usize, den: usize) -> f64 {
-    if den == 0 {
-        f64::INFINITY
-    } else {
-        num as f64 / den as f64
-    }
-}
-
 fn run_stats(a: StatsArgs, quiet: bool) -> Result<()> {
     // Settings are checked (by the config's validation) before anything is read or written.
     let (text, origin) = crate::experiments::spec::named_preset_text("--config", &a.config)?;
@@ -432,28 +424,9 @@ fn run_stats(a: StatsArgs, quiet: bool) -> Result<()> {
 
     let anchors = acfg.generate(input_size, input_size);
     let k = ds.num_classes();
-    let per_image: Vec<AnchorCounts> = {
-        use rayon::prelude::*;
-        gts.par_iter()
-            .map(|g| {
-                AnchorCounts::from_matches(
-                    &matcher.assign(&anchors.boxes, &g.boxes),
-                    g.boxes.len(),
-                    k,
-                )
-            })
-            .collect()
-    };
-    let mut total = AnchorCounts::default();
-    per_image.iter().for_each(|c| total.add(c));
-    let n = per_image.len().max(1) as f64;
-    let mut fg_bg: Vec<f64> = per_image
-        .iter()
-        .filter(|c| c.positives > 0)
-        .map(|c| ratio(c.negatives, c.positives))
-        .collect();
-    fg_bg.sort_by(f64::total_cmp);
-    let median = fg_bg.get(fg_bg.len() / 2).copied().unwrap_or(f64::INFINITY);
+    let boxes: Vec<&[[f32; 4]]> = gts.iter().map(|g| g.boxes.as_slice()).collect();
+    let st = AnchorStats::measure(&anchors.boxes, &matcher, &boxes, k);
+    let (total, per_image) = (&st.total, &st.per_image);
     println!(
         "anchors: {} per image ({} per location; sizes {:.0}..{:.0} px on P{}-P{}), matcher IoU {} / {} ({:?} low-quality rule), K = {k}",
         anchors.len(),
@@ -468,23 +441,23 @@ fn run_stats(a: StatsArgs, quiet: bool) -> Result<()> {
     );
     println!(
         "  per image: positives {:.1}, ignored {:.1}, negatives {:.1}; objects with no positive anchor: {} of {} ({:.1}%)",
-        total.positives as f64 / n,
-        total.ignored as f64 / n,
-        total.negatives as f64 / n,
+        st.per_image_mean(total.positives),
+        st.per_image_mean(total.ignored),
+        st.per_image_mean(total.negatives),
         total.unmatched_objects,
         total.objects,
         100.0 * total.unmatched_objects as f64 / total.objects.max(1) as f64
     );
     println!(
         "  foreground:background anchors 1:{:.0} (pooled; median over images 1:{:.0})",
-        ratio(total.negatives, total.positives),
-        median
+        st.neg_per_pos_anchors(),
+        st.median_neg_per_pos()
     );
     println!(
         "  binary (anchor, class) samples per image: {:.1} positive, {:.0} negative, 1:{:.0} (ignored excluded)",
-        total.binary_positives as f64 / n,
-        total.binary_negatives as f64 / n,
-        ratio(total.binary_negatives, total.binary_positives)
+        st.per_image_mean(total.binary_positives),
+        st.per_image_mean(total.binary_negatives),
+        st.neg_per_pos_binary()
     );
     write_csv(
         &out.join("anchors_per_image.csv"),
@@ -499,7 +472,7 @@ fn run_stats(a: StatsArgs, quiet: bool) -> Result<()> {
             "binary_negatives",
         ],
         gts.iter()
-            .zip(&per_image)
+            .zip(per_image)
             .map(|(g, c)| {
                 let counts = [
                     c.objects,
@@ -553,12 +526,12 @@ fn run_stats(a: StatsArgs, quiet: bool) -> Result<()> {
             matcher.pos_iou.to_string(),
             matcher.neg_iou.to_string(),
             format!("{:?}", matcher.low_quality).to_lowercase(),
-            f(total.positives as f64 / n),
-            f(total.ignored as f64 / n),
-            f(total.negatives as f64 / n),
+            f(st.per_image_mean(total.positives)),
+            f(st.per_image_mean(total.ignored)),
+            f(st.per_image_mean(total.negatives)),
             total.unmatched_objects.to_string(),
-            f(ratio(total.negatives, total.positives)),
-            f(ratio(total.binary_negatives, total.binary_positives)),
+            f(st.neg_per_pos_anchors()),
+            f(st.neg_per_pos_binary()),
         ]],
     )?;
     println!("CSV files in {}", out.display());

@@ -2,7 +2,7 @@
 //! and the binary (anchor, class) samples, from the matcher's output. Used by `data stats` and by
 //! `sweep-imbalance` to measure a dataset's imbalance.
 
-use crate::geometry::{BACKGROUND, IGNORE};
+use crate::geometry::{Box4, Matcher, BACKGROUND, IGNORE};
 
 /// Anchor counts of one image as the classification loss sees them.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -56,6 +56,66 @@ impl AnchorCounts {
         self.unmatched_objects += o.unmatched_objects;
         self.binary_positives += o.binary_positives;
         self.binary_negatives += o.binary_negatives;
+    }
+}
+
+/// The anchor counts of a set of images under one anchor layout and matcher.
+#[derive(Debug, Clone, PartialEq)]
+pub struct AnchorStats {
+    /// One per image, in the order given.
+    pub per_image: Vec<AnchorCounts>,
+    pub total: AnchorCounts,
+}
+
+impl AnchorStats {
+    /// Matches every image's boxes (`images[i]`, in input pixels) to `anchors`, in parallel.
+    pub fn measure(anchors: &[Box4], matcher: &Matcher, images: &[&[Box4]], k: usize) -> Self {
+        use rayon::prelude::*;
+        let per_image: Vec<AnchorCounts> = images
+            .par_iter()
+            .map(|boxes| {
+                AnchorCounts::from_matches(&matcher.assign(anchors, boxes), boxes.len(), k)
+            })
+            .collect();
+        let mut total = AnchorCounts::default();
+        per_image.iter().for_each(|c| total.add(c));
+        AnchorStats { per_image, total }
+    }
+
+    /// Mean of a count per image.
+    pub fn per_image_mean(&self, count: usize) -> f64 {
+        count as f64 / self.per_image.len().max(1) as f64
+    }
+
+    /// Negative anchors per positive, pooled over the images.
+    pub fn neg_per_pos_anchors(&self) -> f64 {
+        ratio(self.total.negatives, self.total.positives)
+    }
+
+    /// Negative binary (anchor, class) samples per positive one, pooled.
+    pub fn neg_per_pos_binary(&self) -> f64 {
+        ratio(self.total.binary_negatives, self.total.binary_positives)
+    }
+
+    /// The median over images with a positive of their negatives per positive anchor.
+    pub fn median_neg_per_pos(&self) -> f64 {
+        let mut r: Vec<f64> = self
+            .per_image
+            .iter()
+            .filter(|c| c.positives > 0)
+            .map(|c| ratio(c.negatives, c.positives))
+            .collect();
+        r.sort_by(f64::total_cmp);
+        r.get(r.len() / 2).copied().unwrap_or(f64::INFINITY)
+    }
+}
+
+/// `num / den`, infinite when `den` is 0.
+pub fn ratio(num: usize, den: usize) -> f64 {
+    if den == 0 {
+        f64::INFINITY
+    } else {
+        num as f64 / den as f64
     }
 }
 

@@ -4,7 +4,7 @@
 
 use super::ImageCounts;
 use crate::config::Config;
-use crate::data::anchor_counts::AnchorCounts;
+use crate::data::anchor_counts::{AnchorCounts, AnchorStats};
 use crate::data::coco::CocoDataset;
 use crate::data::generate::{self, Manifest};
 use crate::data::loader::{CachePolicy, Dataset, LoaderConfig};
@@ -178,17 +178,14 @@ pub fn measure(cfg: &Config, json: &Path) -> Result<Imbalance> {
         .generate(cfg.data.input_size, cfg.data.input_size);
     let matcher = crate::geometry::Matcher::from(&cfg.matcher);
     let k = cfg.model.num_classes;
-    let mut total = AnchorCounts::default();
-    for i in 0..n {
-        let g = ds.ground_truth(i, false);
-        let m = matcher.assign(&anchors.boxes, &g.boxes);
-        total.add(&AnchorCounts::from_matches(&m, g.boxes.len(), k));
-    }
+    let gts: Vec<_> = (0..n).map(|i| ds.ground_truth(i, false)).collect();
+    let boxes: Vec<&[crate::geometry::Box4]> = gts.iter().map(|g| g.boxes.as_slice()).collect();
+    let stats = AnchorStats::measure(&anchors.boxes, &matcher, &boxes, k);
     Ok(Imbalance {
         images: n,
         anchors_per_image: anchors.len(),
         classes: k,
-        counts: total,
+        counts: stats.total,
     })
 }
 
