@@ -416,10 +416,74 @@ pub fn resolve_spec(opts: &ImbalanceOptions) -> Result<(ImbalanceSpec, ImageCoun
     Ok((spec, counts))
 }
 
+/// Generates (once) each rung's dataset under `data_root`.
+fn prepare_rungs(
+    spec: &ImbalanceSpec,
+    counts: &ImageCounts,
+    data_root: &std::path::Path,
+    quiet: bool,
+) -> Result<Vec<ladder::RungData>> {
+    spec.rungs
+        .iter()
+        .map(|r| {
+            ladder::prepare(data_root, &r.shapes_config(), spec.data_seed, counts, quiet)
+                .with_context(|| format!("rung '{}'", r.label))
+        })
+        .collect()
+}
+
+/// Each rung's chosen FL and CE settings, once its whole grid (the tuning seeds) has finished.
+fn chosen_settings(
+    rungs: usize,
+    tuning: &[&LadderJob],
+    outcomes: &[select::Outcome],
+    tune_seeds: usize,
+) -> Vec<Option<[Candidate; 2]>> {
+    (0..rungs)
+        .map(|r| {
+            let complete = tuning.iter().filter(|j| j.rung == r).all(|j| {
+                outcomes
+                    .iter()
+                    .any(|o| o.job.hash == j.job.hash && o.job.seed == j.job.seed)
+            });
+            let pick = |f| select::choose(outcomes, r, f, tune_seeds).map(|c| c.candidate);
+            match (complete, pick(Family::Fl), pick(Family::Ce)) {
+                (true, Some(fl), Some(ce)) => Some([fl, ce]),
+                _ => None,
+            }
+        })
+        .collect()
+}
+
+/// Each rung's label, dataset settings and measured imbalance (with its runs' anchors and matcher).
+fn rung_infos(
+    spec: &ImbalanceSpec,
+    jobs: &[LadderJob],
+    data: &[ladder::RungData],
+) -> Result<Vec<select::RungInfo>> {
+    spec.rungs
+        .iter()
+        .enumerate()
+        .map(|(r, rung)| {
+            let cfg = &jobs
+                .iter()
+                .find(|j| j.rung == r)
+                .context("a rung without runs")?
+                .job
+                .config;
+            Ok(select::RungInfo {
+                label: rung.label.clone(),
+                shapes: rung.shapes_config(),
+                imbalance: ladder::measure(cfg, &data[r].tune_train)?,
+            })
+        })
+        .collect()
+}
+
 /// Prepares the ladder's datasets and runs (this shard of) the sweep in two phases: the whole grid
 /// for the tuning seeds; then, on every rung whose grid has finished, each loss's chosen setting for
 /// the other seeds. When the whole sweep is local or `collect_only` is set, it measures each rung and
-/// writes the report.
+/// returns the ladder, its spec and a note for the report.
 pub fn run_ladder(
     opts: &ImbalanceOptions,
     executor_for: &dyn Fn(
@@ -435,20 +499,7 @@ pub fn run_ladder(
     if let Some(n) = opts.iterations {
         overrides.extend(schedule_overrides(&base.schedule, n)?);
     }
-    let data = spec
-        .rungs
-        .iter()
-        .map(|r| {
-            ladder::prepare(
-                &opts.data_root,
-                &r.shapes_config(),
-                spec.data_seed,
-                &counts,
-                quiet,
-            )
-            .with_context(|| format!("rung '{}'", r.label))
-        })
-        .collect::<Result<Vec<_>>>()?;
+    let data = prepare_rungs(&spec, &counts, &opts.data_root, quiet)?;
     let jobs = expand(&spec, &data, &preset, &overrides, opts.seeds)?;
     let tune_seeds = spec.tune_seeds.min(opts.seeds);
     std::fs::create_dir_all(&opts.out)
@@ -519,21 +570,7 @@ pub fn run_ladder(
             None => missing += 1,
         }
     }
-    // Each rung's chosen settings, once its whole grid has finished.
-    let chosen: Vec<Option<[Candidate; 2]>> = (0..spec.rungs.len())
-        .map(|r| {
-            let complete = tuning.iter().filter(|j| j.rung == r).all(|j| {
-                outcomes
-                    .iter()
-                    .any(|o| o.job.hash == j.job.hash && o.job.seed == j.job.seed)
-            });
-            let pick = |f| select::choose(&outcomes, r, f, tune_seeds).map(|c| c.candidate);
-            match (complete, pick(Family::Fl), pick(Family::Ce)) {
-                (true, Some(fl), Some(ce)) => Some([fl, ce]),
-                _ => None,
-            }
-        })
-        .collect();
+    let chosen = chosen_settings(spec.rungs.len(), &tuning, &outcomes, tune_seeds);
     let later_seeds = opts.seeds - tune_seeds;
     let waiting = 2 * later_seeds * chosen.iter().filter(|c| c.is_none()).count();
     let confirming: Vec<&LadderJob> = jobs
@@ -569,20 +606,7 @@ pub fn run_ladder(
         }
     }
     missing += waiting;
-    let mut rungs = Vec::new();
-    for (r, rung) in spec.rungs.iter().enumerate() {
-        let cfg = &jobs
-            .iter()
-            .find(|j| j.rung == r)
-            .context("a rung without runs")?
-            .job
-            .config;
-        rungs.push(select::RungInfo {
-            label: rung.label.clone(),
-            shapes: rung.shapes_config(),
-            imbalance: ladder::measure(cfg, &data[r].tune_train)?,
-        });
-    }
+    let rungs = rung_infos(&spec, &jobs, &data)?;
     let ladder = select::Ladder::build(rungs, outcomes, missing, opts.seeds, tune_seeds);
     let schedule = &jobs[0].job.config.schedule;
     let note = format!(
