@@ -7,9 +7,10 @@
 use candle_core::Device;
 use fl_lab::config::Config;
 use fl_lab::data::Split;
+use fl_lab::geometry::AnchorConfig;
 use fl_lab::infer::model::detect_dataset_with;
 use fl_lab::infer::InferConfig;
-use fl_lab::train::targets::{anchor_config, TargetBuilder};
+use fl_lab::train::targets::TargetBuilder;
 use fl_lab::train::GtBoxes;
 
 #[test]
@@ -21,7 +22,7 @@ fn targets_as_predictions_give_near_perfect_ap() {
     let mut builder = TargetBuilder::new(&cfg.anchors, &cfg.matcher);
     let dets = detect_dataset_with(
         &ds,
-        &anchor_config(&cfg.anchors),
+        &AnchorConfig::from(&cfg.anchors),
         &InferConfig::default(),
         16,
         &Device::Cpu,

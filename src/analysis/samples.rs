@@ -69,6 +69,10 @@ impl SampleSets {
             bail!("target {target} is not 0 or 1")
         };
         let logit = match kind {
+            // The analysis runs in float32, where 1e300 would become infinite.
+            ValueKind::Logits if !(value as f32).is_finite() => {
+                bail!("logit {value:?} is outside the float32 range")
+            }
             ValueKind::Logits => value,
             ValueKind::Probs => {
                 if !(0.0..=1.0).contains(&value) {
@@ -249,9 +253,17 @@ fn read_npy<R: Rng>(
         );
     }
     let n = dims[0];
-    if data.len() < n * 2 * width {
+    // A header can claim any shape: compute the size without overflow before trusting it.
+    let expected = n.checked_mul(2 * width).ok_or_else(|| {
+        anyhow!(
+            "{}: shape {shape} is too large for any file",
+            path.display()
+        )
+    })?;
+    // Bytes after the array are ignored, as np.load does (np.save can append a second array).
+    if data.len() < expected {
         bail!(
-            "{}: the file is truncated ({} data bytes for shape {shape})",
+            "{}: the file is truncated ({} data bytes, shape {shape} of {descr} needs {expected})",
             path.display(),
             data.len()
         );

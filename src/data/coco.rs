@@ -85,8 +85,9 @@ impl CocoDataset {
         }
     }
 
-    /// Checks the dataset is not empty, ids are unique, references resolve, and boxes are finite with
-    /// positive size.
+    /// Checks the dataset is not empty, ids are unique, references resolve, and boxes are finite
+    /// (also in float32) with positive size. Ids may be any integers, negative ones included, as in
+    /// pycocotools.
     pub fn validate(&self) -> Result<()> {
         if self.images.is_empty() {
             bail!("images: the dataset has no images");
@@ -136,6 +137,16 @@ impl CocoDataset {
                 bail!(
                     "annotations: annotation id {} has a non-finite bbox or area",
                     a.id
+                );
+            }
+            // The loader computes x + w and y + h in float32, where 1e39 or 3e38 + 3e38 become
+            // infinite (or NaN) and the clipped box anything from nothing to the whole image.
+            let [x, y, w, h] = a.bbox.map(|v| v as f32);
+            if ![x, y, w, h, x + w, y + h].iter().all(|v| v.is_finite()) {
+                bail!(
+                    "annotations: annotation id {} has bbox {:?} beyond the float32 range",
+                    a.id,
+                    a.bbox
                 );
             }
             if a.bbox[2] <= 0.0 || a.bbox[3] <= 0.0 {

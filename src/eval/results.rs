@@ -236,8 +236,10 @@ impl<'a> Scanner<'a> {
         if tok.is_empty() {
             return Err(self.syntax("expected a number"));
         }
-        // std's parser is correctly rounded, like Python's float().
+        // std's parser is correctly rounded, like Python's float(); like it, it turns a number
+        // beyond f64 (1e400) into infinity, which gets the non-finite literals' messages.
         match tok.parse::<f64>() {
+            Ok(v) if v.is_infinite() => Ok(Num::NonFinite("a number beyond the float64 range")),
             Ok(v) => Ok(Num::Finite(v)),
             Err(_) => Err(self.syntax(&format!("'{tok}' is not a number"))),
         }

@@ -134,16 +134,20 @@ pub fn estimate(cfg: &Config) -> Result<MemoryEstimate> {
     for l in a.min_level..=a.max_level {
         let pixels = side(input, l).pow(2);
         anchors_per_image = anchors_per_image.saturating_add(pixels.saturating_mul(per_location));
-        let per_pixel = (3 * c)
-            .saturating_add(2 * 3 * head_convs.saturating_mul(hw))
+        let per_pixel = c
+            .saturating_mul(3)
+            .saturating_add(head_convs.saturating_mul(hw).saturating_mul(6))
             .saturating_add(cls_outputs)
             .saturating_add(per_location * 4);
         floats_per_image = floats_per_image.saturating_add(per_pixel.saturating_mul(pixels));
     }
     // Activations and their gradients; the loss keeps logits, probabilities and their gradient.
-    let loss_floats = 3 * anchors_per_image.saturating_mul(k);
-    let activation_floats =
-        batch.saturating_mul((2 * floats_per_image).saturating_add(loss_floats));
+    let loss_floats = anchors_per_image.saturating_mul(k).saturating_mul(3);
+    let activation_floats = batch.saturating_mul(
+        floats_per_image
+            .saturating_mul(2)
+            .saturating_add(loss_floats),
+    );
     let buffers = if m.norm == NormKind::Bn { 1 } else { 0 };
     Ok(MemoryEstimate {
         parameters: params,

@@ -170,8 +170,10 @@ impl RetinaNet {
     /// Loads a model saved by [`RetinaNet::save`], or a run's checkpoint or snapshot: builds it
     /// from the config beside the weights ([`find_config`]), then overwrites every parameter.
     pub fn load(path: &Path, device: &Device) -> Result<RetinaNet> {
-        let cfg = Config::load(&find_config(path)?, &[])?;
-        let model = RetinaNet::new(&cfg, device)?;
+        let cfg_path = find_config(path)?;
+        let cfg = Config::load(&cfg_path, &[])?;
+        let model = RetinaNet::new(&cfg, device)
+            .with_context(|| format!("cannot build the model of {}", cfg_path.display()))?;
         model.load_weights(path)?;
         Ok(model)
     }
@@ -193,7 +195,7 @@ impl RetinaNet {
 
     /// Overwrites parameters and buffers from a safetensors file.
     pub fn load_weights(&self, path: &Path) -> Result<()> {
-        let tensors = candle_core::safetensors::load(path, self.device())
+        let tensors = params::read_safetensors(path, self.device())
             .with_context(|| format!("cannot read weights {}", path.display()))?;
         self.store
             .load_from(&tensors)

@@ -230,7 +230,7 @@ pub fn train(
             );
         }
         let wpath = paths.dir.join(&meta.weights);
-        let tensors = candle_core::safetensors::load(&wpath, device)
+        let tensors = crate::model::params::read_safetensors(&wpath, device)
             .with_context(|| format!("cannot read checkpoint {}", wpath.display()))?;
         let misfit = || format!("checkpoint {} does not fit this run", wpath.display());
         model.store.load_from(&tensors).with_context(misfit)?;
