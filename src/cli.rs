@@ -37,7 +37,7 @@ pub enum Command {
     Anchors(crate::commands::sweep::Args),
     /// Table 1d: OHEM (batch 128/256/512, NMS .5/.7, with and without 1:3) against FL.
     OhemVsFocal(crate::commands::sweep::Args),
-    /// How training length decides Table 1: FL, the best CE and the best OHEM at 1,200 to 7,200 iterations.
+    /// How training length decides Table 1: FL, the best CE and the best OHEM at 1,200 to 14,400 iterations.
     Schedule(crate::commands::sweep::Args),
     /// At what foreground:background imbalance does FL beat CE? FL vs CE (each at its best lr) over a ladder of datasets.
     SweepImbalance(crate::commands::sweep_imbalance::Args),
