@@ -4,6 +4,7 @@ use std::process::ExitCode;
 
 fn main() -> ExitCode {
     fl_lab::runtime::tune_for_training();
+    fl_lab::runtime::quiet_on_closed_stdout();
     match fl_lab::cli::try_main() {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {

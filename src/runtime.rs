@@ -22,3 +22,14 @@ pub fn tune_for_training() {
         }
     }
 }
+
+/// Restores the default action of SIGPIPE, so that output piped into a reader that stops early
+/// (`fl-lab ... | head`) ends the process quietly, as it ends `cat` or `grep`. Rust ignores SIGPIPE by
+/// default, and every `println!` after the reader has gone would then panic with a broken pipe.
+pub fn quiet_on_closed_stdout() {
+    #[cfg(unix)]
+    // SAFETY: resetting a signal's disposition to its default touches no memory; called at start-up.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+    }
+}

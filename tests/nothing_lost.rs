@@ -267,3 +267,20 @@ fn loss_cdf_leaves_a_folder_whose_files_come_from_one_source() {
     let help = ok(&fl_lab_in(t.path(), &["loss-cdf", "--help"]));
     assert!(help.contains("results/loss-cdf"), "{help}");
 }
+
+#[test]
+fn output_into_a_closed_pipe_ends_quietly() {
+    // `fl-lab ... | head -1`: the reader is gone before fl-lab writes.
+    let t = tempfile::tempdir().unwrap();
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_fl-lab"))
+        .current_dir(t.path())
+        .args(["loss-curves", "--out", "curves"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    drop(child.stdout.take());
+    let out = child.wait_with_output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!err.contains("panicked"), "{err}");
+}
