@@ -25,8 +25,8 @@ fn refused(o: &Output, needle: &str) {
     assert!(err.contains(needle), "expected '{needle}' in: {err}");
 }
 
-/// A finished smoke run trained on random data, in `<dir>/runs/<name>`.
-fn smoke_run(dir: &Path, name: &str, extra: &[&str]) -> std::path::PathBuf {
+/// `fl-lab train` of the smoke preset on random data into `<dir>/runs/<name>`, from `dir`.
+fn train_smoke(dir: &Path, name: &str, extra: &[&str]) -> Output {
     let mut args = vec![
         "--quiet",
         "train",
@@ -38,7 +38,12 @@ fn smoke_run(dir: &Path, name: &str, extra: &[&str]) -> std::path::PathBuf {
         name,
     ];
     args.extend_from_slice(extra);
-    ok(&fl_lab_in(dir, &args));
+    fl_lab_in(dir, &args)
+}
+
+/// A finished smoke run trained on random data, in `<dir>/runs/<name>`.
+fn smoke_run(dir: &Path, name: &str, extra: &[&str]) -> std::path::PathBuf {
+    ok(&train_smoke(dir, name, extra));
     dir.join("runs").join(name)
 }
 
@@ -50,20 +55,7 @@ fn train_accepts_preset_names_from_any_folder_and_resuming_a_finished_run_keeps_
         serde_json::from_str(&std::fs::read_to_string(p.join("summary.json")).unwrap()).unwrap()
     };
     let first = summary(&run);
-    let again = fl_lab_in(
-        t.path(),
-        &[
-            "--quiet",
-            "train",
-            "--config",
-            "smoke",
-            "--set",
-            "data.source=random",
-            "--name",
-            "done",
-            "--resume",
-        ],
-    );
+    let again = train_smoke(t.path(), "done", &["--resume"]);
     ok(&again);
     let second = summary(&run);
     for key in ["final_loss_cls", "final_loss_box", "median_step_seconds"] {
@@ -116,21 +108,7 @@ fn absurd_model_sizes_are_refused_with_the_memory_they_need() {
         "model.num_classes=1000000000",
         "model.fpn_channels=100000000",
     ] {
-        let o = fl_lab_in(
-            t.path(),
-            &[
-                "--quiet",
-                "train",
-                "--config",
-                "smoke",
-                "--set",
-                "data.source=random",
-                "--set",
-                set,
-                "--name",
-                "huge",
-            ],
-        );
+        let o = train_smoke(t.path(), "huge", &["--set", set]);
         refused(&o, "GiB");
         assert!(!t.path().join("runs/huge/model.safetensors").exists());
     }

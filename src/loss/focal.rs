@@ -200,11 +200,23 @@ pub fn sigmoid_focal_loss_split(
     p: &FocalParams,
 ) -> candle_core::Result<(Tensor, LossSplit)> {
     p.validate().map_err(candle_core::Error::wrap)?;
+    fused_or_composed(logits, labels, focal_kernel(p), || {
+        sigmoid_focal_loss_composed(logits, labels, p)
+    })
+}
+
+/// The fused kernel `kind` on CPU; elsewhere `composed`, with the split taken from a host copy.
+fn fused_or_composed(
+    logits: &Tensor,
+    labels: &Tensor,
+    kind: fused::Kind,
+    composed: impl FnOnce() -> candle_core::Result<Tensor>,
+) -> candle_core::Result<(Tensor, LossSplit)> {
     if logits.device().is_cpu() {
-        fused::apply_with_split(logits, labels, focal_kernel(p))
+        fused::apply_with_split(logits, labels, kind)
     } else {
-        let split = fused::host_split(logits, labels, focal_kernel(p))?;
-        Ok((sigmoid_focal_loss_composed(logits, labels, p)?, split))
+        let split = fused::host_split(logits, labels, kind)?;
+        Ok((composed()?, split))
     }
 }
 
@@ -253,12 +265,9 @@ pub fn fl_star_loss_split(
         beta: p.beta,
         alpha: p.alpha,
     };
-    if logits.device().is_cpu() {
-        fused::apply_with_split(logits, labels, kind)
-    } else {
-        let split = fused::host_split(logits, labels, kind)?;
-        Ok((fl_star_loss_composed(logits, labels, p)?, split))
-    }
+    fused_or_composed(logits, labels, kind, || {
+        fl_star_loss_composed(logits, labels, p)
+    })
 }
 
 /// Per-anchor focal loss summed over the K classes (0 for ignored anchors), without gradient,
