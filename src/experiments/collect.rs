@@ -50,7 +50,8 @@ pub struct VariantSummary {
     pub ap50: Stat,
     pub ap75: Stat,
     pub paper: Option<PaperRow>,
-    /// AP of the same configurations (hash and seed) in the reference table, and how many runs.
+    /// AP of the same configuration in the reference table, over every seed it holds (matched by
+    /// config hash and seed), and how many runs.
     pub reference: Option<(Stat, usize)>,
     /// Value of the spec's x key for this variant, when numeric.
     pub x: Option<f64>,
@@ -134,16 +135,17 @@ pub struct Collected {
 /// Reads whatever runs of `jobs` have finished under `out`. A job whose run folder has no record
 /// keeps its row of an earlier `results.csv` in `out`, if there is one: run folders are not part
 /// of a shared or committed results folder, and `--collect` there must not erase the table.
-/// `reference`: a results table whose rows of the same configurations are summarized beside ours.
+/// `reference`: a results table whose rows of the same configurations are summarized beside ours,
+/// with the jobs of the seeds to look for there (the same variants, any number of seeds).
 pub fn collect(
     spec: &ExperimentSpec,
     jobs: &[Job],
     out: &Path,
-    reference: Option<&Path>,
+    reference: Option<(&Path, &[Job])>,
 ) -> Result<Collected> {
     let earlier = earlier_records(&out.join("results.csv"))?;
     let reference = match reference {
-        Some(path) => Some(earlier_records(path)?),
+        Some((path, ref_jobs)) => Some((earlier_records(path)?, ref_jobs)),
         None => None,
     };
     let mut rows = Vec::new();
@@ -186,8 +188,8 @@ pub fn collect(
                 ap50: Stat::of(&pick(|r| r.ap50)),
                 ap75: Stat::of(&pick(|r| r.ap75)),
                 paper: spec.variants[*variant].paper,
-                reference: reference.as_ref().and_then(|table| {
-                    let aps: Vec<f64> = jobs
+                reference: reference.as_ref().and_then(|(table, ref_jobs)| {
+                    let aps: Vec<f64> = ref_jobs
                         .iter()
                         .filter(|j| &j.label == label)
                         .filter_map(|j| table.get(&(j.hash.clone(), j.seed)).map(|r| r.ap))

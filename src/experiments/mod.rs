@@ -81,7 +81,21 @@ pub fn run_experiment(
         progress = run_jobs(&mine, &opts.out, &recorded, executor, workers, quiet)?;
     }
     let collected = if opts.collect_only || opts.shard.count == 1 {
-        let reference = opts.reference.as_deref().filter(|r| r.exists());
+        // The reference is summarized over every seed it holds, whatever --seeds this sweep ran.
+        let reference = match opts.reference.as_deref().filter(|r| r.exists()) {
+            Some(path) => Some((
+                path,
+                expand(
+                    &spec,
+                    &preset,
+                    &opts.overrides,
+                    &opts.alphas,
+                    REFERENCE_SEEDS,
+                )?,
+            )),
+            None => None,
+        };
+        let reference = reference.as_ref().map(|(p, j)| (*p, j.as_slice()));
         Some(collect::collect(&spec, &jobs, &opts.out, reference)?)
     } else {
         None
@@ -105,6 +119,9 @@ fn context_note(preset_origin: &str, opts: &SweepOptions) -> String {
         n => format!("; seeds 0-{}.", n - 1),
     }
 }
+
+/// Seeds looked for in a reference table (committed tables hold three).
+const REFERENCE_SEEDS: usize = 10;
 
 /// The default output folder of an experiment: `results/<name>` (not tracked), so that a sweep
 /// never rewrites the committed reference.

@@ -617,8 +617,8 @@ pub fn write_summary_md(
     if with_reference {
         let _ = writeln!(
             s,
-            "\nCommitted AP: the same configurations (config hash and seed) in the project's committed \
-             `results.csv` for this experiment, mean ± std over its runs of the seeds above."
+            "\nCommitted AP: the same configurations in the project's committed `results.csv` for this \
+             experiment (matched by config hash and seed), mean ± std over every seed it holds."
         );
     }
     if let (Some(tol), Some(x)) = (&spec.convergence, &spec.x) {
