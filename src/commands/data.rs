@@ -7,12 +7,12 @@ use crate::data::fashion::{self, FashionConfig};
 use crate::data::generate::{self, Split};
 use crate::data::loader::{CachePolicy, Dataset, LoaderConfig};
 use crate::data::shapes::ShapesConfig;
-use crate::data::stats::{box_stats, BoxStats, SIZE_EDGES};
+use crate::data::stats::box_stats;
 use crate::geometry::{AnchorConfig, Matcher};
+use crate::report::data_stats::{self, DatasetStats};
 use anyhow::{bail, Context, Result};
 use clap::{Subcommand, ValueEnum};
-use std::fmt::Write as _;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 #[derive(Debug, clap::Args)]
 pub struct Args {
@@ -283,59 +283,6 @@ fn open(sel: &DataSel, input_size: usize, quiet: bool) -> Result<Dataset> {
     Ok(ds)
 }
 
-/// Text report of the box statistics.
-pub fn format_box_stats(s: &BoxStats, names: &[String]) -> String {
-    let mut t = String::new();
-    let _ = writeln!(
-        t,
-        "images {}, objects {} ({:.2} per image), crowd {}",
-        s.images,
-        s.objects,
-        s.mean_per_image(),
-        s.crowd
-    );
-    let _ = writeln!(t, "objects per image:");
-    let peak = s.per_image.iter().copied().max().unwrap_or(1).max(1);
-    for (k, &n) in s.per_image.iter().enumerate() {
-        let _ = writeln!(t, "  {k:>3} {n:>7} {}", "#".repeat(n * 40 / peak));
-    }
-    let _ = writeln!(
-        t,
-        "box size sqrt(w*h) in input pixels (min {:.1}, max {:.1}):",
-        if s.objects > 0 { s.min_side } else { 0.0 },
-        s.max_side
-    );
-    let peak = s.size_bins.iter().copied().max().unwrap_or(1).max(1);
-    for (k, &n) in s.size_bins.iter().enumerate() {
-        let _ = writeln!(
-            t,
-            "  {:>9} {n:>7} {:>5.1}% {}",
-            bin_label(k),
-            100.0 * n as f64 / s.objects.max(1) as f64,
-            "#".repeat(n * 40 / peak)
-        );
-    }
-    let _ = writeln!(t, "objects per class:");
-    for (k, &n) in s.per_class.iter().enumerate() {
-        let _ = writeln!(
-            t,
-            "  {:>3} {:<20} {n:>7}",
-            k,
-            names.get(k).map_or("", |s| s)
-        );
-    }
-    t
-}
-
-fn bin_label(k: usize) -> String {
-    let (lo, hi) = (SIZE_EDGES[k], SIZE_EDGES[k + 1]);
-    if hi.is_infinite() {
-        format!(">={lo}")
-    } else {
-        format!("{lo}-{hi}")
-    }
-}
-
 fn class_names(ds: &Dataset) -> Vec<String> {
     (0..ds.num_classes())
         .map(|k| {
@@ -346,16 +293,6 @@ fn class_names(ds: &Dataset) -> Vec<String> {
                 .to_string()
         })
         .collect()
-}
-
-fn write_csv(path: &Path, header: &[&str], rows: Vec<Vec<String>>) -> Result<()> {
-    let mut w = csv::Writer::from_writer(Vec::new());
-    w.write_record(header)?;
-    for r in rows {
-        w.write_record(&r)?;
-    }
-    let bytes = w.into_inner().context("cannot finish CSV")?;
-    crate::util::write_atomic(path, &bytes)
 }
 
 fn run_stats(a: StatsArgs, quiet: bool) -> Result<()> {
@@ -370,171 +307,27 @@ fn run_stats(a: StatsArgs, quiet: bool) -> Result<()> {
     let input_size = cfg.data.input_size;
     let ds = open(&a.sel, input_size, quiet)?;
     let gts: Vec<_> = (0..ds.len()).map(|i| ds.ground_truth(i, false)).collect();
-    let names = class_names(&ds);
-    let s = box_stats(&gts, ds.num_classes());
-    println!(
-        "{} (input {}x{})",
-        ds.source.json.display(),
-        input_size,
-        input_size
-    );
-    print!("{}", format_box_stats(&s, &names));
-    let out = &a.out;
-    write_csv(
-        &out.join("objects_per_image.csv"),
-        &["objects", "images"],
-        s.per_image
-            .iter()
-            .enumerate()
-            .map(|(k, n)| vec![k.to_string(), n.to_string()])
-            .collect(),
-    )?;
-    write_csv(
-        &out.join("box_sizes.csv"),
-        &["min_side", "max_side", "boxes", "fraction"],
-        s.size_bins
-            .iter()
-            .enumerate()
-            .map(|(k, &n)| {
-                vec![
-                    SIZE_EDGES[k].to_string(),
-                    SIZE_EDGES[k + 1].to_string(),
-                    n.to_string(),
-                    format!("{:.6}", n as f64 / s.objects.max(1) as f64),
-                ]
-            })
-            .collect(),
-    )?;
-    write_csv(
-        &out.join("classes.csv"),
-        &["class_index", "category_id", "name", "objects"],
-        s.per_class
-            .iter()
-            .enumerate()
-            .map(|(k, n)| {
-                vec![
-                    k.to_string(),
-                    ds.categories.category_id(k).unwrap_or(-1).to_string(),
-                    names[k].clone(),
-                    n.to_string(),
-                ]
-            })
-            .collect(),
-    )?;
-
-    let anchors = acfg.generate(input_size, input_size);
     let k = ds.num_classes();
+    let anchors = acfg.generate(input_size, input_size);
     let boxes: Vec<&[[f32; 4]]> = gts.iter().map(|g| g.boxes.as_slice()).collect();
-    let st = AnchorStats::measure(&anchors.boxes, &matcher, &boxes, k);
-    let (total, per_image) = (&st.total, &st.per_image);
-    println!(
-        "anchors: {} per image ({} per location; sizes {:.0}..{:.0} px on P{}-P{}), matcher IoU {} / {} ({:?} low-quality rule), K = {k}",
-        anchors.len(),
-        anchors.anchors_per_location(),
-        acfg.anchor_scale * (1u32 << acfg.min_level) as f32,
-        acfg.anchor_scale * (1u32 << acfg.max_level) as f32 * 2f32.powf((acfg.scales_per_octave.max(1) - 1) as f32 / acfg.scales_per_octave.max(1) as f32),
-        acfg.min_level,
-        acfg.max_level,
-        matcher.pos_iou,
-        matcher.neg_iou,
-        matcher.low_quality
-    );
-    println!(
-        "  per image: positives {:.1}, ignored {:.1}, negatives {:.1}; objects with no positive anchor: {} of {} ({:.1}%)",
-        st.per_image_mean(total.positives),
-        st.per_image_mean(total.ignored),
-        st.per_image_mean(total.negatives),
-        total.unmatched_objects,
-        total.objects,
-        100.0 * total.unmatched_objects as f64 / total.objects.max(1) as f64
-    );
-    println!(
-        "  foreground:background anchors 1:{:.0} (pooled; median over images 1:{:.0})",
-        st.neg_per_pos_anchors(),
-        st.median_neg_per_pos()
-    );
-    println!(
-        "  binary (anchor, class) samples per image: {:.1} positive, {:.0} negative, 1:{:.0} (ignored excluded)",
-        st.per_image_mean(total.binary_positives),
-        st.per_image_mean(total.binary_negatives),
-        st.neg_per_pos_binary()
-    );
-    write_csv(
-        &out.join("anchors_per_image.csv"),
-        &[
-            "image_id",
-            "objects",
-            "positives",
-            "ignored",
-            "negatives",
-            "unmatched_objects",
-            "binary_positives",
-            "binary_negatives",
-        ],
-        gts.iter()
-            .zip(per_image)
-            .map(|(g, c)| {
-                let counts = [
-                    c.objects,
-                    c.positives,
-                    c.ignored,
-                    c.negatives,
-                    c.unmatched_objects,
-                    c.binary_positives,
-                    c.binary_negatives,
-                ];
-                // COCO ids are signed (pycocotools takes any integer), unlike the counts.
-                std::iter::once(g.image_id.to_string())
-                    .chain(counts.iter().map(|v| v.to_string()))
-                    .collect()
-            })
+    let stats = DatasetStats {
+        source: &ds.source.json,
+        input_size,
+        category_ids: (0..k)
+            .map(|c| ds.categories.category_id(c).unwrap_or(-1))
             .collect(),
-    )?;
-    let f = |v: f64| format!("{v:.4}");
-    write_csv(
-        &out.join("summary.csv"),
-        &[
-            "dataset",
-            "images",
-            "objects_per_image",
-            "classes",
-            "input_size",
-            "anchors_per_image",
-            "anchor_scale",
-            "min_level",
-            "max_level",
-            "pos_iou",
-            "neg_iou",
-            "low_quality",
-            "positives_per_image",
-            "ignored_per_image",
-            "negatives_per_image",
-            "unmatched_objects",
-            "neg_per_pos_anchors",
-            "neg_per_pos_binary",
-        ],
-        vec![vec![
-            ds.source.json.display().to_string(),
-            s.images.to_string(),
-            f(s.mean_per_image()),
-            k.to_string(),
-            input_size.to_string(),
-            anchors.len().to_string(),
-            acfg.anchor_scale.to_string(),
-            acfg.min_level.to_string(),
-            acfg.max_level.to_string(),
-            matcher.pos_iou.to_string(),
-            matcher.neg_iou.to_string(),
-            format!("{:?}", matcher.low_quality).to_lowercase(),
-            f(st.per_image_mean(total.positives)),
-            f(st.per_image_mean(total.ignored)),
-            f(st.per_image_mean(total.negatives)),
-            total.unmatched_objects.to_string(),
-            f(st.neg_per_pos_anchors()),
-            f(st.neg_per_pos_binary()),
-        ]],
-    )?;
-    println!("CSV files in {}", out.display());
+        class_names: class_names(&ds),
+        image_ids: gts.iter().map(|g| g.image_id).collect(),
+        boxes: box_stats(&gts, k),
+        anchor_config: &acfg,
+        matcher: &matcher,
+        anchors_per_image: anchors.len(),
+        anchors_per_location: anchors.anchors_per_location(),
+        anchors: AnchorStats::measure(&anchors.boxes, &matcher, &boxes, k),
+    };
+    print!("{}", data_stats::format_text(&stats));
+    data_stats::write_all(&a.out, &stats)?;
+    println!("CSV files in {}", a.out.display());
     Ok(())
 }
 

@@ -16,6 +16,8 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use std::path::Path;
 
+mod validate;
+
 /// The whole resolved configuration of one training run.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -434,239 +436,23 @@ impl Config {
         Ok(digest[..8].iter().map(|b| format!("{b:02x}")).collect())
     }
 
-    /// Checks values that types alone cannot; each error names its key and value.
-    ///
-    /// Floats are checked against the range in which they are used: a value the model, loss or
-    /// optimizer computes with in float32 must also survive the conversion (`1e40` is finite as
-    /// f64 but infinite as f32, `1e-50` becomes 0), and sizes and rates get sensible bounds so that
-    /// a typo fails here instead of training a degenerate model that exits 0.
+    /// Checks values that types alone cannot; each error names its key and value (section by
+    /// section, in `validate.rs`).
     pub fn validate(&self) -> Result<()> {
-        let m = &self.model;
-        let (_, depths) = m.resolved_blocks()?;
-        if depths.len() != 4 {
-            bail!(
-                "model.depths: expected 4 stages, got {} ({depths:?})",
-                depths.len()
-            );
+        self.model.validate()?;
+        self.anchors.validate()?;
+        self.matcher.validate()?;
+        self.loss.validate()?;
+        self.schedule.validate()?;
+        self.data.validate()?;
+        if self.train.log_every == 0 {
+            bail!("train.log_every must be at least 1, got 0");
         }
-        if depths.contains(&0) {
-            bail!("model.depths: every stage needs at least one block, got {depths:?}");
-        }
-        // Layer counts are built (and their memory estimated) one by one: 2^62 would never end.
-        if depths.iter().any(|&d| d > 1000) {
-            bail!("model.depths: at most 1000 blocks per stage, got {depths:?}");
-        }
-        if m.head_convs > 64 {
-            bail!("model.head_convs must be at most 64, got {}", m.head_convs);
-        }
-        positive("model.width", m.width)?;
-        // Stage widths are 64..512 x width: at 16 one 3x3 conv of the last stage holds 2.4 GB.
-        require("model.width", m.width, m.width <= 16.0, "be at most 16")?;
-        nonzero("model.gn_groups", m.gn_groups)?;
-        nonzero("model.fpn_channels", m.fpn_channels)?;
-        nonzero("model.num_classes", m.num_classes)?;
-        if !(m.prior_prob > 0.0 && m.prior_prob < 1.0) {
-            bail!("model.prior_prob must lie in (0, 1), got {}", m.prior_prob);
-        }
-        let a = &self.anchors;
-        if a.min_level > a.max_level {
-            bail!(
-                "anchors.min_level ({}) > anchors.max_level ({}): zero pyramid levels",
-                a.min_level,
-                a.max_level
-            );
-        }
-        if !(2..=5).contains(&a.min_level) {
-            bail!(
-                "anchors.min_level must be between 2 and 5 (backbone levels C2-C5), got {}",
-                a.min_level
-            );
-        }
-        if !(5..=7).contains(&a.max_level) {
-            bail!(
-                "anchors.max_level must be between 5 and 7 (P5 to P7), got {}",
-                a.max_level
-            );
-        }
-        // Anchor sides are anchor_scale x stride: 0.1 gives sub-pixel anchors on P3, 100 anchors
-        // larger than the largest input (8192 px) on P7; no box matches either.
-        let scale = a.anchor_scale;
-        require(
-            "anchors.anchor_scale",
-            scale,
-            (0.1..=100.0).contains(&scale),
-            "lie in [0.1, 100]",
-        )?;
-        if !(1..=64).contains(&a.scales_per_octave) {
-            bail!(
-                "anchors.scales_per_octave must be between 1 and 64, got {}",
-                a.scales_per_octave
-            );
-        }
-        if a.aspect_ratios.is_empty() {
-            bail!("anchors.aspect_ratios must not be empty");
-        }
-        for &r in &a.aspect_ratios {
-            // Height / width: 100 is already a 10:1 stretch of each side.
-            require(
-                "anchors.aspect_ratios",
-                r,
-                (0.01..=100.0).contains(&r),
-                "hold ratios in [0.01, 100]",
-            )?;
-        }
-        let mt = &self.matcher;
-        if !(mt.neg_iou > 0.0 && mt.neg_iou <= mt.pos_iou && mt.pos_iou <= 1.0) {
-            bail!(
-                "matcher.neg_iou / matcher.pos_iou: need 0 < neg_iou <= pos_iou <= 1, got {} and {}",
-                mt.neg_iou,
-                mt.pos_iou
-            );
-        }
-        fits_f32("matcher.neg_iou", mt.neg_iou)?;
-        let l = &self.loss;
-        if !(l.gamma >= 0.0 && l.gamma.is_finite()) {
-            bail!("loss.gamma must be >= 0, got {}", l.gamma);
-        }
-        // (1 - p)^gamma: at 10 a sample at p = 0.5 already weighs 1e-3 (the bound of
-        // `loss-cdf --gammas` too).
-        require("loss.gamma", l.gamma, l.gamma <= 10.0, "be at most 10")?;
-        fits_f32("loss.gamma", l.gamma)?;
-        if l.kind == LossKind::FlStar && l.gamma <= 0.0 {
-            bail!(
-                "loss.gamma must be > 0 for fl_star (FL* divides by gamma), got {}",
-                l.gamma
-            );
-        }
-        if !(0.0..=1.0).contains(&l.alpha) {
-            bail!("loss.alpha must lie in [0, 1], got {}", l.alpha);
-        }
-        fits_f32("loss.alpha", l.alpha)?;
-        finite("loss.beta", l.beta)?;
-        fits_f32("loss.beta", l.beta)?;
-        nonzero("loss.ohem_batch", l.ohem_batch)?;
-        if !(l.ohem_nms > 0.0 && l.ohem_nms <= 1.0) {
-            bail!("loss.ohem_nms must lie in (0, 1], got {}", l.ohem_nms);
-        }
-        fits_f32("loss.ohem_nms", l.ohem_nms)?;
-        if !(l.box_beta >= 0.0 && l.box_beta.is_finite()) {
-            bail!("loss.box_beta must be >= 0, got {}", l.box_beta);
-        }
-        fits_f32("loss.box_beta", l.box_beta)?;
-        if !(l.box_weight >= 0.0 && l.box_weight.is_finite()) {
-            bail!("loss.box_weight must be >= 0, got {}", l.box_weight);
-        }
-        fits_f32("loss.box_weight", l.box_weight)?;
-        if !(l.ema_momentum >= 0.0 && l.ema_momentum < 1.0) {
-            bail!(
-                "loss.ema_momentum must lie in [0, 1), got {}",
-                l.ema_momentum
-            );
-        }
-        let s = &self.schedule;
-        nonzero("schedule.iterations", s.iterations)?;
-        nonzero("schedule.batch_size", s.batch_size)?;
-        positive("schedule.lr", s.lr)?;
-        // No upper bound: a diverging lr is a result (tests force one with 1e12), but the update
-        // runs in float32.
-        fits_f32("schedule.lr", s.lr)?;
-        // 0.99999999999 is below 1 as f64 but exactly 1 in the float32 update: no decay at all.
-        if !((0.0..1.0).contains(&s.momentum) && (s.momentum as f32) < 1.0) {
-            bail!(
-                "schedule.momentum must lie in [0, 1) (also in float32), got {}",
-                s.momentum
-            );
-        }
-        fits_f32("schedule.momentum", s.momentum)?;
-        if !(s.weight_decay >= 0.0 && s.weight_decay.is_finite()) {
-            bail!("schedule.weight_decay must be >= 0, got {}", s.weight_decay);
-        }
-        fits_f32("schedule.weight_decay", s.weight_decay)?;
-        if !(s.weight_decay_norm >= 0.0 && s.weight_decay_norm.is_finite()) {
-            bail!(
-                "schedule.weight_decay_norm must be >= 0, got {}",
-                s.weight_decay_norm
-            );
-        }
-        fits_f32("schedule.weight_decay_norm", s.weight_decay_norm)?;
-        if !(s.warmup_factor > 0.0 && s.warmup_factor <= 1.0) {
-            bail!(
-                "schedule.warmup_factor must lie in (0, 1], got {}",
-                s.warmup_factor
-            );
-        }
-        if s.steps.windows(2).any(|w| w[0] >= w[1]) {
-            bail!(
-                "schedule.steps must be strictly increasing, got {:?}",
-                s.steps
-            );
-        }
-        // A step schedule lowers the lr (detectron2: 0.1); above 1 it would raise it at each step.
-        require(
-            "schedule.decay",
-            s.decay,
-            s.decay > 0.0 && s.decay <= 1.0,
-            "lie in (0, 1]",
-        )?;
-        let d = &self.data;
-        if d.source.is_empty() {
-            bail!("data.source must be 'builtin' or a path to a COCO JSON file");
-        }
-        let stride = 1usize << 5;
-        if d.input_size == 0 || !d.input_size.is_multiple_of(stride) {
-            bail!(
-                "data.input_size must be a positive multiple of {stride} (the C5 stride), got {}",
-                d.input_size
-            );
-        }
-        // The loader's limit (`data::loader`); `random` data would allocate before it is checked.
-        if d.input_size > 8192 {
-            bail!("data.input_size must be at most 8192, got {}", d.input_size);
-        }
-        nonzero("train.log_every", self.train.log_every)?;
         if self.device.trim().is_empty() {
             bail!("device must be cpu, cuda or cuda:N");
         }
         Ok(())
     }
-}
-
-fn positive(key: &str, v: f64) -> Result<()> {
-    if !(v > 0.0 && v.is_finite()) {
-        bail!("{key} must be a positive number, got {v}");
-    }
-    Ok(())
-}
-
-/// `ok` says whether `v` satisfies the rule `what` (e.g. "lie in (0, 1]").
-fn require(key: &str, v: f64, ok: bool, what: &str) -> Result<()> {
-    if !ok {
-        bail!("{key} must {what}, got {v:?}");
-    }
-    Ok(())
-}
-
-/// A value used in float32 must stay finite there, and a nonzero one must not round to 0.
-fn fits_f32(key: &str, v: f64) -> Result<()> {
-    let x = v as f32;
-    if !x.is_finite() || (x == 0.0) != (v == 0.0) {
-        bail!("{key} = {v:?} is outside the float32 range it is used in (it would become {x:?})");
-    }
-    Ok(())
-}
-
-fn finite(key: &str, v: f64) -> Result<()> {
-    if !v.is_finite() {
-        bail!("{key} must be finite, got {v}");
-    }
-    Ok(())
-}
-
-fn nonzero(key: &str, v: usize) -> Result<()> {
-    if v == 0 {
-        bail!("{key} must be at least 1, got 0");
-    }
-    Ok(())
 }
 
 /// Applies one `key.sub=value` override. The value is parsed as TOML (`1e-3`, `true`, `[1, 2]`,

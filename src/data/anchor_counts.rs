@@ -2,7 +2,7 @@
 //! and the binary (anchor, class) samples, from the matcher's output. Used by `data stats` and by
 //! `sweep-imbalance` to measure a dataset's imbalance.
 
-use crate::geometry::{Box4, Matcher, BACKGROUND, IGNORE};
+use crate::geometry::{Box4, Match, Matcher};
 
 /// Anchor counts of one image as the classification loss sees them.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -21,9 +21,9 @@ pub struct AnchorCounts {
 }
 
 impl AnchorCounts {
-    /// Counts from the matcher's output `[A]` (gt index, [`BACKGROUND`] or [`IGNORE`]) for an image
-    /// with `objects` ground-truth boxes and `k` classes.
-    pub fn from_matches(matches: &[i32], objects: usize, k: usize) -> Self {
+    /// Counts from the matcher's output `[A]` for an image with `objects` ground-truth boxes and
+    /// `k` classes.
+    pub fn from_matches(matches: &[Match], objects: usize, k: usize) -> Self {
         let mut c = AnchorCounts {
             objects,
             ..Default::default()
@@ -31,15 +31,14 @@ impl AnchorCounts {
         let mut hit = vec![false; objects];
         for &m in matches {
             match m {
-                BACKGROUND => c.negatives += 1,
-                IGNORE => c.ignored += 1,
-                m if m >= 0 => {
+                Match::Background => c.negatives += 1,
+                Match::Ignore => c.ignored += 1,
+                Match::Gt(j) => {
                     c.positives += 1;
-                    if let Some(h) = hit.get_mut(m as usize) {
+                    if let Some(h) = hit.get_mut(j as usize) {
                         *h = true;
                     }
                 }
-                _ => c.ignored += 1,
             }
         }
         c.unmatched_objects = hit.iter().filter(|&&h| !h).count();
@@ -127,7 +126,8 @@ mod tests {
     #[test]
     fn anchor_counts_by_hand() {
         // 7 anchors, 2 objects, K = 3: anchors 0 and 3 on object 0, object 1 unmatched.
-        let m = [0, BACKGROUND, IGNORE, 0, BACKGROUND, BACKGROUND, IGNORE];
+        use Match::{Background as B, Gt, Ignore as I};
+        let m = [Gt(0), B, I, Gt(0), B, B, I];
         let c = AnchorCounts::from_matches(&m, 2, 3);
         assert_eq!(
             c,

@@ -22,10 +22,22 @@ use rayon::prelude::*;
 use super::boxes::{area, Box4};
 use super::GeometryError;
 
-/// `assign` result for an anchor whose best IoU is below `neg_iou`.
-pub const BACKGROUND: i32 = -1;
-/// `assign` result for an anchor in the band `[neg_iou, pos_iou)`: no loss.
-pub const IGNORE: i32 = -2;
+/// What the matcher assigns one anchor.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Match {
+    /// Best IoU below `neg_iou`: a negative.
+    Background,
+    /// Best IoU in the band `[neg_iou, pos_iou)`: no loss.
+    Ignore,
+    /// Matched to ground-truth box `j` (0-based): a positive.
+    Gt(u32),
+}
+
+/// The loss's label of an anchor that takes no loss (the one integer encoding of anchors, made by
+/// [`anchor_labels`]: this, [`BACKGROUND_LABEL`], or the matched box's class + 1).
+pub const IGNORE_LABEL: i32 = -1;
+/// The loss's label of a negative anchor.
+pub const BACKGROUND_LABEL: i32 = 0;
 
 /// Which low-quality matches to add back (see the module documentation).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
@@ -149,12 +161,11 @@ impl Matcher {
         Ok(())
     }
 
-    /// Match anchors `[A]` to ground-truth boxes `[G]`. Returns `[A]`: the matched box index (0-based), or
-    /// [`BACKGROUND`], or [`IGNORE`]. With no ground truth every anchor is background (an image without
-    /// objects still trains the classifier on negatives).
-    pub fn assign(&self, anchors: &[Box4], gt: &[Box4]) -> Vec<i32> {
+    /// Match anchors `[A]` to ground-truth boxes `[G]`. With no ground truth every anchor is
+    /// background (an image without objects still trains the classifier on negatives).
+    pub fn assign(&self, anchors: &[Box4], gt: &[Box4]) -> Vec<Match> {
         if gt.is_empty() {
-            return vec![BACKGROUND; anchors.len()];
+            return vec![Match::Background; anchors.len()];
         }
         let g = gt.len();
         let cols = GtColumns::new(gt);
@@ -193,15 +204,15 @@ impl Matcher {
                 },
             );
 
-        let mut matches: Vec<i32> = best
+        let mut matches: Vec<Match> = best
             .iter()
             .map(|&(v, j)| {
                 if v >= self.pos_iou {
-                    j as i32
+                    Match::Gt(j)
                 } else if v < self.neg_iou {
-                    BACKGROUND
+                    Match::Background
                 } else {
-                    IGNORE
+                    Match::Ignore
                 }
             })
             .collect();
@@ -222,12 +233,12 @@ impl Matcher {
             .for_each(|(matches, (anchors, best))| {
                 let mut row = vec![0.0f32; g];
                 for ((m, a), &(v, j)) in matches.iter_mut().zip(anchors).zip(best) {
-                    if *m >= 0 || v <= 0.0 || v < floor {
+                    if matches!(m, Match::Gt(_)) || v <= 0.0 || v < floor {
                         continue;
                     }
                     cols.ious(a, &mut row);
                     if row.iter().zip(&gt_best).any(|(&x, &b)| x > 0.0 && x == b) {
-                        *m = j as i32;
+                        *m = Match::Gt(j);
                     }
                 }
             });
@@ -235,17 +246,18 @@ impl Matcher {
     }
 }
 
-/// Loss labels from matches `[A]` and the matched boxes' classes (0-based, `[G]`): `-1` ignore, `0`
-/// background, `class + 1` foreground (the label convention of `loss`).
+/// Loss labels from matches `[A]` and the matched boxes' classes (0-based, `[G]`):
+/// [`IGNORE_LABEL`], [`BACKGROUND_LABEL`], or `class + 1` for a positive (the label convention of
+/// `loss`).
 ///
 /// Panics if a match indexes past `gt_classes`: `matches` must come from `assign` on the same boxes.
-pub fn anchor_labels(matches: &[i32], gt_classes: &[usize]) -> Vec<i32> {
+pub fn anchor_labels(matches: &[Match], gt_classes: &[usize]) -> Vec<i32> {
     matches
         .iter()
         .map(|&m| match m {
-            BACKGROUND => 0,
-            m if m >= 0 => gt_classes[m as usize] as i32 + 1,
-            _ => -1,
+            Match::Background => BACKGROUND_LABEL,
+            Match::Ignore => IGNORE_LABEL,
+            Match::Gt(j) => gt_classes[j as usize] as i32 + 1,
         })
         .collect()
 }
@@ -268,6 +280,7 @@ impl From<&crate::config::MatcherConfig> for Matcher {
 
 #[cfg(test)]
 mod tests {
+    use super::Match::*;
     use super::*;
     use crate::geometry::boxes::{iou, tests::random_boxes};
     use rand::SeedableRng;
@@ -295,7 +308,7 @@ mod tests {
     fn no_ground_truth_is_all_background() {
         let anchors = [[0.0, 0.0, 10.0, 10.0], [5.0, 5.0, 9.0, 9.0]];
         for rule in ALL {
-            assert_eq!(m(rule).assign(&anchors, &[]), vec![BACKGROUND; 2]);
+            assert_eq!(m(rule).assign(&anchors, &[]), vec![Background; 2]);
         }
         assert!(m(LowQualityMatches::Any)
             .assign(&[], &[[0.0, 0.0, 1.0, 1.0]])
@@ -316,12 +329,16 @@ mod tests {
         ];
         for rule in ALL {
             let got = m(rule).assign(&anchors, &gt);
-            assert_eq!(got, vec![0, IGNORE, BACKGROUND, BACKGROUND, 1], "{rule:?}");
+            assert_eq!(
+                got,
+                vec![Gt(0), Ignore, Background, Background, Gt(1)],
+                "{rule:?}"
+            );
         }
         // Exactly at the thresholds: 0.5 is positive, 0.4 is ignored (IoU >= 0.4 is not background).
         let got = m(LowQualityMatches::None)
             .assign(&[strip(5.0), strip(4.0), strip(10.0)], &[strip(10.0)]);
-        assert_eq!(got, vec![0, IGNORE, 0]);
+        assert_eq!(got, vec![Gt(0), Ignore, Gt(0)]);
     }
 
     #[test]
@@ -331,15 +348,15 @@ mod tests {
         let anchors = [strip(4.5), strip(3.0)];
         assert_eq!(
             m(LowQualityMatches::None).assign(&anchors, &gt),
-            vec![IGNORE, BACKGROUND]
+            vec![Ignore, Background]
         );
         assert_eq!(
             m(LowQualityMatches::Detectron).assign(&anchors, &gt),
-            vec![0, BACKGROUND]
+            vec![Gt(0), Background]
         );
         assert_eq!(
             m(LowQualityMatches::Any).assign(&anchors, &gt),
-            vec![0, BACKGROUND]
+            vec![Gt(0), Background]
         );
     }
 
@@ -349,16 +366,16 @@ mod tests {
         let anchors = [strip(3.0), strip(2.0)];
         assert_eq!(
             m(LowQualityMatches::None).assign(&anchors, &gt),
-            vec![BACKGROUND; 2]
+            vec![Background; 2]
         );
         // Detectron writes background after the low-quality positives: 0.3 < 0.4 stays background.
         assert_eq!(
             m(LowQualityMatches::Detectron).assign(&anchors, &gt),
-            vec![BACKGROUND; 2]
+            vec![Background; 2]
         );
         assert_eq!(
             m(LowQualityMatches::Any).assign(&anchors, &gt),
-            vec![0, BACKGROUND]
+            vec![Gt(0), Background]
         );
     }
 
@@ -369,7 +386,7 @@ mod tests {
         let anchors = [strip(4.5), strip(4.5), strip(1.0)];
         assert_eq!(
             m(LowQualityMatches::Any).assign(&anchors, &gt),
-            vec![0, 0, BACKGROUND]
+            vec![Gt(0), Gt(0), Background]
         );
         // Anchor 0 is GT 1's best (IoU 0.3) and its own best box is GT 0 (IoU 0.45), whose best anchor is
         // anchor 1 (IoU 0.9). A promoted anchor is matched to its own best box, as in Detectron and detectron2.
@@ -379,48 +396,59 @@ mod tests {
             (iou(&a[0], &gt[1]) - 0.3).abs() < 1e-6
                 && (iou(&a[1], &gt[1]) - 35.0 / 205.0).abs() < 1e-6
         );
-        assert_eq!(m(LowQualityMatches::Any).assign(&a, &gt), vec![0, 0]);
-        assert_eq!(m(LowQualityMatches::Detectron).assign(&a, &gt), vec![0, 0]);
-        assert_eq!(m(LowQualityMatches::None).assign(&a, &gt), vec![IGNORE, 0]);
+        assert_eq!(
+            m(LowQualityMatches::Any).assign(&a, &gt),
+            vec![Gt(0), Gt(0)]
+        );
+        assert_eq!(
+            m(LowQualityMatches::Detectron).assign(&a, &gt),
+            vec![Gt(0), Gt(0)]
+        );
+        assert_eq!(
+            m(LowQualityMatches::None).assign(&a, &gt),
+            vec![Ignore, Gt(0)]
+        );
         // Box whose best IoU is 0 with every anchor: no match under any rule.
         let gt = [[50.0, 50.0, 60.0, 60.0]];
         let anchors = [strip(5.0), strip(3.0)];
         for rule in ALL {
-            assert_eq!(m(rule).assign(&anchors, &gt), vec![BACKGROUND; 2]);
+            assert_eq!(m(rule).assign(&anchors, &gt), vec![Background; 2]);
         }
     }
 
     /// Brute force: the rules written out on the full IoU matrix, in Detectron's order of operations.
-    fn reference(mt: &Matcher, anchors: &[Box4], gt: &[Box4]) -> Vec<i32> {
+    fn reference(mt: &Matcher, anchors: &[Box4], gt: &[Box4]) -> Vec<Match> {
         if gt.is_empty() {
-            return vec![BACKGROUND; anchors.len()];
+            return vec![Background; anchors.len()];
         }
         let iou_m: Vec<Vec<f32>> = anchors
             .iter()
             .map(|a| gt.iter().map(|g| iou(a, g)).collect())
             .collect();
         let argmax = |r: &Vec<f32>| (0..r.len()).fold(0, |b, j| if r[j] > r[b] { j } else { b });
-        let mut out = vec![IGNORE; anchors.len()];
+        let mut out = vec![Ignore; anchors.len()];
         let gt_max: Vec<f32> = (0..gt.len())
             .map(|j| iou_m.iter().map(|r| r[j]).fold(0.0, f32::max))
             .collect();
         if mt.low_quality != LowQualityMatches::None {
             for (i, r) in iou_m.iter().enumerate() {
                 if (0..gt.len()).any(|j| r[j] == gt_max[j] && gt_max[j] > 0.0) {
-                    out[i] = argmax(r) as i32;
+                    out[i] = Gt(argmax(r) as u32);
                 }
             }
         }
         for (i, r) in iou_m.iter().enumerate() {
             let best = r[argmax(r)];
             if best >= mt.pos_iou {
-                out[i] = argmax(r) as i32;
+                out[i] = Gt(argmax(r) as u32);
             }
         }
         for (i, r) in iou_m.iter().enumerate() {
             let best = r[argmax(r)];
-            if best < mt.neg_iou && (mt.low_quality != LowQualityMatches::Any || out[i] < 0) {
-                out[i] = BACKGROUND;
+            if best < mt.neg_iou
+                && (mt.low_quality != LowQualityMatches::Any || !matches!(out[i], Gt(_)))
+            {
+                out[i] = Background;
             }
         }
         out
@@ -447,7 +475,7 @@ mod tests {
     #[test]
     fn labels_and_validation() {
         assert_eq!(
-            anchor_labels(&[1, BACKGROUND, IGNORE, 0], &[4, 0]),
+            anchor_labels(&[Gt(1), Background, Ignore, Gt(0)], &[4, 0]),
             vec![1, 0, -1, 5]
         );
         assert!(Matcher::default().validate().is_ok());

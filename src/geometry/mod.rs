@@ -15,7 +15,9 @@ pub mod nms;
 pub use anchors::{AnchorConfig, Anchors, LevelInfo};
 pub use boxes::{area, clip, iou, iou_matrix, xywh_to_xyxy, xyxy_to_xywh, Box4};
 pub use coder::BoxCoder;
-pub use matcher::{anchor_labels, LowQualityMatches, Matcher, BACKGROUND, IGNORE};
+pub use matcher::{
+    anchor_labels, LowQualityMatches, Match, Matcher, BACKGROUND_LABEL, IGNORE_LABEL,
+};
 pub use nms::{batched_nms, nms};
 
 /// Invalid geometry settings. Each message names the field and the value it had.

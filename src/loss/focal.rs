@@ -10,7 +10,7 @@
 //!
 //! The tensor losses sum over all non-ignored anchors x K classes; an anchor with label `c` in
 //! `1..=K` has target 1 for class `c - 1` only, label 0 has no positive class, label -1 is ignored
-//! (zero value and zero gradient). Normalization (by the number of positives) is the caller's.
+//! (zero value and zero gradient): the encoding `geometry::anchor_labels` makes. Normalization (by the number of positives) is the caller's.
 
 use super::fused;
 use super::split::LossSplit;

@@ -1,6 +1,7 @@
 //! Output: CSV tables and PNG figures. Computes no statistics itself.
 
 pub mod boxes;
+pub mod data_stats;
 pub mod heatmap;
 pub mod imbalance;
 pub mod loss_cdf;

@@ -1,7 +1,7 @@
 //! Per-anchor training targets: labels from the matcher and box-regression targets from the coder.
 
 use crate::config::{AnchorsConfig, MatcherConfig};
-use crate::geometry::{anchor_labels, AnchorConfig, Anchors, BoxCoder, Matcher};
+use crate::geometry::{anchor_labels, AnchorConfig, Anchors, BoxCoder, Match, Matcher};
 use std::collections::HashMap;
 
 /// Ground truth of one image in input pixels: xyxy boxes and 0-based classes.
@@ -92,10 +92,10 @@ impl TargetBuilder {
         for (i, g) in gt.iter().enumerate() {
             let matches = matcher.assign(&anchors.boxes, &g.boxes);
             let l = anchor_labels(&matches, &g.classes);
-            for (a, (&m, &lab)) in matches.iter().zip(&l).enumerate() {
-                if lab > 0 {
+            for (a, &m) in matches.iter().enumerate() {
+                if let Match::Gt(j) = m {
                     positives.push((i * t + a) as u32);
-                    box_targets.extend(coder.encode(&anchors.boxes[a], &g.boxes[m as usize]));
+                    box_targets.extend(coder.encode(&anchors.boxes[a], &g.boxes[j as usize]));
                 }
             }
             labels.extend(l.iter().map(|&v| v as i64));

@@ -5,7 +5,7 @@
 //! The grouped product's output `[C_out, G * P]` is copied back to `G` images of `[C_out, P]`,
 //! which costs little on maps this small.
 
-use super::{add_row_sums, matmul, ConvGeom, Mat, Needs, TapTable};
+use super::{add_row_sums, matmul, BackwardInputs, ConvGeom, GradTargets, Mat, Needs, TapTable};
 use gemm::Parallelism;
 
 /// Output pixels per image below which images are grouped.
@@ -75,28 +75,20 @@ pub(super) fn forward_group(
     }
 }
 
-/// Where one group's backward pass writes: the task's partial weight and bias gradients (the
-/// weight's overwritten rather than added to when `first`) and the images' input gradients.
-pub(super) struct GroupGrads<'a> {
-    pub dw: &'a mut [f32],
-    pub first: bool,
-    pub db: &'a mut [f64],
-    pub dx: Option<&'a mut [f32]>,
-}
-
 /// Backward pass of the images `xs` given their output gradients `dys` (masked where the fused
 /// ReLU's outputs `relu_outs` were clamped).
-#[allow(clippy::too_many_arguments)]
 pub(super) fn backward_group(
     t: &TapTable,
-    xs: &[f32],
-    w: &[f32],
-    dys: &[f32],
-    relu_outs: Option<&[f32]>,
+    BackwardInputs {
+        x: xs,
+        w,
+        dy: dys,
+        relu_out: relu_outs,
+    }: BackwardInputs,
     g: &ConvGeom,
     needs: Needs,
     (col, dyg): (&mut [f32], &mut [f32]),
-    out: GroupGrads,
+    out: GradTargets,
     par: Parallelism,
 ) {
     let (k, p) = (g.k(), g.p());

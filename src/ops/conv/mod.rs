@@ -23,7 +23,6 @@ use candle_core::{
     bail, CpuStorage, CustomOp2, CustomOp3, Device, Layout, Result, Shape, Storage, Tensor,
 };
 use gemm::Parallelism;
-use grouped::GroupGrads;
 use rayon::prelude::*;
 
 mod direct;
@@ -206,31 +205,35 @@ fn add_row_sums(acc: &mut [f64], m: &[f32], cols: usize) {
     }
 }
 
-/// A matrix view for `gemm`: element `(i, j)` is at `ptr[i*rs + j*cs]`.
+/// A read-only matrix view for `gemm`: element `(i, j)` is at `ptr[i*rs + j*cs]`, inside `len`
+/// values (checked against the product's extents before `gemm` reads).
 #[derive(Clone, Copy)]
 struct Mat {
     ptr: *const f32,
-    rs: isize,
-    cs: isize,
+    len: usize,
+    rs: usize,
+    cs: usize,
 }
 
 impl Mat {
-    /// Row-major `[rows, cols]`.
-    fn rm(s: &[f32], cols: usize) -> Self {
+    /// The view of `s` with row stride `rs` and column stride `cs`.
+    fn strided(s: &[f32], rs: usize, cs: usize) -> Self {
         Self {
             ptr: s.as_ptr(),
-            rs: cols as isize,
-            cs: 1,
+            len: s.len(),
+            rs,
+            cs,
         }
+    }
+
+    /// Row-major `[rows, cols]`.
+    fn rm(s: &[f32], cols: usize) -> Self {
+        Self::strided(s, cols, 1)
     }
 
     /// The transpose of a row-major matrix with `cols` columns.
     fn tr(s: &[f32], cols: usize) -> Self {
-        Self {
-            ptr: s.as_ptr(),
-            rs: 1,
-            cs: cols as isize,
-        }
+        Self::strided(s, 1, cols)
     }
 }
 
@@ -238,20 +241,34 @@ impl Mat {
 struct MatMut {
     ptr: *mut f32,
     len: usize,
-    rs: isize,
-    cs: isize,
+    rs: usize,
+    cs: usize,
 }
 
 impl MatMut {
-    /// Row-major `[rows, cols]`.
-    fn rm(s: &mut [f32], cols: usize) -> Self {
+    /// The view of `s` with row stride `rs` and column stride `cs`.
+    fn strided(s: &mut [f32], rs: usize, cs: usize) -> Self {
         Self {
             ptr: s.as_mut_ptr(),
             len: s.len(),
-            rs: cols as isize,
-            cs: 1,
+            rs,
+            cs,
         }
     }
+
+    /// Row-major `[rows, cols]`.
+    fn rm(s: &mut [f32], cols: usize) -> Self {
+        Self::strided(s, cols, 1)
+    }
+}
+
+/// Whether a `[rows, cols]` view with strides `(rs, cs)` stays inside `len` values.
+fn fits(len: usize, (rows, cols): (usize, usize), (rs, cs): (usize, usize)) -> bool {
+    let last = (rows - 1)
+        .checked_mul(rs)
+        .zip((cols - 1).checked_mul(cs))
+        .and_then(|(a, b)| a.checked_add(b));
+    last.is_some_and(|l| l < len)
 }
 
 /// `dst [m, n] = lhs [m, k] · rhs [k, n]`, added to `dst` when `accumulate`.
@@ -266,17 +283,37 @@ fn matmul_into(
     if m == 0 || n == 0 {
         return;
     }
-    let last = (m - 1) as isize * dst.rs + (n - 1) as isize * dst.cs;
     assert!(
-        dst.rs >= 0 && dst.cs >= 0 && (last as usize) < dst.len,
-        "gemm destination too small"
+        fits(dst.len, (m, n), (dst.rs, dst.cs))
+            && (k == 0
+                || fits(lhs.len, (m, k), (lhs.rs, lhs.cs))
+                    && fits(rhs.len, (k, n), (rhs.rs, rhs.cs))),
+        "gemm view outside its slice: {m}x{n}x{k}"
     );
-    // SAFETY: every caller passes views whose extents (m x k, k x n) lie inside live slices, and
-    // `dst` views an exclusively borrowed slice that holds its last element (checked above).
+    let s = |v: usize| v as isize;
+    // SAFETY: each view's last element lies inside the slice it was made from (checked above),
+    // those slices outlive this call, and `dst` views an exclusively borrowed slice.
     unsafe {
         gemm::gemm(
-            m, n, k, dst.ptr, dst.cs, dst.rs, accumulate, lhs.ptr, lhs.cs, lhs.rs, rhs.ptr, rhs.cs,
-            rhs.rs, 1.0, 1.0, false, false, false, par,
+            m,
+            n,
+            k,
+            dst.ptr,
+            s(dst.cs),
+            s(dst.rs),
+            accumulate,
+            lhs.ptr,
+            s(lhs.cs),
+            s(lhs.rs),
+            rhs.ptr,
+            s(rhs.cs),
+            s(rhs.rs),
+            1.0,
+            1.0,
+            false,
+            false,
+            false,
+            par,
         )
     }
 }
@@ -444,8 +481,90 @@ pub struct Grads {
     pub bias: Vec<f32>,
 }
 
+/// Where the backward pass of one image (or one group of images) writes: the task's partial weight
+/// and bias gradients (the weight's overwritten rather than added to when `first`) and the images'
+/// input gradients.
+pub(super) struct GradTargets<'a> {
+    pub dw: &'a mut [f32],
+    pub first: bool,
+    pub db: &'a mut [f64],
+    pub dx: Option<&'a mut [f32]>,
+}
+
+/// How one backward pass runs: the scheme its geometry takes and the scratch each task needs.
+struct BackwardPlan {
+    needs: Needs,
+    /// Images per rayon task, and the parallelism left to `gemm` inside a task.
+    per: usize,
+    par: Parallelism,
+    /// Images per grouped product (1: image by image).
+    group: usize,
+    /// The im2col gather table (none on the shifted and unmasked pointwise paths).
+    table: Option<TapTable>,
+    shifted: bool,
+    /// The shifted scheme's input gradient through the direct kernel (needs the padded output
+    /// gradient beside the wide one).
+    direct_dx: bool,
+    /// The shifted scheme's weight gradient through the direct kernel (needs the transposed padded
+    /// image; sums tap-major partial gradients).
+    direct_dw: bool,
+    /// Lengths of the two per-thread scratch buffers.
+    lens: [usize; 2],
+}
+
+impl BackwardPlan {
+    fn new(g: &ConvGeom, needs: Needs, masked: bool) -> Self {
+        let (per, par) = plan(g.n);
+        let group = grouped::group_len(g, per);
+        let shifted = shifted::applies(g);
+        let direct_dx =
+            shifted && needs.input && shifted::input_grad_is_forward(g) && direct::enabled();
+        let direct_dw =
+            shifted && needs.weight && shifted::weight_grad_direct_applies(g) && direct::enabled();
+        let lens = if shifted {
+            let dyq_len = if direct_dx {
+                shifted::padded_grad_len(g)
+            } else {
+                0
+            };
+            let xt_len = if direct_dw { shifted::padded_len(g) } else { 0 };
+            let wide_grad_len = g.c_out * shifted::wide_len(g);
+            [shifted::padded_len(g), wide_grad_len + dyq_len + xt_len]
+        } else if group > 1 {
+            grouped::scratch_lens(g, group)
+        } else {
+            let col_len = if g.is_pointwise() { 0 } else { g.k() * g.p() };
+            let mask_len = if masked { g.out_len() } else { 0 };
+            [col_len, mask_len]
+        };
+        Self {
+            needs,
+            per,
+            par,
+            group,
+            table: image_table(g, group),
+            shifted,
+            direct_dx,
+            direct_dw,
+            lens,
+        }
+    }
+}
+
+/// One forward pass's tensors as the backward pass reads them.
+#[derive(Clone, Copy)]
+pub(super) struct BackwardInputs<'a> {
+    pub x: &'a [f32],
+    pub w: &'a [f32],
+    pub dy: &'a [f32],
+    /// The forward output of a fused ReLU: the gradient is masked where it was clamped.
+    pub relu_out: Option<&'a [f32]>,
+}
+
 /// Backward pass in one sweep over the batch. `dy` is the gradient of the output; with `relu_out`
-/// (the forward output of a fused ReLU) it is first masked where the output was clamped.
+/// (the forward output of a fused ReLU) it is first masked where the output was clamped. Each
+/// rayon task computes its images' input gradients and a partial weight and bias gradient; the
+/// partials are summed at the end.
 pub fn backward(
     x: &[f32],
     w: &[f32],
@@ -455,7 +574,6 @@ pub fn backward(
     needs: Needs,
 ) -> Result<Grads> {
     check_lens(x, w, None, g)?;
-    let (k, p) = (g.k(), g.p());
     if dy.len() != g.n * g.out_len() || relu_out.is_some_and(|r| r.len() != dy.len()) {
         bail!("conv2d backward: output gradient does not match geometry {g:?}");
     }
@@ -463,172 +581,180 @@ pub fn backward(
     if g.n == 0 || !(needs.input || needs.weight || needs.bias) {
         return Ok(grads);
     }
-    let (per, par) = plan(g.n);
-    let tasks = g.n.div_ceil(per);
-    let use_shifted = shifted::applies(g);
-    let group = grouped::group_len(g, per);
-    let table = image_table(g, group);
-    let dw_len = if needs.weight { g.c_out * k } else { 0 };
-    // The input gradient through the direct kernel needs the padded output gradient beside the
-    // wide one (in the second scratch buffer).
-    let direct_dx =
-        use_shifted && needs.input && shifted::input_grad_is_forward(g) && direct::enabled();
-    // The weight gradient through it needs the transposed padded image, after those, and sums
-    // tap-major partial gradients.
-    let direct_dw =
-        use_shifted && needs.weight && shifted::weight_grad_direct_applies(g) && direct::enabled();
-    let wide_grad_len = g.c_out * shifted::wide_len(g);
-    let dyq_len = if direct_dx {
-        shifted::padded_grad_len(g)
-    } else {
-        0
-    };
-    let lens = if use_shifted {
-        let xt_len = if direct_dw { shifted::padded_len(g) } else { 0 };
-        [shifted::padded_len(g), wide_grad_len + dyq_len + xt_len]
-    } else if group > 1 {
-        grouped::scratch_lens(g, group)
-    } else {
-        let col_len = if g.is_pointwise() { 0 } else { k * p };
-        let mask_len = if relu_out.is_some() { g.out_len() } else { 0 };
-        [col_len, mask_len]
-    };
+    let plan = BackwardPlan::new(g, needs, relu_out.is_some());
+    let inputs = BackwardInputs { x, w, dy, relu_out };
     if needs.input {
         grads.input = vec![0f32; g.n * g.in_len()];
     }
+    let tasks = g.n.div_ceil(plan.per);
     let dx_chunks: Vec<Option<&mut [f32]>> = if needs.input {
-        grads.input.chunks_mut(per * g.in_len()).map(Some).collect()
+        grads
+            .input
+            .chunks_mut(plan.per * g.in_len())
+            .map(Some)
+            .collect()
     } else {
         (0..tasks).map(|_| None).collect()
     };
-    // Each task returns its partial (weight, bias) gradient.
-    let mut partials: Vec<(Vec<f32>, Vec<f64>)> = dx_chunks
+    let partials: Vec<(Vec<f32>, Vec<f64>)> = dx_chunks
         .into_par_iter()
         .enumerate()
-        .map(|(t, mut dxs)| {
-            with_scratch(lens, |col, mask| {
-                // The task's own partial weight gradient, returned without a copy.
-                let mut dw = vec![0f32; dw_len];
-                let mut db = vec![0f64; if needs.bias { g.c_out } else { 0 }];
-                let imgs = (t * per)..((t + 1) * per).min(g.n);
-                if group > 1 {
-                    let table = table.as_ref().expect("grouped convolutions have a table");
-                    let (il, ol) = (g.in_len(), g.out_len());
-                    for (gi, a) in imgs.clone().step_by(group).enumerate() {
-                        let b = (a + group).min(imgs.end);
-                        let out = GroupGrads {
-                            dw: &mut dw,
-                            first: gi == 0,
-                            db: &mut db,
-                            dx: dxs
-                                .as_deref_mut()
-                                .map(|d| &mut d[(a - imgs.start) * il..(b - imgs.start) * il]),
-                        };
-                        let rs = relu_out.map(|r| &r[a * ol..b * ol]);
-                        let xs = &x[a * il..b * il];
-                        grouped::backward_group(
-                            table,
-                            xs,
-                            w,
-                            &dy[a * ol..b * ol],
-                            rs,
-                            g,
-                            needs,
-                            (col, mask),
-                            out,
-                            par,
-                        );
-                    }
-                    return (dw, db);
-                }
-                for (i, img) in imgs.enumerate() {
-                    let xn = &x[img * g.in_len()..(img + 1) * g.in_len()];
-                    let out = img * g.out_len()..(img + 1) * g.out_len();
-                    let rn = relu_out.map(|r| &r[out.clone()]);
-                    let dxn = dxs
-                        .as_deref_mut()
-                        .map(|d| &mut d[i * g.in_len()..(i + 1) * g.in_len()]);
-                    if use_shifted {
-                        // `mask` holds the wide output gradient (then the padded one for the
-                        // direct kernel), `col` the padded image, then the wide input gradient.
-                        let (mask, rest) = mask.split_at_mut(wide_grad_len);
-                        let (dyq, xt) = rest.split_at_mut(dyq_len);
-                        shifted::widen_gradient(&dy[out], rn, g, mask);
-                        if needs.bias {
-                            add_row_sums(&mut db, mask, shifted::wide_len(g));
-                        }
-                        if direct_dw {
-                            let scratch = (&mut *col, xt);
-                            shifted::weight_grad_image_direct(xn, mask, g, scratch, &mut dw, i > 0);
-                        } else if needs.weight {
-                            shifted::weight_grad_image(xn, mask, g, col, &mut dw, i > 0, par);
-                        }
-                        match dxn {
-                            Some(dxn) if direct_dx => {
-                                shifted::input_grad_image_direct(w, mask, g, dyq, col, dxn)
-                            }
-                            Some(dxn) => shifted::input_grad_image(w, mask, g, col, dxn, par),
-                            None => {}
-                        }
-                        continue;
-                    }
-                    let mut dyn_ = &dy[out];
-                    if let Some(rn) = rn {
-                        for ((m, d), o) in mask.iter_mut().zip(dyn_).zip(rn) {
-                            *m = if *o > 0.0 { *d } else { 0.0 };
-                        }
-                        dyn_ = mask;
-                    }
-                    if needs.bias {
-                        add_row_sums(&mut db, dyn_, p);
-                    }
-                    if needs.weight {
-                        let cols = image_cols(table.as_ref(), xn, g, col);
-                        matmul(
-                            &mut dw,
-                            (g.c_out, k, p),
-                            Mat::rm(dyn_, p),
-                            Mat::tr(cols, p),
-                            i > 0,
-                            par,
-                        );
-                    }
-                    if let Some(dxn) = dxn {
-                        let lhs = Mat::tr(w, k);
-                        match &table {
-                            None => matmul(dxn, (k, p, g.c_out), lhs, Mat::rm(dyn_, p), false, par),
-                            Some(t) => {
-                                // The im2col matrix is no longer needed: its buffer holds dcol.
-                                matmul(col, (k, p, g.c_out), lhs, Mat::rm(dyn_, p), false, par);
-                                t.col2im(col, g, dxn, p);
-                            }
-                        }
-                    }
-                }
-                (dw, db)
-            })
+        .map(|(t, dxs)| {
+            let imgs = (t * plan.per)..((t + 1) * plan.per).min(g.n);
+            task_grads(&plan, inputs, g, imgs, dxs)
         })
         .collect();
+    let (dws, dbs): (Vec<_>, Vec<_>) = partials.into_iter().unzip();
     if needs.weight {
-        let mut parts = partials.iter_mut().map(|(d, _)| std::mem::take(d));
-        let mut dw = parts.next().unwrap_or_default();
-        for d in parts {
-            dw.iter_mut().zip(d).for_each(|(a, b)| *a += b);
-        }
-        grads.weight = if direct_dw {
+        let dw = sum_partials(dws);
+        grads.weight = if plan.direct_dw {
             shifted::from_tap_major(&dw, g)
         } else {
             dw
         };
     }
     if needs.bias {
-        let mut db = vec![0f64; g.c_out];
-        for (_, d) in &partials {
-            db.iter_mut().zip(d).for_each(|(a, b)| *a += b);
-        }
-        grads.bias = db.into_iter().map(|v| v as f32).collect();
+        grads.bias = sum_partials(dbs).into_iter().map(|v| v as f32).collect();
     }
     Ok(grads)
+}
+
+/// The element-wise sum of the tasks' partial gradients.
+fn sum_partials<T: Copy + std::ops::AddAssign>(parts: Vec<Vec<T>>) -> Vec<T> {
+    let mut parts = parts.into_iter();
+    let mut sum = parts.next().unwrap_or_default();
+    for part in parts {
+        sum.iter_mut().zip(part).for_each(|(a, b)| *a += b);
+    }
+    sum
+}
+
+/// The gradients of the images `imgs` (one rayon task): their input gradients into `dxs` and the
+/// task's partial weight and bias gradients, returned.
+fn task_grads(
+    plan: &BackwardPlan,
+    inp: BackwardInputs,
+    g: &ConvGeom,
+    imgs: std::ops::Range<usize>,
+    mut dxs: Option<&mut [f32]>,
+) -> (Vec<f32>, Vec<f64>) {
+    let needs = plan.needs;
+    let (il, ol) = (g.in_len(), g.out_len());
+    let mut dw = vec![0f32; if needs.weight { g.c_out * g.k() } else { 0 }];
+    let mut db = vec![0f64; if needs.bias { g.c_out } else { 0 }];
+    with_scratch(plan.lens, |col, scratch| {
+        // Images of one product: a group, or a single image.
+        let step = plan.group.max(1);
+        for (i, a) in imgs.clone().step_by(step).enumerate() {
+            let b = (a + step).min(imgs.end);
+            let out = GradTargets {
+                dw: &mut dw,
+                first: i == 0,
+                db: &mut db,
+                dx: dxs
+                    .as_deref_mut()
+                    .map(|d| &mut d[(a - imgs.start) * il..(b - imgs.start) * il]),
+            };
+            // These images' part of the batch.
+            let part = BackwardInputs {
+                x: &inp.x[a * il..b * il],
+                w: inp.w,
+                dy: &inp.dy[a * ol..b * ol],
+                relu_out: inp.relu_out.map(|r| &r[a * ol..b * ol]),
+            };
+            let scratch = (&mut *col, &mut *scratch);
+            match &plan.table {
+                Some(table) if plan.group > 1 => {
+                    grouped::backward_group(table, part, g, needs, scratch, out, plan.par)
+                }
+                _ if plan.shifted => shifted_image_grads(plan, part, g, scratch, out),
+                _ => im2col_image_grads(plan, part, g, scratch, out),
+            }
+        }
+    });
+    (dw, db)
+}
+
+/// One image's gradients on the shifted-plane path. Scratch: `xq` holds the padded image (then
+/// the padded input gradient); `grad` the wide output gradient, then the padded one for the
+/// direct input-gradient kernel, then the transposed padded image for the direct weight one.
+fn shifted_image_grads(
+    plan: &BackwardPlan,
+    BackwardInputs { x, w, dy, relu_out }: BackwardInputs,
+    g: &ConvGeom,
+    (xq, grad): (&mut [f32], &mut [f32]),
+    out: GradTargets,
+) {
+    let (wide, rest) = grad.split_at_mut(g.c_out * shifted::wide_len(g));
+    let dyq_len = if plan.direct_dx {
+        shifted::padded_grad_len(g)
+    } else {
+        0
+    };
+    let (dyq, xt) = rest.split_at_mut(dyq_len);
+    shifted::widen_gradient(dy, relu_out, g, wide);
+    if plan.needs.bias {
+        add_row_sums(out.db, wide, shifted::wide_len(g));
+    }
+    let accumulate = !out.first;
+    if plan.direct_dw {
+        shifted::weight_grad_image_direct(x, wide, g, (&mut *xq, xt), out.dw, accumulate);
+    } else if plan.needs.weight {
+        shifted::weight_grad_image(x, wide, g, xq, out.dw, accumulate, plan.par);
+    }
+    match out.dx {
+        Some(dx) if plan.direct_dx => shifted::input_grad_image_direct(w, wide, g, dyq, xq, dx),
+        Some(dx) => shifted::input_grad_image(w, wide, g, xq, dx, plan.par),
+        None => {}
+    }
+}
+
+/// One image's gradients through its im2col matrix (or the image itself when pointwise):
+/// `db += Σ dY`, `dW += dY · colᵀ`, `dX = col⁻¹(Wᵀ · dY)`. Scratch: `col` holds the im2col matrix
+/// (then `Wᵀ · dY`), `mask` the ReLU-masked output gradient.
+fn im2col_image_grads(
+    plan: &BackwardPlan,
+    BackwardInputs { x, w, dy, relu_out }: BackwardInputs,
+    g: &ConvGeom,
+    (col, mask): (&mut [f32], &mut [f32]),
+    out: GradTargets,
+) {
+    let (k, p) = (g.k(), g.p());
+    let dy = match relu_out {
+        Some(r) => {
+            for ((m, d), o) in mask.iter_mut().zip(dy).zip(r) {
+                *m = if *o > 0.0 { *d } else { 0.0 };
+            }
+            &*mask
+        }
+        None => dy,
+    };
+    if plan.needs.bias {
+        add_row_sums(out.db, dy, p);
+    }
+    if plan.needs.weight {
+        let cols = image_cols(plan.table.as_ref(), x, g, col);
+        let dims = (g.c_out, k, p);
+        matmul(
+            out.dw,
+            dims,
+            Mat::rm(dy, p),
+            Mat::tr(cols, p),
+            !out.first,
+            plan.par,
+        );
+    }
+    if let Some(dx) = out.dx {
+        let (dims, wt, dy) = ((k, p, g.c_out), Mat::tr(w, k), Mat::rm(dy, p));
+        match &plan.table {
+            None => matmul(dx, dims, wt, dy, false, plan.par),
+            Some(t) => {
+                // The im2col matrix is no longer needed: its buffer holds dcol.
+                matmul(col, dims, wt, dy, false, plan.par);
+                t.col2im(col, g, dx, p);
+            }
+        }
+    }
 }
 
 /// The contiguous f32 data of a CPU storage, or an error naming `what`.

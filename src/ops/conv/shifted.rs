@@ -106,11 +106,7 @@ fn pad_image(x: &[f32], g: &ConvGeom, xq: &mut [f32]) {
 
 /// The weight of tap `t` as a `[C_out, C_in]` view into `w [C_out, C_in, kh, kw]`.
 fn tap_weight(w: &[f32], g: &ConvGeom, t: usize) -> Mat {
-    Mat {
-        ptr: w[t..].as_ptr(),
-        rs: g.k() as isize,
-        cs: (g.kh * g.kw) as isize,
-    }
+    Mat::strided(&w[t..], g.k(), g.kh * g.kw)
 }
 
 /// Forward product of one image into the wide output `ywide [C_out, H_out * Wq]`. Scratch `xq`
@@ -126,11 +122,7 @@ pub(super) fn forward_image(
     let (plane, wide) = (plane_len(g), wide_len(g));
     pad_image(x, g, xq);
     for t in 0..g.kh * g.kw {
-        let rhs = Mat {
-            ptr: xq[tap_offset(g, t)..].as_ptr(),
-            rs: plane as isize,
-            cs: 1,
-        };
+        let rhs = Mat::strided(&xq[tap_offset(g, t)..], plane, 1);
         let dst = MatMut::rm(ywide, wide);
         matmul_into(
             dst,
@@ -196,17 +188,8 @@ pub(super) fn weight_grad_image(
     let taps = g.kh * g.kw;
     for t in 0..taps {
         // dW_t [C_out, C_in] = dY [C_out, wide] · shifted(xq)ᵀ [wide, C_in]
-        let rhs = Mat {
-            ptr: xq[tap_offset(g, t)..].as_ptr(),
-            rs: 1,
-            cs: plane as isize,
-        };
-        let dst = MatMut {
-            ptr: dw[t..].as_mut_ptr(),
-            len: dw.len() - t,
-            rs: g.k() as isize,
-            cs: taps as isize,
-        };
+        let rhs = Mat::strided(&xq[tap_offset(g, t)..], 1, plane);
+        let dst = MatMut::strided(&mut dw[t..], g.k(), taps);
         matmul_into(
             dst,
             (g.c_out, g.c_in, wide),
@@ -233,17 +216,8 @@ pub(super) fn input_grad_image(
     for t in 0..taps {
         // shifted(dXq) [C_in, wide] += W_tᵀ [C_in, C_out] · dY [C_out, wide]
         let off = tap_offset(g, t);
-        let lhs = Mat {
-            ptr: w[t..].as_ptr(),
-            rs: taps as isize,
-            cs: g.k() as isize,
-        };
-        let dst = MatMut {
-            ptr: dxq[off..].as_mut_ptr(),
-            len: dxq.len() - off,
-            rs: plane as isize,
-            cs: 1,
-        };
+        let lhs = Mat::strided(&w[t..], taps, g.k());
+        let dst = MatMut::strided(&mut dxq[off..], plane, 1);
         matmul_into(
             dst,
             (g.c_in, wide, g.c_out),
