@@ -562,14 +562,8 @@ pub fn run_ladder(
         opts.shard
             .take(tuning.iter().map(|j| j.job.clone()).collect()),
     )?;
-    let mut outcomes = Vec::new();
-    let mut missing = 0;
-    for j in &tuning {
-        match outcome_of(j)? {
-            Some(o) => outcomes.push(o),
-            None => missing += 1,
-        }
-    }
+    let (mut outcomes, mut missing) = (Vec::new(), 0);
+    gather_outcomes(&tuning, &outcome_of, &mut outcomes, &mut missing)?;
     let chosen = chosen_settings(spec.rungs.len(), &tuning, &outcomes, tune_seeds);
     let later_seeds = opts.seeds - tune_seeds;
     let waiting = 2 * later_seeds * chosen.iter().filter(|c| c.is_none()).count();
@@ -578,18 +572,12 @@ pub fn run_ladder(
         .filter(|j| j.job.seed >= tune_seeds as u64)
         .filter(|j| chosen[j.rung].is_some_and(|c| c.contains(&j.candidate)))
         .collect();
-    // Dealt by a slot that does not depend on which rungs have finished, so that shards started at
-    // different times never train the same run.
-    let slot = |j: &LadderJob| {
-        let family = usize::from(j.candidate.family == Family::Ce);
-        ((j.job.seed as usize - tune_seeds) * spec.rungs.len() + j.rung) * 2 + family
-    };
-    let mine = confirming
-        .iter()
-        .filter(|j| slot(j) % opts.shard.count == opts.shard.index)
-        .map(|j| j.job.clone())
-        .collect();
-    run_phase(mine)?;
+    run_phase(shard_of_confirming(
+        &confirming,
+        spec.rungs.len(),
+        tune_seeds,
+        opts.shard,
+    ))?;
     let planned = tuning.len() + 2 * later_seeds * spec.rungs.len();
     if !(opts.collect_only || opts.shard.count == 1) {
         return Ok(ImbalanceOutcome {
@@ -599,12 +587,7 @@ pub fn run_ladder(
             collected: None,
         });
     }
-    for j in &confirming {
-        match outcome_of(j)? {
-            Some(o) => outcomes.push(o),
-            None => missing += 1,
-        }
-    }
+    gather_outcomes(&confirming, &outcome_of, &mut outcomes, &mut missing)?;
     missing += waiting;
     let rungs = rung_infos(&spec, &jobs, &data)?;
     let ladder = select::Ladder::build(rungs, outcomes, missing, opts.seeds, tune_seeds);
@@ -621,6 +604,41 @@ pub fn run_ladder(
         waiting,
         collected: Some((ladder, spec, note)),
     })
+}
+
+/// The finished runs' outcomes of `jobs`, appended to `outcomes`; `missing` counts the others.
+fn gather_outcomes(
+    jobs: &[&LadderJob],
+    outcome_of: &dyn Fn(&LadderJob) -> Result<Option<select::Outcome>>,
+    outcomes: &mut Vec<select::Outcome>,
+    missing: &mut usize,
+) -> Result<()> {
+    for j in jobs {
+        match outcome_of(j)? {
+            Some(o) => outcomes.push(o),
+            None => *missing += 1,
+        }
+    }
+    Ok(())
+}
+
+/// This shard's part of the confirming runs, dealt by a slot that does not depend on which rungs
+/// have finished, so that shards started at different times never train the same run.
+fn shard_of_confirming(
+    confirming: &[&LadderJob],
+    rungs: usize,
+    tune_seeds: usize,
+    shard: Shard,
+) -> Vec<Job> {
+    let slot = |j: &LadderJob| {
+        let family = usize::from(j.candidate.family == Family::Ce);
+        ((j.job.seed as usize - tune_seeds) * rungs + j.rung) * 2 + family
+    };
+    confirming
+        .iter()
+        .filter(|j| slot(j) % shard.count == shard.index)
+        .map(|j| j.job.clone())
+        .collect()
 }
 
 /// Overrides that stretch a schedule to `n` iterations: lr steps and warm-up keep their fractions
