@@ -1,0 +1,167 @@
+//! ImageNet weights for the backbone from a torchvision or timm ResNet-18/34/50 state dict saved as
+//! safetensors (`model.pretrained`).
+//!
+//! Both libraries name a ResNet's tensors the same way, and the backbone with `model.stem =
+//! "resnet"` has the same layers in the same shapes, so the mapping is by name alone:
+//!
+//! | torchvision / timm                         | fl-lab                                        |
+//! |--------------------------------------------|-----------------------------------------------|
+//! | `conv1.weight`                             | `backbone.stem.conv.weight`                   |
+//! | `bn1.{weight,bias,running_mean,running_var}` | `backbone.stem.norm.*`                      |
+//! | `layer{s}.{b}.conv{i}.weight`              | `backbone.stage{s+1}.block{b}.conv{i}.weight` |
+//! | `layer{s}.{b}.bn{i}.*`                     | `backbone.stage{s+1}.block{b}.norm{i}.*`      |
+//! | `layer{s}.{b}.downsample.0.weight`         | `backbone.stage{s+1}.block{b}.shortcut.weight` |
+//! | `layer{s}.{b}.downsample.1.*`              | `backbone.stage{s+1}.block{b}.shortcut_norm.*` |
+//!
+//! The classifier (`fc.weight`, `fc.bias`) and BatchNorm's step counters (`*.num_batches_tracked`)
+//! are ignored on purpose. Every other difference (a tensor the backbone needs that the file lacks,
+//! one the file has that maps to nothing, one of another shape) is collected and reported together,
+//! so that one run names everything wrong with a file.
+
+use super::params::{finite_f32, read_safetensors, ParamStore};
+use anyhow::{bail, Context, Result};
+use candle_core::Var;
+use std::path::Path;
+
+/// The torchvision/timm name of an fl-lab backbone tensor, or None for a name outside the backbone.
+pub fn torchvision_name(name: &str) -> Option<String> {
+    let rest = name.strip_prefix("backbone.")?;
+    if let Some(t) = rest.strip_prefix("stem.conv.") {
+        return Some(format!("conv1.{t}"));
+    }
+    if let Some(t) = rest.strip_prefix("stem.norm.") {
+        return Some(format!("bn1.{t}"));
+    }
+    // stage{S}.block{b}.{layer}.{tensor}
+    let mut parts = rest.splitn(4, '.');
+    let stage: usize = parts.next()?.strip_prefix("stage")?.parse().ok()?;
+    let block: usize = parts.next()?.strip_prefix("block")?.parse().ok()?;
+    let layer = parts.next()?;
+    let tensor = parts.next()?;
+    if !(2..=5).contains(&stage) {
+        return None;
+    }
+    let layer = if let Some(i) = layer.strip_prefix("conv") {
+        format!("conv{i}")
+    } else if let Some(i) = layer.strip_prefix("norm") {
+        format!("bn{i}")
+    } else if layer == "shortcut" {
+        "downsample.0".to_string()
+    } else if layer == "shortcut_norm" {
+        "downsample.1".to_string()
+    } else {
+        return None;
+    };
+    Some(format!("layer{}.{block}.{layer}.{tensor}", stage - 1))
+}
+
+/// Tensors of a ResNet state dict that have no place in a detection backbone.
+fn ignored(name: &str) -> bool {
+    name.starts_with("fc.") || name.ends_with(".num_batches_tracked")
+}
+
+/// Overwrites every backbone tensor of `store` (parameters and buffers) with the tensor of the
+/// same torchvision name in the safetensors file `path`. Returns how many were loaded. Errors
+/// name the file and every missing, unexpected or mis-shaped tensor, and change nothing.
+pub fn load_resnet(store: &ParamStore, path: &Path, what: &str) -> Result<usize> {
+    let tensors = read_safetensors(path, store.device())
+        .with_context(|| format!("model.pretrained: cannot read {}", path.display()))?;
+    let mut targets: Vec<(String, String, Var)> = store
+        .named_vars()
+        .into_iter()
+        .chain(store.buffers.iter().map(|(k, v)| (k.clone(), v.clone())))
+        .filter_map(|(name, var)| Some((torchvision_name(&name)?, name, var)))
+        .collect();
+    targets.sort_by(|a, b| a.0.cmp(&b.0));
+    let mut missing = Vec::new();
+    let mut misshaped = Vec::new();
+    for (tv, _, var) in &targets {
+        match tensors.get(tv) {
+            None => missing.push(tv.clone()),
+            Some(t) if t.dims() != var.dims() => misshaped.push(format!(
+                "{tv} is {:?}, the backbone needs {:?}",
+                t.dims(),
+                var.dims()
+            )),
+            Some(_) => {}
+        }
+    }
+    let expected: std::collections::HashSet<&str> =
+        targets.iter().map(|(tv, _, _)| tv.as_str()).collect();
+    let mut unexpected: Vec<&String> = tensors
+        .keys()
+        .filter(|k| !expected.contains(k.as_str()) && !ignored(k))
+        .collect();
+    unexpected.sort();
+    if !(missing.is_empty() && unexpected.is_empty() && misshaped.is_empty()) {
+        let mut msg = format!(
+            "model.pretrained: {} does not hold the weights of a torchvision/timm {what} \
+             (names such as conv1.weight, layer1.0.bn1.running_var; fc.* and *.num_batches_tracked \
+             are ignored)",
+            path.display()
+        );
+        let list = |title: &str, items: Vec<String>, msg: &mut String| {
+            if !items.is_empty() {
+                msg.push_str(&format!(
+                    "\n  {title} ({}): {}",
+                    items.len(),
+                    items.join(", ")
+                ));
+            }
+        };
+        list("missing", missing, &mut msg);
+        list(
+            "unexpected",
+            unexpected.into_iter().cloned().collect(),
+            &mut msg,
+        );
+        list("mis-shaped", misshaped, &mut msg);
+        bail!(msg);
+    }
+    // Convert (and check for NaN) before the first write, so a bad file leaves the model as it was.
+    let values = targets
+        .iter()
+        .map(|(tv, _, _)| finite_f32(tv, &tensors[tv], store.device()))
+        .collect::<candle_core::Result<Vec<_>>>()
+        .with_context(|| format!("model.pretrained: {}", path.display()))?;
+    for ((_, _, var), t) in targets.iter().zip(values) {
+        var.set(&t)?;
+    }
+    Ok(targets.len())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::torchvision_name;
+
+    #[test]
+    fn names_map_as_documented() {
+        let cases = [
+            ("backbone.stem.conv.weight", "conv1.weight"),
+            ("backbone.stem.norm.running_var", "bn1.running_var"),
+            (
+                "backbone.stage2.block0.conv1.weight",
+                "layer1.0.conv1.weight",
+            ),
+            ("backbone.stage5.block2.norm3.bias", "layer4.2.bn3.bias"),
+            (
+                "backbone.stage3.block0.shortcut.weight",
+                "layer2.0.downsample.0.weight",
+            ),
+            (
+                "backbone.stage4.block0.shortcut_norm.running_mean",
+                "layer3.0.downsample.1.running_mean",
+            ),
+        ];
+        for (ours, theirs) in cases {
+            assert_eq!(torchvision_name(ours).as_deref(), Some(theirs), "{ours}");
+        }
+        for other in [
+            "fpn.p6.weight",
+            "head.cls.pred.bias",
+            "backbone.stage6.block0.conv1.weight",
+        ] {
+            assert_eq!(torchvision_name(other), None, "{other}");
+        }
+    }
+}
