@@ -130,6 +130,51 @@ pub fn load_resnet(store: &ParamStore, path: &Path, what: &str) -> Result<usize>
     Ok(targets.len())
 }
 
+/// A ResNet state dict under torchvision's names with random weights and non-trivial BatchNorm
+/// statistics and affine parameters, for checks that need a weights file but no ImageNet training
+/// (`fl-lab bench resnet-weights`). `backbone` is r18, r34 or r50; the same seed gives the same file.
+pub fn synthetic_resnet(
+    backbone: &str,
+    seed: u64,
+) -> Result<std::collections::BTreeMap<String, candle_core::Tensor>> {
+    use super::params::Init;
+    let cfg = crate::config::ModelConfig {
+        backbone: backbone.to_string(),
+        width: 1.0,
+        stem: crate::config::StemKind::Resnet,
+        norm: crate::config::NormKind::Bn,
+        ..Default::default()
+    };
+    if !["r18", "r34", "r50"].contains(&backbone) {
+        bail!("--backbone must be r18, r34 or r50, got '{backbone}'");
+    }
+    let device = candle_core::Device::Cpu;
+    let mut store = ParamStore::new(seed, &device);
+    super::backbone::Backbone::new(&mut store, &cfg)?;
+    // Draw the norms' values from a second store's generator (same seed, its own sequence).
+    let mut draw = ParamStore::new(seed ^ 0x5EED, &device);
+    let mut out = std::collections::BTreeMap::new();
+    for (name, t) in store.all_tensors() {
+        let tv = torchvision_name(&name).context("a backbone tensor without a torchvision name")?;
+        let dims = t.dims().to_vec();
+        let value =
+            |draw: &mut ParamStore, base: f64, spread: f64| -> Result<candle_core::Tensor> {
+                let u = draw.param(&name, &dims, Init::Uniform(spread))?.detach();
+                Ok((u + base)?)
+            };
+        let is_norm = name.contains("norm");
+        let t = if name.ends_with("running_var") || (is_norm && name.ends_with(".weight")) {
+            value(&mut draw, 1.0, 0.5)? // scales and variances in [0.5, 1.5]
+        } else if is_norm {
+            value(&mut draw, 0.0, 0.2)? // shifts and means in [-0.2, 0.2]
+        } else {
+            t // convs: the seeded init
+        };
+        out.insert(tv, t);
+    }
+    Ok(out)
+}
+
 #[cfg(test)]
 mod tests {
     use super::torchvision_name;
