@@ -234,7 +234,7 @@ fn device_check(
     let b = crate::device::parse_device(against)?;
     let pairs = crate::train::device_check::compare(&cfg, [&a, &b], steps)?;
     let d = &cfg.data;
-    let side = crate::train::device_check::random_source(&cfg).size;
+    let side = crate::train::RandomSource::for_config(&cfg).size;
     println!(
         "{config}: batch {} x 3 x {side} x {side} (random), K = {}, {} vs {} (min_size {}, input_size {})",
         cfg.schedule.batch_size, cfg.model.num_classes, device, against, d.min_size, d.input_size
@@ -339,7 +339,7 @@ fn report_train(
         println!("{v}");
         return Ok(());
     }
-    let s = cfg.data.input_size;
+    let s = crate::train::RandomSource::for_config(cfg).size;
     println!(
         "{}: batch {} x 3 x {s} x {s}, K = {}, {threads} threads, {} kernels, median of {} steps",
         config, cfg.schedule.batch_size, cfg.model.num_classes, kernels, t.steps

@@ -512,8 +512,8 @@ impl Config {
 
     /// What the padded input's height and width are multiples of with the paper's resize
     /// (`data.min_size`): the stride of the coarsest pyramid level, 2^`anchors.max_level` (128 with
-    /// P7, Detectron's `FPN.COARSEST_STRIDE` and detectron2's FPN `size_divisibility`), so that
-    /// every level's feature map halves its parent's exactly.
+    /// P7, as Detectron's RetinaNet configs set `FPN.COARSEST_STRIDE`), so that every level's
+    /// feature map halves its parent's exactly (docs/paper.md §8.1).
     pub fn size_divisibility(&self) -> usize {
         1 << self.anchors.max_level
     }

@@ -41,22 +41,6 @@ impl StepPair {
     }
 }
 
-/// Random images of the config's input size: `data.input_size`, or with the paper's resize a square
-/// of `data.min_size` rounded up to the size divisibility.
-pub fn random_source(cfg: &Config) -> RandomSource {
-    let d = &cfg.data;
-    let size = if d.min_size > 0 {
-        d.min_size.div_ceil(cfg.size_divisibility()) * cfg.size_divisibility()
-    } else {
-        d.input_size
-    };
-    RandomSource {
-        seed: cfg.seed,
-        size,
-        num_classes: cfg.model.num_classes,
-    }
-}
-
 /// Trains `steps` steps of `cfg` on `devices[0]` and on `devices[1]` from the same weights and the
 /// same batch (iteration 0's random batch at every step), and returns both losses and times of each.
 pub fn compare(cfg: &Config, devices: [&Device; 2], steps: usize) -> Result<Vec<StepPair>> {
@@ -70,7 +54,7 @@ pub fn compare(cfg: &Config, devices: [&Device; 2], steps: usize) -> Result<Vec<
         .all_tensors()
         .into_iter()
         .collect::<std::collections::HashMap<_, _>>();
-    let batch = random_source(cfg).batch(0, cfg.schedule.batch_size, &cpu)?;
+    let batch = RandomSource::for_config(cfg).batch(0, cfg.schedule.batch_size, &cpu)?;
     struct Run {
         device: Device,
         model: RetinaNet,
