@@ -4,7 +4,7 @@
 Builds torchvision's ResNet-18, -34 and -50 with random weights and random BatchNorm statistics and
 affine parameters (so that frozen BN is not an identity), saves each state dict as safetensors (the file
 `model.pretrained` takes), runs fl-lab's backbone on the same images (`fl-lab bench features`: frozen BN,
-evaluation mode) and torchvision's in eval mode, and prints the largest absolute difference of the C2..C5
+stem and first stage frozen as in the `paper` preset) and torchvision's in eval mode, and prints the largest absolute difference of the C2..C5
 features (torchvision's layer1..layer4 outputs) relative to the largest magnitude of torchvision's, per
 depth. Exits 1 if any C3, C4 or C5 difference is above 1e-4.
 
@@ -63,7 +63,7 @@ def main():
             save_file({k: v.contiguous() for k, v in net.state_dict().items()}, weights)
             out = os.path.join(tmp, f"features{depth}.safetensors")
             sets = [f"model.backbone=\"r{depth}\"", "model.width=1.0", "model.stem=\"resnet\"",
-                    "model.norm=\"frozen_bn\"", f"model.pretrained=\"{weights}\""]
+                    "model.norm=\"frozen_bn\"", "model.freeze_at=2", f"model.pretrained=\"{weights}\""]
             cmd = [args.fl_lab, "bench", "features", "--config", "cpu"]
             for s in sets:
                 cmd += ["--set", s]

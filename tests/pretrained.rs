@@ -177,6 +177,53 @@ fn torchvision_weights_load_into_every_depth() {
 }
 
 #[test]
+fn frozen_stages_and_frozen_bn_compute_what_batch_norm_computes_in_evaluation() {
+    // The same file in a model with frozen BN and a frozen stem and first stage (their convs held
+    // as detached buffers) and in one with trainable BatchNorm evaluated with its running statistics:
+    // the backbone features must agree, in training mode for the frozen model too.
+    let dir = tempfile::tempdir().unwrap();
+    let path = save(dir.path(), "resnet18.safetensors", &state_dict(18));
+    let frozen = RetinaNet::new(&config("r18", &path), &Device::Cpu).unwrap();
+    let mut cfg = config("r18", &path);
+    cfg.model.norm = fl_lab::config::NormKind::Bn;
+    cfg.model.freeze_at = 0;
+    let plain = RetinaNet::new(&cfg, &Device::Cpu).unwrap();
+    frozen.load_pretrained().unwrap();
+    plain.load_pretrained().unwrap();
+    let x = Tensor::randn(0f32, 1.0, (2, 3, 67, 45), &Device::Cpu).unwrap();
+    let a = frozen.backbone_features(&x, true).unwrap();
+    let b = plain.backbone_features(&x, false).unwrap();
+    for (i, (a, b)) in a.iter().zip(&b).enumerate() {
+        assert_eq!(a.dims(), b.dims());
+        let d = sum(&(a - b)
+            .unwrap()
+            .abs()
+            .unwrap()
+            .max_keepdim(0)
+            .unwrap()
+            .max_all()
+            .unwrap());
+        let scale = sum(&b.abs().unwrap().max_all().unwrap());
+        assert!(d <= 1e-5 * scale, "C{}: {d} of {scale}", i + 2);
+    }
+    // Only the unfrozen stages' convs are trainable in the frozen model; no norm is.
+    let trainable: Vec<String> = frozen
+        .store
+        .named_vars()
+        .into_iter()
+        .map(|(k, _)| k)
+        .filter(|k| k.starts_with("backbone."))
+        .collect();
+    assert!(!trainable.is_empty());
+    for k in &trainable {
+        assert!(
+            !k.contains("norm") && !k.contains("stem") && !k.contains("stage2"),
+            "{k} is trainable"
+        );
+    }
+}
+
+#[test]
 fn a_wrong_file_is_refused_naming_every_wrong_tensor() {
     let dir = tempfile::tempdir().unwrap();
     let mut sd = state_dict(18);

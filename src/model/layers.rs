@@ -152,35 +152,49 @@ impl Norm {
         channels: usize,
         gn_groups: usize,
     ) -> Result<Norm> {
-        if kind == NormKind::FrozenBn {
-            let mut fixed = |suffix: &str, value: f64| -> Result<Tensor> {
-                let init = Init::Const(value);
-                let var = store.frozen(&format!("{name}.{suffix}"), &[channels], init)?;
-                Ok(var.as_tensor().detach())
-            };
-            return Ok(Norm::Frozen {
-                weight: fixed("weight", 1.0)?,
-                bias: fixed("bias", 0.0)?,
-                running_mean: fixed("running_mean", 0.0)?,
-                running_var: fixed("running_var", 1.0)?,
-            });
-        }
-        let gamma = store.norm_param(&format!("{name}.weight"), &[channels], Init::Const(1.0))?;
-        let beta = store.norm_param(&format!("{name}.bias"), &[channels], Init::Const(0.0))?;
+        let affine = |store: &mut ParamStore| -> Result<(Tensor, Tensor)> {
+            Ok((
+                store.norm_param(&format!("{name}.weight"), &[channels], Init::Const(1.0))?,
+                store.norm_param(&format!("{name}.bias"), &[channels], Init::Const(0.0))?,
+            ))
+        };
         Ok(match kind {
             // Narrow layers of small models cannot always be split into `gn_groups` groups.
-            NormKind::Gn => Norm::Group {
-                groups: gcd(gn_groups, channels).max(1),
-                gamma,
-                beta,
-            },
-            NormKind::Bn => Norm::Batch {
-                gamma,
-                beta,
-                running_mean: store.buffer(&format!("{name}.running_mean"), &[channels], 0.0)?,
-                running_var: store.buffer(&format!("{name}.running_var"), &[channels], 1.0)?,
-            },
-            NormKind::FrozenBn => unreachable!("returned above"),
+            NormKind::Gn => {
+                let (gamma, beta) = affine(store)?;
+                Norm::Group {
+                    groups: gcd(gn_groups, channels).max(1),
+                    gamma,
+                    beta,
+                }
+            }
+            NormKind::Bn => {
+                let (gamma, beta) = affine(store)?;
+                Norm::Batch {
+                    gamma,
+                    beta,
+                    running_mean: store.buffer(
+                        &format!("{name}.running_mean"),
+                        &[channels],
+                        0.0,
+                    )?,
+                    running_var: store.buffer(&format!("{name}.running_var"), &[channels], 1.0)?,
+                }
+            }
+            NormKind::FrozenBn => {
+                // All four are buffers (the optimizer never sees them), detached (no gradient).
+                let mut fixed = |suffix: &str, value: f64| -> Result<Tensor> {
+                    let init = Init::Const(value);
+                    let var = store.frozen(&format!("{name}.{suffix}"), &[channels], init)?;
+                    Ok(var.as_tensor().detach())
+                };
+                Norm::Frozen {
+                    weight: fixed("weight", 1.0)?,
+                    bias: fixed("bias", 0.0)?,
+                    running_mean: fixed("running_mean", 0.0)?,
+                    running_var: fixed("running_var", 1.0)?,
+                }
+            }
         })
     }
 
