@@ -260,7 +260,8 @@ fn device_check(
         );
     }
     let first = pairs[0].relative_difference();
-    if !(first <= tolerance) {
+    // NaN losses fail too.
+    if first.is_nan() || first > tolerance {
         bail!(
             "the first step's losses differ by {first:.3e} relative ({} on {device}, {} on {against}), more than --tolerance {tolerance}",
             pairs[0].loss[0],
