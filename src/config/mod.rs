@@ -497,6 +497,16 @@ impl Config {
         toml::Table::try_from(c).context("serializing the schema")
     }
 
+    /// The fields left out of the resolved TOML while they hold their default, as `(key, default
+    /// value as TOML text)`: what tables of many configs show for a config that does not set them.
+    pub const OMITTED_AT_DEFAULT: [(&'static str, &'static str); 5] = [
+        ("model.stem", "conv3x3"),
+        ("model.pretrained", ""),
+        ("model.freeze_at", "0"),
+        ("data.min_size", "0"),
+        ("data.max_size", "0"),
+    ];
+
     /// The resolved configuration as TOML (every field, declaration order, except the ones that
     /// are left out while they hold their default: `model.stem`, `model.pretrained`,
     /// `model.freeze_at`, `data.min_size`, `data.max_size`).
@@ -969,6 +979,28 @@ mod tests {
         for key in ["stem", "pretrained", "freeze_at", "min_size", "max_size"] {
             assert!(!text.contains(key), "{key} written at its default:\n{text}");
         }
+        // OMITTED_AT_DEFAULT lists exactly the schema's keys that the defaults leave out.
+        let flat = |t: &toml::Table| -> Vec<String> {
+            t.iter()
+                .flat_map(|(s, v)| {
+                    v.as_table()
+                        .map(|t| t.keys().map(|k| format!("{s}.{k}")).collect::<Vec<_>>())
+                        .unwrap_or_else(|| vec![s.clone()])
+                })
+                .collect()
+        };
+        let written = flat(&toml::Table::try_from(Config::default()).unwrap());
+        let mut omitted: Vec<String> = flat(&Config::schema().unwrap())
+            .into_iter()
+            .filter(|k| !written.contains(k))
+            .collect();
+        omitted.sort();
+        let mut listed: Vec<String> = Config::OMITTED_AT_DEFAULT
+            .iter()
+            .map(|(k, _)| k.to_string())
+            .collect();
+        listed.sort();
+        assert_eq!(omitted, listed);
         // Set, each is written, read back, and changes the hash.
         let base = Config::default().hash().unwrap();
         for set in [
