@@ -260,6 +260,8 @@ fn a_wrong_file_is_refused_naming_every_wrong_tensor() {
         e.contains("layer1.2.conv1.weight") && e.contains("ResNet-34"),
         "{e}"
     );
+    let seen = "the file looks like basic blocks, [2, 2, 2, 2] per stage (torchvision's resnet18)";
+    assert!(e.contains(seen), "{e}");
 
     // From the command line: exit code 2 and the message.
     let out = common::fl_lab(&[

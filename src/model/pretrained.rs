@@ -55,6 +55,42 @@ pub fn torchvision_name(name: &str) -> Option<String> {
     Some(format!("layer{}.{block}.{layer}.{tensor}", stage - 1))
 }
 
+/// What a torchvision-named state dict holds, from its names: the blocks per stage and the block
+/// type (a `conv3` means bottlenecks), with the torchvision model of that layout if there is one.
+fn describe<'a>(names: impl Iterator<Item = &'a String>) -> Option<String> {
+    let mut blocks = [0usize; 4];
+    let mut bottleneck = false;
+    for n in names {
+        let mut parts = n.split('.');
+        let Some(layer) = parts.next().and_then(|l| l.strip_prefix("layer")) else {
+            continue;
+        };
+        let (Ok(l), Some(Ok(b))) = (
+            layer.parse::<usize>(),
+            parts.next().map(str::parse::<usize>),
+        ) else {
+            continue;
+        };
+        if (1..=4).contains(&l) {
+            blocks[l - 1] = blocks[l - 1].max(b + 1);
+        }
+        bottleneck |= parts.next() == Some("conv3");
+    }
+    if blocks.contains(&0) {
+        return None;
+    }
+    let name = match (bottleneck, blocks) {
+        (false, [2, 2, 2, 2]) => " (torchvision's resnet18)",
+        (false, [3, 4, 6, 3]) => " (torchvision's resnet34)",
+        (true, [3, 4, 6, 3]) => " (torchvision's resnet50)",
+        (true, [3, 4, 23, 3]) => " (torchvision's resnet101, not supported)",
+        (true, [3, 8, 36, 3]) => " (torchvision's resnet152, not supported)",
+        _ => "",
+    };
+    let kind = if bottleneck { "bottleneck" } else { "basic" };
+    Some(format!("{kind} blocks, {blocks:?} per stage{name}"))
+}
+
 /// Tensors of a ResNet state dict that have no place in a detection backbone.
 fn ignored(name: &str) -> bool {
     name.starts_with("fc.") || name.ends_with(".num_batches_tracked")
@@ -105,7 +141,7 @@ pub fn load_resnet(store: &ParamStore, path: &Path, what: &str) -> Result<usize>
                 msg.push_str(&format!(
                     "\n  {title} ({}): {}",
                     items.len(),
-                    items.join(", ")
+                    items.join("; ")
                 ));
             }
         };
@@ -116,6 +152,9 @@ pub fn load_resnet(store: &ParamStore, path: &Path, what: &str) -> Result<usize>
             &mut msg,
         );
         list("mis-shaped", misshaped, &mut msg);
+        if let Some(seen) = describe(tensors.keys()) {
+            msg.push_str(&format!("\n  the file looks like {seen}"));
+        }
         bail!(msg);
     }
     // Convert (and check for NaN) before the first write, so a bad file leaves the model as it was.
