@@ -292,9 +292,9 @@ fn features(
         )
     })?;
     let dims = images.dims().to_vec();
-    if dims.len() != 4 || dims[1] != 3 || dims[2] < 32 || dims[3] < 32 {
+    if dims.len() != 4 || dims[0] == 0 || dims[1] != 3 || dims[2] < 32 || dims[3] < 32 {
         bail!(
-            "--input: 'images' in {} must be [N, 3, H, W] with H, W >= 32, got {dims:?}",
+            "--input: 'images' in {} must be [N, 3, H, W] with N >= 1 and H, W >= 32, got {dims:?}",
             input.display()
         );
     }

@@ -397,7 +397,8 @@ pub struct DataConfig {
     /// default) keeps the square `input_size` path. Not written when 0 (config hashes stay).
     #[serde(skip_serializing_if = "is_zero")]
     pub min_size: usize,
-    /// The cap on the longer side with `min_size` (1000 with 600 in the paper); 0: no cap.
+    /// The cap on the longer side with `min_size` (1000 with 600 in the paper); 0: none but the
+    /// loader's largest side, 8192.
     #[serde(skip_serializing_if = "is_zero")]
     pub max_size: usize,
     /// Train on only the first this many images (0: all), e.g. for smoke runs.

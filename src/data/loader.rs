@@ -53,6 +53,9 @@ pub enum CachePolicy {
 
 pub const AUTO_CACHE_BYTES: usize = 1 << 30;
 
+/// The longest input side in pixels the loader makes (`data.input_size` is at most this too).
+pub const MAX_SIDE: usize = 8192;
+
 /// The paper's resize: shorter side to `min_size`, longer side at most `max_size` (0: no cap), batch
 /// padded to multiples of `divisor`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -73,12 +76,19 @@ impl ShorterSide {
     }
 
     /// The scale of a `(w, h)` image: `min_size / min(w, h)`, lowered to `max_size / max(w, h)` when
-    /// the longer side would round above `max_size` (Detectron's `prep_im_for_blob`).
+    /// the longer side would round above `max_size` (Detectron's `prep_im_for_blob`). Without a cap
+    /// the longer side still stops at [`MAX_SIDE`], so that no image, however elongated, asks for
+    /// more memory than the square path's largest input side allows.
     pub fn scale(&self, w: u32, h: u32) -> f64 {
         let (short, long) = (w.min(h) as f64, w.max(h) as f64);
         let scale = self.min_size as f64 / short;
-        if self.max_size > 0 && (long * scale).round() > self.max_size as f64 {
-            self.max_size as f64 / long
+        let cap = if self.max_size > 0 {
+            self.max_size
+        } else {
+            MAX_SIDE
+        };
+        if (long * scale).round() > cap as f64 {
+            cap as f64 / long
         } else {
             scale
         }
@@ -717,6 +727,8 @@ mod tests {
         );
         let uncapped = ShorterSide { max_size: 0, ..r };
         assert_eq!(uncapped.resized_size(1000, 200), (3000, 600));
+        // ... up to the loader's largest side.
+        assert_eq!(uncapped.resized_size(1, 10_000), (1, 8192));
     }
 
     #[test]
