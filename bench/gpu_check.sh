@@ -32,15 +32,16 @@ build() {
             "nvidia-cuda-crt==$v.*" "nvidia-cuda-cccl==$v.*" "nvidia-nvvm==$v.*" \
             "nvidia-cublas==$v.*" "nvidia-cuda-nvrtc==$v.*" "nvidia-curand==10.*"
     fi
-    for name in cublas cublasLt curand nvrtc; do
+    for name in cublas cublasLt curand nvrtc cudart; do
         local so
         so=$(ls "$lib"/lib$name.so.* | grep -E "lib$name\.so\.[0-9]+$" | head -1)
         ln -sf "$(basename "$so")" "$lib/lib$name.so"
     done
     # The driver (libcuda) comes with the GPU's driver, not with pip: link against a stub that defines
-    # the driver functions cudarc declares (as the CUDA toolkit's lib/stubs/libcuda.so does); the real
-    # libcuda.so.1 is loaded on the GPU machine.
-    if [ ! -e "$lib/stubs/libcuda.so" ]; then
+    # the driver functions cudarc declares (as the CUDA toolkit's lib/stubs/libcuda.so does). It sits
+    # in lib/ (the folder the CUDA crates already search) as libcuda.so only; the binary asks for
+    # libcuda.so.1, which only the GPU machine's driver provides.
+    if [ ! -e "$lib/libcuda.so" ]; then
         cargo fetch --quiet
         local ver sys
         ver=$(grep -A1 'name = "cudarc"' Cargo.lock | sed -n 's/^version = "\(.*\)"/\1/p')
@@ -48,7 +49,7 @@ build() {
         mkdir -p "$lib/stubs"
         grep -oE '^\s+fn cu[A-Za-z0-9_]+\(' "$sys" | sed -E 's/^\s+fn (cu[A-Za-z0-9_]+)\(/void \1(void) {}/' \
             | sort -u >"$lib/stubs/libcuda_stub.c"
-        cc -shared -fPIC -Wl,-soname,libcuda.so.1 -o "$lib/stubs/libcuda.so" "$lib/stubs/libcuda_stub.c"
+        cc -shared -fPIC -Wl,-soname,libcuda.so.1 -o "$lib/libcuda.so" "$lib/stubs/libcuda_stub.c"
     fi
     export CUDA_HOME="$cuda/nvidia/cu13" PATH="$cuda/nvidia/cu13/bin:$PATH"
     export CUDA_COMPUTE_CAP=${CUDA_COMPUTE_CAP:-90}
@@ -67,7 +68,7 @@ run() {
     local steps=${STEPS:-3}
     local device=${DEVICE:-cuda}
     [ -x "$bin" ] || { echo "no binary at $bin: run 'bench/gpu_check.sh build' first (or set FL_LAB)" >&2; exit 2; }
-    # The pip libraries of `build`, where they exist (never the link stub in lib/stubs).
+    # The pip libraries of `build`, where they exist (the driver stub there is not libcuda.so.1).
     if [ -d ~/cuda13/nvidia/cu13/lib ]; then
         export LD_LIBRARY_PATH="$HOME/cuda13/nvidia/cu13/lib${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
     fi
