@@ -39,6 +39,7 @@ fn bench_loader(c: &mut Criterion) {
                         &src,
                         LoaderConfig {
                             input_size: 128,
+                            shorter_side: None,
                             hflip: true,
                             cache,
                         },

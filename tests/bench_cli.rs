@@ -101,3 +101,47 @@ fn names_the_kernels_it_timed_and_rejects_two_choices() {
     let err = String::from_utf8_lossy(&o.stderr);
     assert!(err.contains("--gemm-convs"), "{err}");
 }
+
+/// `fl-lab bench device-check` CPU against CPU (the path a GPU run compares through): the same
+/// weights and batch give the same losses, a table row per step, and a bad tolerance is refused.
+#[test]
+fn device_check_compares_cpu_with_itself() {
+    let t = tempfile::tempdir().unwrap();
+    let base = [
+        "bench",
+        "device-check",
+        "--config",
+        "smoke",
+        "--device",
+        "cpu",
+        "--against",
+        "cpu",
+        "--steps",
+        "2",
+        "--set",
+        "schedule.batch_size=2",
+    ];
+    let o = fl_lab(&base, t.path());
+    let out = String::from_utf8_lossy(&o.stdout);
+    assert!(
+        o.status.success(),
+        "{out}\n{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    let rows: Vec<Vec<&str>> = out
+        .lines()
+        .map(|l| l.split_whitespace().collect::<Vec<_>>())
+        .filter(|c| c.len() == 6 && c[0].parse::<usize>().is_ok())
+        .collect();
+    assert_eq!(rows.len(), 2, "{out}");
+    for r in &rows {
+        let (a, b): (f64, f64) = (r[1].parse().unwrap(), r[2].parse().unwrap());
+        assert!(a.is_finite() && a > 0.0 && a == b, "{out}");
+    }
+    assert!(out.contains("first step agrees"), "{out}");
+    let mut bad = base.to_vec();
+    bad.push("--tolerance=-1");
+    let o = fl_lab(&bad, t.path());
+    assert_eq!(o.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&o.stderr).contains("--tolerance"));
+}

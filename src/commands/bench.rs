@@ -79,6 +79,67 @@ pub enum What {
         #[arg(long)]
         json: bool,
     },
+    /// The same training steps of a config on two devices (by default cuda and the CPU) from the
+    /// same initial weights and batch: losses side by side, their relative difference and each
+    /// device's step times. Fails (exit 2) when the first step's losses differ by more than
+    /// --tolerance.
+    DeviceCheck {
+        /// Config: a built-in preset (smoke, cpu, paper) or a TOML file.
+        #[arg(long, default_value = "cpu")]
+        config: String,
+        /// Override one key, as in `fl-lab train` (e.g. `--set schedule.batch_size=2`).
+        #[arg(long = "set", value_name = "KEY=VALUE")]
+        set: Vec<String>,
+        /// The device checked.
+        #[arg(long, default_value = "cuda")]
+        device: String,
+        /// The device it is checked against.
+        #[arg(long, default_value = "cpu")]
+        against: String,
+        /// Training steps on each device.
+        #[arg(long, default_value_t = 3)]
+        steps: usize,
+        /// The largest relative difference of the first step's losses that passes.
+        #[arg(long, default_value_t = 1e-3)]
+        tolerance: f64,
+    },
+    /// The backbone's C2-C5 features of given images, in evaluation mode after loading
+    /// `model.pretrained`, written as safetensors `c2`..`c5` (bench/check_pretrained.py compares
+    /// them with torchvision's).
+    Features {
+        /// Config: a built-in preset (smoke, cpu, paper) or a TOML file.
+        #[arg(long, default_value = "paper")]
+        config: String,
+        /// Override one key, e.g. `--set model.pretrained=resnet50.safetensors`.
+        #[arg(long = "set", value_name = "KEY=VALUE")]
+        set: Vec<String>,
+        /// A safetensors file whose tensor `images` is `[N, 3, H, W]` f32, normalised as the loader
+        /// normalises.
+        #[arg(long)]
+        input: std::path::PathBuf,
+        /// Where to write the features.
+        #[arg(long)]
+        out: std::path::PathBuf,
+    },
+    /// Writes a ResNet state dict under torchvision's names with random weights and random
+    /// BatchNorm statistics (a stand-in for ImageNet weights in checks: `model.pretrained`).
+    ResnetWeights {
+        /// r18, r34 or r50.
+        #[arg(long, default_value = "r50")]
+        backbone: String,
+        #[arg(long, default_value_t = 0)]
+        seed: u64,
+        /// The safetensors file to write.
+        #[arg(long)]
+        out: std::path::PathBuf,
+    },
+}
+
+/// A config from a preset name or file and `--set` overrides.
+fn load_config(config: &str, set: &[String]) -> Result<crate::config::Config> {
+    let (text, origin) = crate::experiments::spec::named_preset_text("--config", config)?;
+    crate::config::Config::from_toml_str(&text, set)
+        .with_context(|| format!("invalid config {origin}"))
 }
 
 pub fn run(args: Args, _quiet: bool) -> Result<()> {
@@ -129,7 +190,126 @@ pub fn run(args: Args, _quiet: bool) -> Result<()> {
             };
             report_train(&origin, &cfg, threads, kernels, &t, peak, json)
         }
+        What::DeviceCheck {
+            config,
+            set,
+            device,
+            against,
+            steps,
+            tolerance,
+        } => device_check(&config, &set, &device, &against, steps, tolerance),
+        What::Features {
+            config,
+            set,
+            input,
+            out,
+        } => features(&config, &set, &input, &out),
+        What::ResnetWeights {
+            backbone,
+            seed,
+            out,
+        } => {
+            let tensors = crate::model::pretrained::synthetic_resnet(&backbone, seed)?;
+            crate::model::save_tensors(&out, &tensors)?;
+            println!("wrote {} ({} tensors)", out.display(), tensors.len());
+            Ok(())
+        }
     }
+}
+
+fn device_check(
+    config: &str,
+    set: &[String],
+    device: &str,
+    against: &str,
+    steps: usize,
+    tolerance: f64,
+) -> Result<()> {
+    reps_ok(steps).context("--steps must be in 1..=256")?;
+    if !(tolerance >= 0.0 && tolerance.is_finite()) {
+        bail!("--tolerance must be a number >= 0, got {tolerance}");
+    }
+    let cfg = load_config(config, set)?;
+    let a = crate::device::parse_device(device)?;
+    let b = crate::device::parse_device(against)?;
+    let pairs = crate::train::device_check::compare(&cfg, [&a, &b], steps)?;
+    let d = &cfg.data;
+    let side = crate::train::RandomSource::for_config(&cfg).size;
+    println!(
+        "{config}: batch {} x 3 x {side} x {side} (random), K = {}, {} vs {} (min_size {}, input_size {})",
+        cfg.schedule.batch_size, cfg.model.num_classes, device, against, d.min_size, d.input_size
+    );
+    println!(
+        "{:>4} {:>14} {:>14} {:>10} {:>10} {:>10}",
+        "step",
+        format!("loss {device}"),
+        format!("loss {against}"),
+        "rel diff",
+        format!("ms {device}"),
+        format!("ms {against}")
+    );
+    for p in &pairs {
+        println!(
+            "{:>4} {:>14.6} {:>14.6} {:>10.2e} {:>10.1} {:>10.1}",
+            p.iteration,
+            p.loss[0],
+            p.loss[1],
+            p.relative_difference(),
+            p.ms[0],
+            p.ms[1]
+        );
+    }
+    let first = pairs[0].relative_difference();
+    // NaN losses fail too.
+    if first.is_nan() || first > tolerance {
+        bail!(
+            "the first step's losses differ by {first:.3e} relative ({} on {device}, {} on {against}), more than --tolerance {tolerance}",
+            pairs[0].loss[0],
+            pairs[0].loss[1]
+        );
+    }
+    println!("first step agrees within {tolerance} ({first:.2e})");
+    Ok(())
+}
+
+fn features(
+    config: &str,
+    set: &[String],
+    input: &std::path::Path,
+    out: &std::path::Path,
+) -> Result<()> {
+    let cfg = load_config(config, set)?;
+    let device = crate::device::parse_device(&cfg.device)?;
+    let model = crate::model::RetinaNet::new(&cfg, &device)?;
+    model.load_pretrained()?;
+    let mut tensors = crate::model::params::read_safetensors(input, &device)
+        .with_context(|| format!("--input: cannot read {}", input.display()))?;
+    let images = tensors.remove("images").with_context(|| {
+        format!(
+            "--input: {} has no tensor named 'images' (it has: {})",
+            input.display(),
+            tensors.keys().cloned().collect::<Vec<_>>().join(", ")
+        )
+    })?;
+    let dims = images.dims().to_vec();
+    if dims.len() != 4 || dims[0] == 0 || dims[1] != 3 || dims[2] < 32 || dims[3] < 32 {
+        bail!(
+            "--input: 'images' in {} must be [N, 3, H, W] with N >= 1 and H, W >= 32, got {dims:?}",
+            input.display()
+        );
+    }
+    let images = images.to_dtype(candle_core::DType::F32)?;
+    let feats = model.backbone_features(&images, false)?;
+    let named: std::collections::BTreeMap<String, Tensor> = feats
+        .into_iter()
+        .enumerate()
+        .map(|(i, t)| (format!("c{}", i + 2), t))
+        .collect();
+    crate::model::save_tensors(out, &named)?;
+    for (k, t) in &named {
+        println!("{k}: {:?}", t.dims());
+    }
+    Ok(())
 }
 
 fn report_train(
@@ -160,7 +340,7 @@ fn report_train(
         println!("{v}");
         return Ok(());
     }
-    let s = cfg.data.input_size;
+    let s = crate::train::RandomSource::for_config(cfg).size;
     println!(
         "{}: batch {} x 3 x {s} x {s}, K = {}, {threads} threads, {} kernels, median of {} steps",
         config, cfg.schedule.batch_size, cfg.model.num_classes, kernels, t.steps

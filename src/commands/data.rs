@@ -269,6 +269,7 @@ fn open(sel: &DataSel, input_size: usize, quiet: bool) -> Result<Dataset> {
         &src,
         LoaderConfig {
             input_size,
+            shorter_side: None,
             hflip: false,
             cache: CachePolicy::Never,
         },
@@ -304,6 +305,13 @@ fn run_stats(a: StatsArgs, quiet: bool) -> Result<()> {
     acfg.validate().context("anchor settings")?;
     let matcher = Matcher::from(&cfg.matcher);
     matcher.validate().context("matcher settings")?;
+    if cfg.data.min_size > 0 {
+        bail!(
+            "data stats measures the square data.input_size path; data.min_size = {} (the paper's resize, \
+             one input size per batch) is not supported here",
+            cfg.data.min_size
+        );
+    }
     let input_size = cfg.data.input_size;
     let ds = open(&a.sel, input_size, quiet)?;
     let gts: Vec<_> = (0..ds.len()).map(|i| ds.ground_truth(i, false)).collect();

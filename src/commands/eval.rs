@@ -26,6 +26,10 @@ pub struct Args {
     /// With --run: evaluate on this COCO dataset instead of the one the run was trained on.
     #[arg(long, requires = "run")]
     pub data: Option<PathBuf>,
+    /// With --data: the folder of that dataset's images (COCO itself: `--data instances_val2017.json
+    /// --images val2017/`); without it, the loader's default for that file.
+    #[arg(long, requires = "data")]
+    pub images: Option<PathBuf>,
     /// Directory for metrics.json, metrics.csv, per_category.csv, pr_curves.csv and pr_curves.png.
     #[arg(long, value_name = "DIR", default_value = "results/eval")]
     pub out: PathBuf,
@@ -45,7 +49,13 @@ pub struct EvalSource {
 /// The top-level entry point for `fl-lab eval`: `--gt --dets` (any detector) or `--run` (a trained model).
 pub fn run(args: Args, quiet: bool) -> Result<()> {
     let ev = match (&args.run, &args.gt, &args.dets) {
-        (Some(run_dir), _, _) => evaluate_run(run_dir, args.data.as_deref(), &args.out, quiet)?,
+        (Some(run_dir), _, _) => evaluate_run(
+            run_dir,
+            args.data.as_deref(),
+            args.images.as_deref(),
+            &args.out,
+            quiet,
+        )?,
         (None, Some(gt_path), Some(dets_path)) => {
             let gt = CocoDataset::load(gt_path)?;
             let dets = load_results(dets_path, &gt)?;
@@ -81,12 +91,20 @@ pub fn run(args: Args, quiet: bool) -> Result<()> {
 }
 
 /// Runs a trained model over the validation split and evaluates its detections.
-fn evaluate_run(run_dir: &Path, data: Option<&Path>, out: &Path, quiet: bool) -> Result<CocoEval> {
+fn evaluate_run(
+    run_dir: &Path,
+    data: Option<&Path>,
+    images: Option<&Path>,
+    out: &Path,
+    quiet: bool,
+) -> Result<CocoEval> {
     let model = crate::model::RetinaNet::load_run(run_dir)?;
     let device = model.device().clone();
     let mut cfg = model.config().clone();
     if let Some(d) = data {
         cfg.data.source = d.display().to_string();
+        // The training images' folder does not hold another dataset's images.
+        cfg.data.images = images.map(|p| p.display().to_string()).unwrap_or_default();
     }
     let val = crate::train::dataset_source::open_dataset(&cfg, crate::data::Split::Val, quiet)?;
     let dets = crate::infer::model::detect_dataset(

@@ -1,7 +1,7 @@
 //! `fl-lab train`: train one RetinaNet from a preset plus overrides, into `runs/<name>/`.
 
 use crate::config::Config;
-use crate::train::{train, RandomSource, TrainOptions};
+use crate::train::{train, TrainOptions};
 use anyhow::{bail, Context, Result};
 use std::path::{Path, PathBuf};
 
@@ -65,11 +65,7 @@ pub fn run(args: Args, quiet: bool) -> Result<()> {
         snapshots,
     };
     let s = if cfg.data.source == "random" {
-        let mut data = RandomSource {
-            seed: cfg.seed,
-            size: cfg.data.input_size,
-            num_classes: cfg.model.num_classes,
-        };
+        let mut data = crate::train::RandomSource::for_config(&cfg);
         train(&cfg, &mut data, &device, &opts)?
     } else {
         let mut data = crate::train::dataset_source::open(&cfg, crate::data::Split::Train, quiet)?;

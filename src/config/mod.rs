@@ -69,6 +69,34 @@ pub enum NormKind {
     Gn,
     /// BatchNorm: batch statistics in training, running statistics in evaluation.
     Bn,
+    /// Frozen BatchNorm (detectron2's `FrozenBatchNorm2d`, eps 1e-5): the pretrained running
+    /// statistics and affine parameters applied as a fixed per-channel scale and shift, in training
+    /// and evaluation alike, with no gradient. Needs `model.pretrained`.
+    FrozenBn,
+}
+
+/// The backbone's stem and the stride of its first stage.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum StemKind {
+    /// One 3x3 stride-2 conv and no pooling; every stage starts with a stride-2 block (candle's
+    /// pooling backward only supports kernel == stride, so this stem trains everywhere).
+    #[default]
+    Conv3x3,
+    /// ResNet's own stem, as torchvision and timm build it: a 7x7 stride-2 conv (64 channels at
+    /// width 1), ReLU, a 3x3 stride-2 max-pool with padding 1; the first stage has stride 1.
+    /// ImageNet weights (`model.pretrained`) need it.
+    Resnet,
+}
+
+impl StemKind {
+    fn is_default(&self) -> bool {
+        *self == StemKind::default()
+    }
+}
+
+fn is_zero(v: &usize) -> bool {
+    *v == 0
 }
 
 /// RetinaNet architecture.
@@ -85,6 +113,24 @@ pub struct ModelConfig {
     /// Multiplier on ResNet's stage widths 64, 128, 256, 512 (and the stem's 64).
     pub width: f64,
     pub norm: NormKind,
+    /// The stem: `conv3x3` (fl-lab's, the default) or `resnet` (torchvision's and timm's; needed by
+    /// `pretrained`). Not written to the resolved config when default, so that the hashes of
+    /// configs written before it existed do not change.
+    #[serde(skip_serializing_if = "StemKind::is_default")]
+    pub stem: StemKind,
+    /// A safetensors file holding an ImageNet ResNet-18/34/50 state dict under torchvision's (and
+    /// timm's) names (`conv1.weight`, `bn1.running_mean`, `layer1.0.conv1.weight`,
+    /// `layer1.0.downsample.0.weight`, ...), loaded into the backbone before training starts; `fc.*`
+    /// and `*.num_batches_tracked` are ignored. "" (the default) trains from the seeded init. Needs
+    /// `backbone` r18, r34 or r50, `width = 1`, `stem = "resnet"` and `norm` bn or frozen_bn.
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub pretrained: String,
+    /// Freeze the stem (1) or the stem and the first `freeze_at - 1` stages (2..=5) of the backbone:
+    /// their convs and norms are fixed (norms as frozen BN) and get no gradient, as detectron2's
+    /// `MODEL.BACKBONE.FREEZE_AT` (2 in its RetinaNet configs: the stem and res2). 0 (the default)
+    /// freezes nothing. Needs `pretrained`.
+    #[serde(skip_serializing_if = "is_zero")]
+    pub freeze_at: usize,
     /// GroupNorm groups; a layer with fewer or indivisible channels uses gcd(groups, channels).
     pub gn_groups: usize,
     /// FPN output channels (paper: 256).
@@ -113,6 +159,9 @@ impl Default for ModelConfig {
             depths: vec![2, 2, 2, 2],
             width: 0.25,
             norm: NormKind::Gn,
+            stem: StemKind::Conv3x3,
+            pretrained: String::new(),
+            freeze_at: 0,
             gn_groups: 8,
             fpn_channels: 64,
             head_convs: 4,
@@ -343,6 +392,17 @@ pub struct DataConfig {
     pub images: String,
     /// Square input side in pixels; a multiple of 32.
     pub input_size: usize,
+    /// The paper's resize for COCO-scale data (Detectron's `SCALES` and `MAX_SIZE`): each image is
+    /// scaled so that its shorter side is `min_size` pixels (600 in the paper's Table 1), or less
+    /// when its longer side would then exceed `max_size`, and the images of a batch are padded
+    /// bottom/right to a common size divisible by 2^`anchors.max_level` (128 with P7). 0 (the
+    /// default) keeps the square `input_size` path. Not written when 0 (config hashes stay).
+    #[serde(skip_serializing_if = "is_zero")]
+    pub min_size: usize,
+    /// The cap on the longer side with `min_size` (1000 with 600 in the paper); 0: none but the
+    /// loader's largest side, 8192.
+    #[serde(skip_serializing_if = "is_zero")]
+    pub max_size: usize,
     /// Train on only the first this many images (0: all), e.g. for smoke runs.
     pub max_images: usize,
     /// Random horizontal flip (the paper's only augmentation).
@@ -355,6 +415,8 @@ impl Default for DataConfig {
             source: "builtin".into(),
             images: String::new(),
             input_size: 128,
+            min_size: 0,
+            max_size: 0,
             max_images: 0,
             flip: true,
         }
@@ -400,7 +462,7 @@ impl Config {
 
     /// Builds a config from a parsed table: schema check, deserialization, validation.
     pub fn from_table(table: toml::Table) -> Result<Config> {
-        let schema = toml::Table::try_from(Config::default()).context("serializing defaults")?;
+        let schema = Self::schema()?;
         check_schema(&table, &schema, "")?;
         // Types were checked above; what serde can still reject is an enum value. Deserialize
         // section by section first so the message names the section.
@@ -425,7 +487,32 @@ impl Config {
         Ok(cfg)
     }
 
-    /// The resolved configuration as TOML (every field, declaration order).
+    /// Every key a config file may hold, with a value of its type: the serialized defaults plus
+    /// the fields that are left out of the resolved TOML while they hold their default (so that
+    /// the hashes of configs written before those fields existed stay the same).
+    fn schema() -> Result<toml::Table> {
+        let mut c = Config::default();
+        c.model.stem = StemKind::Resnet;
+        c.model.pretrained = "resnet50.safetensors".into();
+        c.model.freeze_at = 2;
+        c.data.min_size = 600;
+        c.data.max_size = 1000;
+        toml::Table::try_from(c).context("serializing the schema")
+    }
+
+    /// The fields left out of the resolved TOML while they hold their default, as `(key, default
+    /// value as TOML text)`: what tables of many configs show for a config that does not set them.
+    pub const OMITTED_AT_DEFAULT: [(&'static str, &'static str); 5] = [
+        ("model.stem", "conv3x3"),
+        ("model.pretrained", ""),
+        ("model.freeze_at", "0"),
+        ("data.min_size", "0"),
+        ("data.max_size", "0"),
+    ];
+
+    /// The resolved configuration as TOML (every field, declaration order, except the ones that
+    /// are left out while they hold their default: `model.stem`, `model.pretrained`,
+    /// `model.freeze_at`, `data.min_size`, `data.max_size`).
     pub fn to_toml(&self) -> Result<String> {
         toml::to_string(self).context("serializing config")
     }
@@ -434,6 +521,14 @@ impl Config {
     pub fn hash(&self) -> Result<String> {
         let digest = Sha256::digest(self.to_toml()?.as_bytes());
         Ok(digest[..8].iter().map(|b| format!("{b:02x}")).collect())
+    }
+
+    /// What the padded input's height and width are multiples of with the paper's resize
+    /// (`data.min_size`): the stride of the coarsest pyramid level, 2^`anchors.max_level` (128 with
+    /// P7, as Detectron's RetinaNet configs set `FPN.COARSEST_STRIDE`), so that every level's
+    /// feature map halves its parent's exactly (docs/paper.md §8.1).
+    pub fn size_divisibility(&self) -> usize {
+        1 << self.anchors.max_level
     }
 
     /// Checks values that types alone cannot; each error names its key and value (section by
@@ -594,6 +689,100 @@ mod tests {
         assert_eq!(c.model.width, 0.5);
         assert_eq!(c.seed, 3);
         assert_ne!(c.hash().unwrap(), Config::default().hash().unwrap());
+    }
+
+    #[test]
+    fn fields_at_their_defaults_leave_existing_hashes_alone() {
+        // The committed plots/anchors/results.csv row "1 scale, 1 ratio", seed 0: the cpu preset
+        // with the variant's overrides, trained before the optional fields existed.
+        let cpu = include_str!("../../experiments/cpu.toml");
+        let sets: Vec<String> = [
+            "anchors.scales_per_octave=1",
+            "anchors.aspect_ratios=[1.0]",
+            "seed=0",
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+        let c = Config::from_toml_str(cpu, &sets).unwrap();
+        assert_eq!(c.hash().unwrap(), "9d4ffc78155a5f2c");
+        let text = Config::default().to_toml().unwrap();
+        for key in ["stem", "pretrained", "freeze_at", "min_size", "max_size"] {
+            assert!(!text.contains(key), "{key} written at its default:\n{text}");
+        }
+        // OMITTED_AT_DEFAULT lists exactly the schema's keys that the defaults leave out.
+        let flat = |t: &toml::Table| -> Vec<String> {
+            t.iter()
+                .flat_map(|(s, v)| {
+                    v.as_table()
+                        .map(|t| t.keys().map(|k| format!("{s}.{k}")).collect::<Vec<_>>())
+                        .unwrap_or_else(|| vec![s.clone()])
+                })
+                .collect()
+        };
+        let written = flat(&toml::Table::try_from(Config::default()).unwrap());
+        let mut omitted: Vec<String> = flat(&Config::schema().unwrap())
+            .into_iter()
+            .filter(|k| !written.contains(k))
+            .collect();
+        omitted.sort();
+        let mut listed: Vec<String> = Config::OMITTED_AT_DEFAULT
+            .iter()
+            .map(|(k, _)| k.to_string())
+            .collect();
+        listed.sort();
+        assert_eq!(omitted, listed);
+        // Set, each is written, read back, and changes the hash.
+        let base = Config::default().hash().unwrap();
+        for set in [
+            vec!["model.stem=resnet"],
+            vec!["data.min_size=600"],
+            vec!["data.min_size=600", "data.max_size=1000"],
+            vec![
+                "model.backbone=r50",
+                "model.width=1",
+                "model.stem=resnet",
+                "model.norm=frozen_bn",
+                "model.pretrained=w.safetensors",
+                "model.freeze_at=2",
+            ],
+        ] {
+            let sets: Vec<String> = set.iter().map(|s| s.to_string()).collect();
+            let c = Config::from_toml_str("", &sets).unwrap();
+            let back = Config::from_toml_str(&c.to_toml().unwrap(), &[]).unwrap();
+            assert_eq!(c, back, "{set:?}");
+            assert_ne!(c.hash().unwrap(), base, "{set:?}");
+        }
+    }
+
+    #[test]
+    fn pretrained_frozen_and_resize_settings_are_checked() {
+        let ok = [
+            "model.backbone=r18",
+            "model.width=1",
+            "model.stem=resnet",
+            "model.norm=frozen_bn",
+            "model.pretrained=w.safetensors",
+        ];
+        let with = |extra: &[&str]| -> String {
+            let mut v: Vec<&str> = ok.to_vec();
+            v.extend_from_slice(extra);
+            err("", &v)
+        };
+        assert!(with(&["model.backbone=r10"]).contains("model.backbone"));
+        assert!(with(&["model.width=0.5"]).contains("model.width"));
+        assert!(with(&["model.stem=conv3x3"]).contains("model.stem"));
+        assert!(with(&["model.norm=gn"]).contains("model.norm"));
+        assert!(with(&["model.freeze_at=6"]).contains("model.freeze_at"));
+        assert!(err("", &["model.norm=frozen_bn"]).contains("needs model.pretrained"));
+        assert!(err("", &["model.freeze_at=2"]).contains("needs model.pretrained"));
+        assert!(err("", &["model.stem=vgg"]).contains("vgg"));
+        assert!(err("", &["data.min_size=16"]).contains("data.min_size"));
+        assert!(err("", &["data.max_size=1000"]).contains("needs data.min_size"));
+        assert!(err("", &["data.min_size=600", "data.max_size=500"]).contains("data.max_size"));
+        let mut sets: Vec<String> = ok.iter().map(|s| s.to_string()).collect();
+        sets.push("model.freeze_at=2".into());
+        Config::from_toml_str("", &sets).unwrap();
     }
 
     #[test]

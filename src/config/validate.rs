@@ -9,7 +9,8 @@
 use anyhow::{bail, Result};
 
 use super::{
-    AnchorsConfig, DataConfig, LossConfig, LossKind, MatcherConfig, ModelConfig, ScheduleConfig,
+    AnchorsConfig, DataConfig, LossConfig, LossKind, MatcherConfig, ModelConfig, NormKind,
+    ScheduleConfig, StemKind,
 };
 
 impl ModelConfig {
@@ -49,6 +50,49 @@ impl ModelConfig {
             bail!(
                 "model.prior_prob must lie in (0, 1), got {}",
                 self.prior_prob
+            );
+        }
+        self.validate_pretrained()
+    }
+
+    /// ImageNet weights, frozen BN and frozen stages need each other and ResNet's own layout.
+    fn validate_pretrained(&self) -> Result<()> {
+        if !self.pretrained.is_empty() {
+            let p = &self.pretrained;
+            if !["r18", "r34", "r50"].contains(&self.backbone.as_str()) {
+                bail!(
+                    "model.pretrained = '{p}' needs model.backbone r18, r34 or r50 (ResNet-18/34/50), got '{}'",
+                    self.backbone
+                );
+            }
+            if self.width != 1.0 {
+                bail!(
+                    "model.pretrained = '{p}' needs model.width = 1 (ResNet's own widths), got {}",
+                    self.width
+                );
+            }
+            if self.stem != StemKind::Resnet {
+                bail!("model.pretrained = '{p}' needs model.stem = \"resnet\" (ResNet's 7x7 conv and max-pool)");
+            }
+            if self.norm == NormKind::Gn {
+                bail!(
+                    "model.pretrained = '{p}' needs model.norm = \"frozen_bn\" or \"bn\" (the file holds BatchNorm statistics), got \"gn\""
+                );
+            }
+        }
+        if self.norm == NormKind::FrozenBn && self.pretrained.is_empty() {
+            bail!("model.norm = \"frozen_bn\" needs model.pretrained (frozen statistics of a fresh init are an identity)");
+        }
+        if self.freeze_at > 5 {
+            bail!(
+                "model.freeze_at must be between 0 and 5 (0: nothing, 1: the stem, k: the stem and the first k - 1 stages), got {}",
+                self.freeze_at
+            );
+        }
+        if self.freeze_at > 0 && self.pretrained.is_empty() {
+            bail!(
+                "model.freeze_at = {} needs model.pretrained (freezing a fresh init fixes random weights)",
+                self.freeze_at
             );
         }
         Ok(())
@@ -205,6 +249,23 @@ impl DataConfig {
                 "data.input_size must be at most 8192, got {}",
                 self.input_size
             );
+        }
+        self.validate_resize()
+    }
+
+    /// The paper's resize: shorter side `min_size`, longer side capped at `max_size`.
+    fn validate_resize(&self) -> Result<()> {
+        let (min, max) = (self.min_size, self.max_size);
+        if min > 0 && !(32..=8192).contains(&min) {
+            bail!("data.min_size must be 0 (the square input_size path) or between 32 and 8192, got {min}");
+        }
+        if max > 0 {
+            if min == 0 {
+                bail!("data.max_size = {max} needs data.min_size (the cap applies to the paper's resize only)");
+            }
+            if !(min..=8192).contains(&max) {
+                bail!("data.max_size must lie between data.min_size ({min}) and 8192, got {max}");
+            }
         }
         Ok(())
     }

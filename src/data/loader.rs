@@ -3,10 +3,22 @@
 //! ground truth.
 //!
 //! Conventions:
-//! - Input: `[N, 3, S, S]` f32, RGB, each channel `(pixel - mean) / std` with the ImageNet statistics
-//!   in 0..255 units ([`PIXEL_MEAN`], [`PIXEL_STD`], as detectron2's defaults). The image is scaled by
-//!   `S / max(w, h)` (bilinear), placed at the top-left, and padded bottom/right with zeros after
-//!   normalisation (the mean colour), as detectron2 pads.
+//! - Input: `[N, 3, H, W]` f32, RGB, each channel `(pixel - mean) / std` with the ImageNet statistics
+//!   in 0..255 units ([`PIXEL_MEAN`], [`PIXEL_STD`], as detectron2's defaults). Two resizes:
+//!   - square (the default, `data.input_size` = S): each image is scaled by `S / max(w, h)` and the
+//!     batch is `S x S`;
+//!   - the paper's ([`ShorterSide`], `data.min_size` / `data.max_size`): each image is scaled so its
+//!     shorter side is `min_size`, or less when its longer side would then exceed `max_size`
+//!     (Detectron's `SCALES` / `MAX_SIZE`, detectron2's `ResizeShortestEdge`), and the batch is as
+//!     large as its largest image, rounded up to a multiple of the divisor (128 with P7, Detectron's
+//!     `FPN.COARSEST_STRIDE` in its RetinaNet configs), so batches differ in size and anchors are
+//!     generated for each batch's size (docs/paper.md §8.1).
+//!
+//!   Either way the image is resized bilinearly, placed at the top-left, and padded bottom/right
+//!   with zeros after normalisation (the mean colour), as detectron2 pads. Anchors over the padding
+//!   are trained as background (no box reaches them), as in Detectron and detectron2; detections are
+//!   clipped to each image's content ([`GtImage::resized_size`]) and mapped back to its own pixels
+//!   ([`GtImage::to_original`]).
 //! - Boxes: `[x1, y1, x2, y2]` f32 in input pixels (continuous coordinates), clipped to the image.
 //! - Classes: contiguous 0-based indices from [`CategoryMap`] (category ids sorted ascending).
 //! - Crowd annotations (`iscrowd = 1`) are kept apart in [`GtImage::crowd_boxes`]: not training
@@ -41,10 +53,68 @@ pub enum CachePolicy {
 
 pub const AUTO_CACHE_BYTES: usize = 1 << 30;
 
+/// The longest input side in pixels the loader makes (`data.input_size` is at most this too).
+pub const MAX_SIDE: usize = 8192;
+
+/// The paper's resize: shorter side to `min_size`, longer side at most `max_size` (0: no cap), batch
+/// padded to multiples of `divisor`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ShorterSide {
+    pub min_size: usize,
+    pub max_size: usize,
+    pub divisor: usize,
+}
+
+impl ShorterSide {
+    /// The resize a training config asks for, if it asks for the paper's (`data.min_size > 0`).
+    pub fn from_config(cfg: &crate::config::Config) -> Option<ShorterSide> {
+        (cfg.data.min_size > 0).then(|| ShorterSide {
+            min_size: cfg.data.min_size,
+            max_size: cfg.data.max_size,
+            divisor: cfg.size_divisibility(),
+        })
+    }
+
+    /// The scale of a `(w, h)` image: `min_size / min(w, h)`, lowered to `max_size / max(w, h)` when
+    /// the longer side would round above `max_size` (Detectron's `prep_im_for_blob`). Without a cap
+    /// the longer side still stops at [`MAX_SIDE`], so that no image, however elongated, asks for
+    /// more memory than the square path's largest input side allows.
+    pub fn scale(&self, w: u32, h: u32) -> f64 {
+        let (short, long) = (w.min(h) as f64, w.max(h) as f64);
+        let scale = self.min_size as f64 / short;
+        let cap = if self.max_size > 0 {
+            self.max_size
+        } else {
+            MAX_SIDE
+        };
+        if (long * scale).round() > cap as f64 {
+            cap as f64 / long
+        } else {
+            scale
+        }
+    }
+
+    /// Content size `(w, h)` after resizing a `(w, h)` image (each side rounded, at least 1).
+    pub fn resized_size(&self, w: u32, h: u32) -> (u32, u32) {
+        let s = self.scale(w, h);
+        (
+            ((w as f64 * s).round() as u32).max(1),
+            ((h as f64 * s).round() as u32).max(1),
+        )
+    }
+
+    /// `n` rounded up to a multiple of the divisor.
+    pub fn pad(&self, n: usize) -> usize {
+        n.div_ceil(self.divisor.max(1)) * self.divisor.max(1)
+    }
+}
+
 #[derive(Debug, Clone)]
 pub struct LoaderConfig {
-    /// Side of the square model input in pixels.
+    /// Side of the square model input in pixels (when `shorter_side` is None).
     pub input_size: usize,
+    /// The paper's resize instead of the square one.
+    pub shorter_side: Option<ShorterSide>,
     /// Flip each training image horizontally with probability 1/2.
     pub hflip: bool,
     pub cache: CachePolicy,
@@ -54,6 +124,7 @@ impl Default for LoaderConfig {
     fn default() -> Self {
         Self {
             input_size: 128,
+            shorter_side: None,
             hflip: true,
             cache: CachePolicy::Auto,
         }
@@ -71,7 +142,8 @@ pub struct GtImage {
     /// Crowd boxes and classes: excluded from training targets, kept for evaluation.
     pub crowd_boxes: Vec<[f32; 4]>,
     pub crowd_classes: Vec<usize>,
-    /// Nominal scale `input_size / max(w, h)` (input pixels per original pixel).
+    /// Nominal scale (input pixels per original pixel): `input_size / max(w, h)`, or the paper's
+    /// resize's [`ShorterSide::scale`].
     pub scale: f32,
     /// Original (width, height).
     pub orig_size: (u32, u32),
@@ -95,7 +167,7 @@ impl GtImage {
     }
 }
 
-/// A batch: images `[N, 3, S, S]` f32 (normalised) and the ground truth of each image.
+/// A batch: images `[N, 3, H, W]` f32 (normalised, padded) and the ground truth of each image.
 #[derive(Debug, Clone)]
 pub struct Batch {
     pub images: Tensor,
@@ -150,14 +222,20 @@ pub fn transform_box(b: [f32; 4], orig: (u32, u32), resized: (u32, u32), flip: b
 /// Writes an image already resized to fit `s x s` into `out` (`[3, s, s]`): normalised, mirrored if
 /// `flip`, at the top-left, zero (the mean colour) elsewhere.
 pub fn write_input(img: &RgbImage, s: usize, flip: bool, out: &mut [f32]) {
+    write_input_padded(img, (s, s), flip, out)
+}
+
+/// Writes an image that fits `ph x pw` into `out` (`[3, ph, pw]`): normalised, mirrored if `flip`,
+/// at the top-left, zero (the mean colour) elsewhere.
+pub fn write_input_padded(img: &RgbImage, (ph, pw): (usize, usize), flip: bool, out: &mut [f32]) {
     out.fill(0.0);
     let (w, h) = (img.width() as usize, img.height() as usize);
     let raw = img.as_raw();
     for c in 0..3 {
         let (m, inv) = (PIXEL_MEAN[c], 1.0 / PIXEL_STD[c]);
-        let plane = &mut out[c * s * s..(c + 1) * s * s];
+        let plane = &mut out[c * ph * pw..(c + 1) * ph * pw];
         for y in 0..h {
-            let row = &mut plane[y * s..y * s + w];
+            let row = &mut plane[y * pw..y * pw + w];
             let src = &raw[y * w * 3..(y + 1) * w * 3];
             for (x, v) in row.iter_mut().enumerate() {
                 let sx = if flip { w - 1 - x } else { x };
@@ -167,18 +245,29 @@ pub fn write_input(img: &RgbImage, s: usize, flip: bool, out: &mut [f32]) {
     }
 }
 
-/// One image as the model input `[1, 3, s, s]`, resized and normalised exactly as the loader does,
-/// with its content size `(w, h)` inside the padded square.
-pub fn image_input(img: &RgbImage, s: usize, device: &Device) -> Result<(Tensor, (u32, u32))> {
-    let resized = resized_size(img.width(), img.height(), s);
-    let mut buf = vec![0f32; 3 * s * s];
+/// One image as the model input `[1, 3, H, W]`, resized, normalised and padded exactly as the
+/// loader does (the square `s x s`, or `shorter_side`'s), with its content size `(w, h)` inside it.
+pub fn image_input(
+    img: &RgbImage,
+    s: usize,
+    shorter_side: Option<ShorterSide>,
+    device: &Device,
+) -> Result<(Tensor, (u32, u32))> {
+    let (resized, (ph, pw)) = match shorter_side {
+        None => (resized_size(img.width(), img.height(), s), (s, s)),
+        Some(r) => {
+            let (w, h) = r.resized_size(img.width(), img.height());
+            ((w, h), (r.pad(h as usize), r.pad(w as usize)))
+        }
+    };
+    let mut buf = vec![0f32; 3 * ph * pw];
     if resized == img.dimensions() {
-        write_input(img, s, false, &mut buf);
+        write_input_padded(img, (ph, pw), false, &mut buf);
     } else {
         let r = super::image_io::resize_rgb(img, resized.0, resized.1);
-        write_input(&r, s, false, &mut buf);
+        write_input_padded(&r, (ph, pw), false, &mut buf);
     }
-    Ok((Tensor::from_vec(buf, (1, 3, s, s), device)?, resized))
+    Ok((Tensor::from_vec(buf, (1, 3, ph, pw), device)?, resized))
 }
 
 impl Dataset {
@@ -187,6 +276,11 @@ impl Dataset {
     pub fn open(source: &DataSource, cfg: LoaderConfig) -> Result<Self> {
         if cfg.input_size < 8 || cfg.input_size > 8192 {
             bail!("input size must be in 8..=8192, got {}", cfg.input_size);
+        }
+        if let Some(r) = cfg.shorter_side {
+            if r.min_size < 8 || r.min_size > 8192 || r.max_size > 8192 || r.divisor == 0 {
+                bail!("the shorter-side resize {r:?} needs min_size and max_size in 8..=8192 and a divisor");
+            }
         }
         let coco = CocoDataset::load(&source.json)?;
         let categories = coco.category_map();
@@ -237,7 +331,14 @@ impl Dataset {
             records,
             cache: None,
         };
-        let bytes = ds.records.len() * ds.cfg.input_size * ds.cfg.input_size * 3;
+        let bytes: usize = ds
+            .records
+            .iter()
+            .map(|r| {
+                let (w, h) = ds.content_size(r.orig);
+                w as usize * h as usize * 3
+            })
+            .sum();
         let cache = match ds.cfg.cache {
             CachePolicy::Always => true,
             CachePolicy::Never => false,
@@ -278,6 +379,14 @@ impl Dataset {
         self.records.iter().position(|r| r.id == id)
     }
 
+    /// The content size `(w, h)` of an image of original size `orig` inside the model input.
+    pub fn content_size(&self, orig: (u32, u32)) -> (u32, u32) {
+        match self.cfg.shorter_side {
+            None => resized_size(orig.0, orig.1, self.cfg.input_size),
+            Some(r) => r.resized_size(orig.0, orig.1),
+        }
+    }
+
     fn decode_resized(&self, i: usize) -> Result<RgbImage> {
         let r = &self.records[i];
         let img = super::image_io::decode_rgb(&r.path)?;
@@ -293,7 +402,7 @@ impl Dataset {
                 r.orig.1
             );
         }
-        let (rw, rh) = resized_size(r.orig.0, r.orig.1, self.cfg.input_size);
+        let (rw, rh) = self.content_size(r.orig);
         if (rw, rh) == r.orig {
             return Ok(img);
         }
@@ -303,14 +412,18 @@ impl Dataset {
     /// Ground truth of image `i` in input coordinates.
     pub fn ground_truth(&self, i: usize, flip: bool) -> GtImage {
         let r = &self.records[i];
-        let resized = resized_size(r.orig.0, r.orig.1, self.cfg.input_size);
+        let resized = self.content_size(r.orig);
+        let scale = match self.cfg.shorter_side {
+            None => self.cfg.input_size as f32 / r.orig.0.max(r.orig.1) as f32,
+            Some(s) => s.scale(r.orig.0, r.orig.1) as f32,
+        };
         let mut gt = GtImage {
             image_id: r.id,
             boxes: Vec::new(),
             classes: Vec::new(),
             crowd_boxes: Vec::new(),
             crowd_classes: Vec::new(),
-            scale: self.cfg.input_size as f32 / r.orig.0.max(r.orig.1) as f32,
+            scale,
             orig_size: r.orig,
             resized_size: resized,
             flipped: flip,
@@ -328,8 +441,8 @@ impl Dataset {
         gt
     }
 
-    /// Writes image `i` (resized, optionally flipped, normalised, padded) into `out` (`[3, S, S]`).
-    fn fill(&self, i: usize, flip: bool, out: &mut [f32]) -> Result<()> {
+    /// Writes image `i` (resized, optionally flipped, normalised, padded) into `out` (`[3, H, W]`).
+    fn fill(&self, i: usize, flip: bool, hw: (usize, usize), out: &mut [f32]) -> Result<()> {
         let decoded;
         let img = match &self.cache {
             Some(c) => &c[i],
@@ -338,25 +451,41 @@ impl Dataset {
                 &decoded
             }
         };
-        write_input(img, self.cfg.input_size, flip, out);
+        write_input_padded(img, hw, flip, out);
         Ok(())
     }
 
+    /// The `(H, W)` of a batch of the images `indices`: `S x S`, or with the paper's resize the
+    /// largest content height and width, each rounded up to the divisor.
+    pub fn batch_size_hw(&self, indices: &[usize]) -> (usize, usize) {
+        match self.cfg.shorter_side {
+            None => (self.cfg.input_size, self.cfg.input_size),
+            Some(r) => {
+                let (mut h, mut w) = (1, 1);
+                for &i in indices {
+                    let (cw, ch) = self.content_size(self.records[i].orig);
+                    (h, w) = (h.max(ch as usize), w.max(cw as usize));
+                }
+                (r.pad(h), r.pad(w))
+            }
+        }
+    }
+
     /// Builds the batch of images `indices` (flipped where `flips` says), decoding in parallel.
-    /// Returns images `[N, 3, S, S]` on `device`.
+    /// Returns images `[N, 3, H, W]` on `device` (see [`Dataset::batch_size_hw`]).
     pub fn batch(&self, indices: &[usize], flips: &[bool], device: &Device) -> Result<Batch> {
-        let s = self.cfg.input_size;
-        let per = 3 * s * s;
+        let (h, w) = self.batch_size_hw(indices);
+        let per = 3 * h * w;
         let mut buf = vec![0f32; indices.len() * per];
         buf.par_chunks_mut(per)
             .zip(indices.par_iter().zip(flips.par_iter()))
-            .try_for_each(|(out, (&i, &f))| self.fill(i, f, out))?;
+            .try_for_each(|(out, (&i, &f))| self.fill(i, f, (h, w), out))?;
         let gt = indices
             .iter()
             .zip(flips)
             .map(|(&i, &f)| self.ground_truth(i, f))
             .collect();
-        let images = Tensor::from_vec(buf, (indices.len(), 3, s, s), device)?;
+        let images = Tensor::from_vec(buf, (indices.len(), 3, h, w), device)?;
         Ok(Batch { images, gt })
     }
 
@@ -497,6 +626,7 @@ mod tests {
     fn cfg(s: usize) -> LoaderConfig {
         LoaderConfig {
             input_size: s,
+            shorter_side: None,
             hflip: true,
             cache: CachePolicy::Never,
         }
@@ -572,6 +702,85 @@ mod tests {
         }
         let back = g.to_original(g.boxes[0]);
         assert_eq!(back, [4.0, 2.0, 8.0, 6.0]);
+    }
+
+    #[test]
+    fn shorter_side_resize_closed_forms() {
+        let r = ShorterSide {
+            min_size: 600,
+            max_size: 1000,
+            divisor: 128,
+        };
+        // 640x480: shorter side 480 -> 600 (scale 1.25), longer 800 <= 1000.
+        assert_eq!(r.scale(640, 480), 1.25);
+        assert_eq!(r.resized_size(640, 480), (800, 600));
+        assert_eq!(r.resized_size(480, 640), (600, 800));
+        // 1000x200: 600/200 = 3 would make the longer side 3000; capped: scale 1000/1000 = 1.
+        assert_eq!(r.resized_size(1000, 200), (1000, 200));
+        // 427x640 (a COCO shape): 600/427 gives 899.3 -> 899 <= 1000.
+        assert_eq!(r.resized_size(427, 640), (600, 899));
+        // 500x1200: 600/500 gives 1440 > 1000, capped at 1000/1200.
+        assert_eq!(r.resized_size(500, 1200), (417, 1000));
+        assert_eq!(
+            (r.pad(600), r.pad(899), r.pad(1000), r.pad(1024)),
+            (640, 1024, 1024, 1024)
+        );
+        let uncapped = ShorterSide { max_size: 0, ..r };
+        assert_eq!(uncapped.resized_size(1000, 200), (3000, 600));
+        // ... up to the loader's largest side.
+        assert_eq!(uncapped.resized_size(1, 10_000), (1, 8192));
+    }
+
+    #[test]
+    fn shorter_side_batches_pad_to_the_divisor_and_scale_boxes() {
+        let (_d, src) = fixture();
+        let resize = ShorterSide {
+            min_size: 20,
+            max_size: 30,
+            divisor: 16,
+        };
+        for cache in [CachePolicy::Never, CachePolicy::Always] {
+            let ds = Dataset::open(
+                &src,
+                LoaderConfig {
+                    shorter_side: Some(resize),
+                    cache,
+                    ..cfg(128)
+                },
+            )
+            .unwrap();
+            // a.png 20x10: 20/10 = 2 would make it 40 wide > 30, so 30/20 = 1.5: 30x15 in 16x32.
+            let b = ds.batch(&[0], &[false], &Device::Cpu).unwrap();
+            assert_eq!(b.images.dims(), &[1, 3, 16, 32]);
+            let g = &b.gt[0];
+            assert_eq!((g.scale, g.resized_size), (1.5, (30, 15)));
+            assert_eq!(g.boxes, vec![[6.0, 3.0, 12.0, 9.0]]);
+            assert_eq!(g.crowd_boxes, vec![[0.0, 0.0, 30.0, 15.0]]);
+            for c in 0..3 {
+                assert!((px(&b.images, 0, c, 5, 9) - value(255, c)).abs() < 1e-5);
+                assert!((px(&b.images, 0, c, 5, 2) - value(0, c)).abs() < 1e-5);
+                assert_eq!(px(&b.images, 0, c, 5, 31), 0.0); // padding right of the content
+                assert_eq!(px(&b.images, 0, c, 15, 3), 0.0); // padding below it
+            }
+            // With b.png 6x12 (15x30 at scale 2.5) the batch is 30x30 padded to 32x32.
+            let b = ds.batch(&[0, 1], &[true, false], &Device::Cpu).unwrap();
+            assert_eq!(b.images.dims(), &[2, 3, 32, 32]);
+            assert_eq!(b.gt[1].resized_size, (15, 30));
+            assert_eq!(b.gt[1].scale, 2.5);
+            let g = &b.gt[0];
+            assert_eq!(g.boxes, vec![[18.0, 3.0, 24.0, 9.0]]); // flipped within the 30-px content
+            assert_eq!(g.to_original(g.boxes[0]), [4.0, 2.0, 8.0, 6.0]);
+            for c in 0..3 {
+                assert!((px(&b.images, 0, c, 5, 21) - value(255, c)).abs() < 1e-5);
+                assert_eq!(px(&b.images, 0, c, 20, 5), 0.0);
+                assert_eq!(px(&b.images, 1, c, 5, 20), 0.0);
+                assert!((px(&b.images, 1, c, 20, 10) - value(128, c)).abs() < 0.1);
+            }
+            // One image as inference sees it: the same resize and padding.
+            let img = image::open(src.images.join("a.png")).unwrap().to_rgb8();
+            let (t, content) = image_input(&img, 128, Some(resize), &Device::Cpu).unwrap();
+            assert_eq!((t.dims(), content), (&[1, 3, 16, 32][..], (30, 15)));
+        }
     }
 
     #[test]

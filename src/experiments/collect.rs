@@ -449,7 +449,8 @@ fn judge(
     }
 }
 
-/// Flattens a config to `key.sub -> value text`.
+/// Flattens a config to `key.sub -> value text`, every key included (those the resolved TOML leaves
+/// out at their defaults with their default text).
 pub fn flatten(config: &crate::config::Config) -> BTreeMap<String, String> {
     fn walk(prefix: &str, v: &toml::Value, out: &mut BTreeMap<String, String>) {
         match v {
@@ -475,6 +476,10 @@ pub fn flatten(config: &crate::config::Config) -> BTreeMap<String, String> {
     if let Ok(v) = toml::Value::try_from(config) {
         walk("", &v, &mut out);
     }
+    for (key, default) in crate::config::Config::OMITTED_AT_DEFAULT {
+        out.entry(key.to_string())
+            .or_insert_with(|| default.to_string());
+    }
     out
 }
 
@@ -497,6 +502,18 @@ fn varying_keys(jobs: &[Job]) -> Vec<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn flatten_shows_fields_left_out_at_their_defaults() {
+        let default = crate::config::Config::default();
+        let set = crate::config::Config::from_toml_str("", &["data.min_size=600".into()]).unwrap();
+        let (a, b) = (flatten(&default), flatten(&set));
+        assert_eq!(a.keys().collect::<Vec<_>>(), b.keys().collect::<Vec<_>>());
+        assert_eq!(a["data.min_size"], "0");
+        assert_eq!(b["data.min_size"], "600");
+        assert_eq!(a["model.stem"], "conv3x3");
+        assert_eq!(a["model.pretrained"], "");
+    }
 
     #[test]
     fn convergence_is_the_shortest_length_within_the_tolerance_of_the_longest() {

@@ -112,8 +112,10 @@ pub fn detect_picture(
 ) -> Result<Vec<super::Detection>> {
     cfg.validate()?;
     let size = model.config().data.input_size;
-    let (input, (rw, rh)) = crate::data::loader::image_input(img, size, model.device())?;
-    let anchors = crate::geometry::AnchorConfig::from(&model.config().anchors).generate(size, size);
+    let resize = crate::data::loader::ShorterSide::from_config(model.config());
+    let (input, (rw, rh)) = crate::data::loader::image_input(img, size, resize, model.device())?;
+    let (_, _, ih, iw) = input.dims4()?;
+    let anchors = crate::geometry::AnchorConfig::from(&model.config().anchors).generate(ih, iw);
     let pred = model.forward(&input, false)?;
     let cls: Vec<f32> = pred.cls.flatten_all()?.to_vec1()?;
     let deltas: Vec<f32> = pred.boxes.flatten_all()?.to_vec1()?;

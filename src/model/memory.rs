@@ -7,7 +7,7 @@
 //! step keeps: every conv output with its norm and ReLU outputs, their gradients in the backward
 //! pass, and the loss's logits, probabilities and gradient.
 
-use crate::config::{BlockKind, Config, NormKind};
+use crate::config::{BlockKind, Config, NormKind, StemKind};
 use anyhow::{bail, Result};
 
 /// Bytes of one f32.
@@ -47,33 +47,72 @@ fn side(input: u64, halvings: usize) -> u64 {
     (0..halvings).fold(input, |n, _| n.div_ceil(2))
 }
 
+/// The input `(h, w)` the activations are estimated for: the square `data.input_size`, or with
+/// the paper's resize a landscape image at `min_size` x `max_size` (2 x `min_size` without a
+/// cap), padded to the batch's size divisibility.
+pub fn input_dims(cfg: &Config) -> (u64, u64) {
+    let d = &cfg.data;
+    if d.min_size == 0 {
+        return (d.input_size as u64, d.input_size as u64);
+    }
+    let div = cfg.size_divisibility() as u64;
+    let long = if d.max_size > 0 {
+        d.max_size
+    } else {
+        2 * d.min_size
+    };
+    (
+        (d.min_size as u64).div_ceil(div) * div,
+        (long as u64).div_ceil(div) * div,
+    )
+}
+
 /// Estimates the memory of training `cfg` (whose sizes must already be valid).
 pub fn estimate(cfg: &Config) -> Result<MemoryEstimate> {
     let m = &cfg.model;
     let a = &cfg.anchors;
     let (kind, depths) = m.resolved_blocks()?;
     let (stem_c, channels) = m.stage_channels()?;
-    let input = cfg.data.input_size as u64;
+    let (in_h, in_w) = input_dims(cfg);
+    let pixels_at = |halvings: usize| side(in_h, halvings).saturating_mul(side(in_w, halvings));
     let batch = cfg.schedule.batch_size as u64;
     let c = m.fpn_channels as u64;
     let hw = m.head_width() as u64;
     let per_location = a.per_location() as u64;
     let k = m.num_classes as u64;
 
+    let resnet = m.stem == StemKind::Resnet;
+    // Trainable parameters only: frozen convs and frozen norms are buffers.
+    let nrm = |c: u64, frozen: bool| {
+        if frozen || m.norm == NormKind::FrozenBn {
+            0
+        } else {
+            norm(c)
+        }
+    };
+    let stem_k = if resnet { 7 } else { 3 };
     // Every conv output kept for the backward pass, with its norm and ReLU outputs (3 tensors).
-    let mut params = conv(3, stem_c as u64, 3, false) + norm(stem_c as u64);
-    let mut floats_per_image = 3 * (stem_c as u64).saturating_mul(side(input, 1).pow(2));
+    let mut params = if m.freeze_at >= 1 {
+        0
+    } else {
+        conv(3, stem_c as u64, stem_k, false) + nrm(stem_c as u64, false)
+    };
+    let mut floats_per_image = 3 * (stem_c as u64).saturating_mul(pixels_at(1));
+    if resnet {
+        floats_per_image = floats_per_image.saturating_add((stem_c as u64) * pixels_at(2));
+    }
     let mut c_in = stem_c as u64;
     for (s, (&depth, &c_out)) in depths.iter().zip(channels.iter()).enumerate() {
         let c_out = c_out as u64;
-        let pixels = side(input, s + 2).pow(2);
+        let pixels = pixels_at(s + 2);
+        let frozen = m.freeze_at >= s + 2;
+        let nrm = |c: u64| nrm(c, frozen);
         for b in 0..depth {
             let block_in = if b == 0 { c_in } else { c_out };
+            let stride = if b == 0 && !(resnet && s == 0) { 2 } else { 1 };
             let (block, tensors) = match kind {
                 BlockKind::Basic => (
-                    conv(block_in, c_out, 3, false)
-                        + conv(c_out, c_out, 3, false)
-                        + 2 * norm(c_out),
+                    conv(block_in, c_out, 3, false) + conv(c_out, c_out, 3, false) + 2 * nrm(c_out),
                     6 * c_out,
                 ),
                 BlockKind::Bottleneck => {
@@ -82,18 +121,19 @@ pub fn estimate(cfg: &Config) -> Result<MemoryEstimate> {
                         conv(block_in, mid, 1, false)
                             + conv(mid, mid, 3, false)
                             + conv(mid, c_out, 1, false)
-                            + 2 * norm(mid)
-                            + norm(c_out),
+                            + 2 * nrm(mid)
+                            + nrm(c_out),
                         6 * mid + 3 * c_out,
                     )
                 }
             };
-            // The first block of a stage strides by 2, so it always has a projection shortcut.
-            let shortcut = if b == 0 {
-                conv(block_in, c_out, 1, false) + norm(c_out)
+            // A projection shortcut where the block strides or changes the width.
+            let shortcut = if stride != 1 || block_in != c_out {
+                conv(block_in, c_out, 1, false) + nrm(c_out)
             } else {
                 0
             };
+            let (block, shortcut) = if frozen { (0, 0) } else { (block, shortcut) };
             params = params.saturating_add(block).saturating_add(shortcut);
             floats_per_image = floats_per_image
                 .saturating_add(tensors.saturating_add(2 * c_out).saturating_mul(pixels));
@@ -132,7 +172,7 @@ pub fn estimate(cfg: &Config) -> Result<MemoryEstimate> {
     let head_convs = m.head_convs as u64;
     let mut anchors_per_image = 0u64;
     for l in a.min_level..=a.max_level {
-        let pixels = side(input, l).pow(2);
+        let pixels = pixels_at(l);
         anchors_per_image = anchors_per_image.saturating_add(pixels.saturating_mul(per_location));
         let per_pixel = c
             .saturating_mul(3)
@@ -202,7 +242,7 @@ pub fn check_fits(cfg: &Config, available: Option<u64>) -> Result<MemoryEstimate
                 "this config needs about {:.1} GiB to train ({} parameters: {:.1} GiB with gradients \
                  and momentum; activations of a batch of {}: {:.1} GiB), more than the {:.1} GiB \
                  available; lower model.num_classes ({}), model.fpn_channels ({}), model.head_channels, \
-                 data.input_size ({}) or schedule.batch_size",
+                 data.input_size ({}) / data.max_size or schedule.batch_size",
                 gib(e.total_bytes()),
                 e.parameters,
                 gib(e.parameter_bytes),

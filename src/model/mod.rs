@@ -10,6 +10,7 @@ pub mod head;
 pub mod layers;
 pub mod memory;
 pub mod params;
+pub mod pretrained;
 
 use crate::config::Config;
 use anyhow::{Context, Result};
@@ -158,6 +159,28 @@ impl RetinaNet {
             boxes: Tensor::cat(&boxes, 1)?,
             level_sizes,
         })
+    }
+
+    /// The backbone's features `[C2, C3, C4, C5]` of `[N, 3, H, W]` images (for checks against
+    /// other implementations of the same backbone).
+    pub fn backbone_features(&self, images: &Tensor, train: bool) -> Result<Vec<Tensor>> {
+        Ok(self.backbone.forward(images, train)?)
+    }
+
+    /// Loads the ImageNet weights `model.pretrained` names (if any) into the backbone: the starting
+    /// point of a fresh run (a resumed or saved model has them in its own weights already).
+    pub fn load_pretrained(&self) -> Result<()> {
+        let m = &self.config.model;
+        if m.pretrained.is_empty() {
+            return Ok(());
+        }
+        let what = format!(
+            "ResNet-{} (model.backbone = {})",
+            m.backbone.trim_start_matches('r'),
+            m.backbone
+        );
+        pretrained::load_resnet(&self.store, Path::new(&m.pretrained), &what)?;
+        Ok(())
     }
 
     /// Saves parameters and buffers to `path` (safetensors) and the resolved config beside it

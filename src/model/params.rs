@@ -121,6 +121,18 @@ impl ParamStore {
         Ok(var)
     }
 
+    /// A fixed tensor initialized like a parameter (a frozen conv's weights, a frozen norm's
+    /// statistics): a buffer, saved and loaded with the parameters but never trained.
+    pub fn frozen(&mut self, name: &str, shape: &[usize], init: Init) -> Result<Var> {
+        let n = shape.iter().product();
+        let data = self.values(n, init);
+        let var = Var::from_tensor(&Tensor::from_vec(data, shape, &self.device)?)?;
+        if self.buffers.insert(name.to_string(), var.clone()).is_some() {
+            candle_core::bail!("buffer {name} registered twice");
+        }
+        Ok(var)
+    }
+
     /// Trainable parameters sorted by name.
     pub fn named_vars(&self) -> Vec<(String, Var)> {
         let map = self.vars.data().lock().expect("varmap lock poisoned");

@@ -28,6 +28,7 @@ pub fn open_dataset(cfg: &Config, split: Split, quiet: bool) -> Result<Dataset> 
     };
     let loader = LoaderConfig {
         input_size: cfg.data.input_size,
+        shorter_side: crate::data::loader::ShorterSide::from_config(cfg),
         hflip: cfg.data.flip && split == Split::Train,
         ..Default::default()
     };

@@ -1,6 +1,7 @@
 //! Training: SGD with momentum, the learning-rate schedule, targets, losses and the resumable loop.
 
 pub mod dataset_source;
+pub mod device_check;
 pub mod objective;
 pub mod schedule;
 pub mod sgd;

@@ -33,6 +33,25 @@ pub struct RandomSource {
     pub num_classes: usize,
 }
 
+impl RandomSource {
+    /// Random images of a config's input size: `data.input_size`, or with the paper's resize a
+    /// square of `data.min_size` rounded up to the size divisibility (640 for 600 and P7).
+    pub fn for_config(cfg: &crate::config::Config) -> RandomSource {
+        let d = &cfg.data;
+        let div = cfg.size_divisibility();
+        let size = if d.min_size > 0 {
+            d.min_size.div_ceil(div) * div
+        } else {
+            d.input_size
+        };
+        RandomSource {
+            seed: cfg.seed,
+            size,
+            num_classes: cfg.model.num_classes,
+        }
+    }
+}
+
 impl BatchSource for RandomSource {
     fn batch(
         &mut self,

@@ -48,11 +48,7 @@ pub fn time_steps(cfg: &Config, device: &Device, steps: usize, warmup: usize) ->
     let mut sgd = sgd_for(&model, &cfg.schedule);
     let mut normalizer = Normalizer::new(cfg.loss.normalizer, cfg.loss.ema_momentum);
     let mut targets = TargetBuilder::new(&cfg.anchors, &cfg.matcher);
-    let mut data = RandomSource {
-        seed: cfg.seed,
-        size: cfg.data.input_size,
-        num_classes: cfg.model.num_classes,
-    };
+    let mut data = RandomSource::for_config(cfg);
     let lr = cfg.schedule.lr;
     let (mut fwd, mut bwd, mut opt, mut total) = (vec![], vec![], vec![], vec![]);
     let mut work = ConvWork::default();

@@ -249,6 +249,7 @@ pub fn train(
                 paths.dir.display()
             );
         }
+        model.load_pretrained()?;
         std::fs::create_dir_all(&paths.dir)
             .with_context(|| format!("cannot create {}", paths.dir.display()))?;
     }

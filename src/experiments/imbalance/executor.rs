@@ -72,6 +72,7 @@ impl Executor for TrainTuneEvaluate {
                     &src,
                     LoaderConfig {
                         input_size: cfg.data.input_size,
+                        shorter_side: crate::data::loader::ShorterSide::from_config(cfg),
                         hflip: false,
                         ..Default::default()
                     },

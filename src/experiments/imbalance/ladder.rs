@@ -165,6 +165,7 @@ pub fn measure(cfg: &Config, json: &Path) -> Result<Imbalance> {
         &source,
         LoaderConfig {
             input_size: cfg.data.input_size,
+            shorter_side: None,
             hflip: false,
             cache: CachePolicy::Never,
         },
