@@ -6,12 +6,44 @@
 
 use candle_core::Device;
 use fl_lab::config::Config;
+use fl_lab::data::loader::Batch;
 use fl_lab::data::Split;
 use fl_lab::geometry::AnchorConfig;
 use fl_lab::infer::model::detect_dataset_with;
 use fl_lab::infer::InferConfig;
 use fl_lab::train::targets::TargetBuilder;
 use fl_lab::train::GtBoxes;
+
+/// A batch's training targets as a perfect model's output: logit 4 for each positive anchor's class
+/// (-10 everywhere else) and its box targets as deltas; with the ground truth they came from.
+fn targets_as_predictions(
+    builder: &mut TargetBuilder,
+    batch: &Batch,
+    anchors_per_image: usize,
+    k: usize,
+) -> (Vec<GtBoxes>, Vec<f32>, Vec<f32>) {
+    let (_, _, h, w) = batch.images.dims4().unwrap();
+    let gt: Vec<GtBoxes> = batch
+        .gt
+        .iter()
+        .map(|g| GtBoxes {
+            boxes: g.boxes.clone(),
+            classes: g.classes.clone(),
+        })
+        .collect();
+    let tg = builder.build(&gt, h, w);
+    let t = anchors_per_image;
+    assert_eq!(tg.anchors_per_image, t);
+    let mut logits = vec![-10.0f32; gt.len() * t * k];
+    let mut deltas = vec![0.0f32; gt.len() * t * 4];
+    for (j, &p) in tg.positives.iter().enumerate() {
+        let p = p as usize;
+        let label = tg.labels[p] as usize;
+        logits[p * k + label - 1] = 4.0;
+        deltas[4 * p..4 * p + 4].copy_from_slice(&tg.box_targets[4 * j..4 * j + 4]);
+    }
+    (gt, logits, deltas)
+}
 
 #[test]
 fn targets_as_predictions_give_near_perfect_ap() {
@@ -28,26 +60,7 @@ fn targets_as_predictions_give_near_perfect_ap() {
         &Device::Cpu,
         true,
         |batch, anchors| {
-            let (_, _, h, w) = batch.images.dims4()?;
-            let gt: Vec<GtBoxes> = batch
-                .gt
-                .iter()
-                .map(|g| GtBoxes {
-                    boxes: g.boxes.clone(),
-                    classes: g.classes.clone(),
-                })
-                .collect();
-            let tg = builder.build(&gt, h, w);
-            let t = anchors.len();
-            assert_eq!(tg.anchors_per_image, t);
-            let mut logits = vec![-10.0f32; gt.len() * t * k];
-            let mut deltas = vec![0.0f32; gt.len() * t * 4];
-            for (j, &p) in tg.positives.iter().enumerate() {
-                let p = p as usize;
-                let label = tg.labels[p] as usize;
-                logits[p * k + label - 1] = 4.0;
-                deltas[4 * p..4 * p + 4].copy_from_slice(&tg.box_targets[4 * j..4 * j + 4]);
-            }
+            let (_, logits, deltas) = targets_as_predictions(&mut builder, batch, anchors.len(), k);
             Ok((logits, deltas))
         },
     )
@@ -132,25 +145,8 @@ fn targets_as_predictions_with_the_paper_resize() {
                     g.resized_size
                 );
             }
-            let gt: Vec<GtBoxes> = batch
-                .gt
-                .iter()
-                .map(|g| GtBoxes {
-                    boxes: g.boxes.clone(),
-                    classes: g.classes.clone(),
-                })
-                .collect();
-            let tg = builder.build(&gt, h, w);
-            let t = anchors.len();
-            assert_eq!(tg.anchors_per_image, t);
-            let mut logits = vec![-10.0f32; gt.len() * t * k];
-            let mut deltas = vec![0.0f32; gt.len() * t * 4];
-            for (j, &p) in tg.positives.iter().enumerate() {
-                let p = p as usize;
-                let label = tg.labels[p] as usize;
-                logits[p * k + label - 1] = 4.0;
-                deltas[4 * p..4 * p + 4].copy_from_slice(&tg.box_targets[4 * j..4 * j + 4]);
-            }
+            let (gt, logits, deltas) =
+                targets_as_predictions(&mut builder, batch, anchors.len(), k);
             // Objects with at least one positive anchor (matched boxes, per image).
             let matcher = fl_lab::geometry::Matcher::from(&cfg.matcher);
             for g in &gt {
