@@ -46,14 +46,7 @@ fn fast_kernels_match_candle_on_the_default_model() {
     let batch = ds
         .batch(&[0, 1, 2], &[false, true, false], &Device::Cpu)
         .unwrap();
-    let gt: Vec<GtBoxes> = batch
-        .gt
-        .iter()
-        .map(|g| GtBoxes {
-            boxes: g.boxes.clone(),
-            classes: g.classes.clone(),
-        })
-        .collect();
+    let gt: Vec<GtBoxes> = batch.gt.iter().map(GtBoxes::from).collect();
     let model = RetinaNet::new(&cfg, &Device::Cpu).unwrap();
     let (fast_loss, fast) = loss_and_grads(&model, &cfg, &batch.images, &gt);
     fl_lab::ops::use_candle_kernels_only(true);

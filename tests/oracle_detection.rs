@@ -23,14 +23,7 @@ fn targets_as_predictions(
     k: usize,
 ) -> (Vec<GtBoxes>, Vec<f32>, Vec<f32>) {
     let (_, _, h, w) = batch.images.dims4().unwrap();
-    let gt: Vec<GtBoxes> = batch
-        .gt
-        .iter()
-        .map(|g| GtBoxes {
-            boxes: g.boxes.clone(),
-            classes: g.classes.clone(),
-        })
-        .collect();
+    let gt: Vec<GtBoxes> = batch.gt.iter().map(GtBoxes::from).collect();
     let tg = builder.build(&gt, h, w);
     let t = anchors_per_image;
     assert_eq!(tg.anchors_per_image, t);

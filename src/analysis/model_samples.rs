@@ -32,14 +32,7 @@ pub fn model_samples<R: Rng>(
     for chunk in indices.chunks(batch_size.max(1)) {
         let batch = ds.batch(chunk, &vec![false; chunk.len()], model.device())?;
         let (_, _, h, w) = batch.images.dims4()?;
-        let gt: Vec<GtBoxes> = batch
-            .gt
-            .iter()
-            .map(|g| GtBoxes {
-                boxes: g.boxes.clone(),
-                classes: g.classes.clone(),
-            })
-            .collect();
+        let gt: Vec<GtBoxes> = batch.gt.iter().map(GtBoxes::from).collect();
         let t = targets.build(&gt, h, w);
         let logits: Vec<f32> = model
             .forward(&batch.images, false)?

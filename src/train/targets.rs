@@ -11,6 +11,17 @@ pub struct GtBoxes {
     pub classes: Vec<usize>,
 }
 
+/// The training view of a loaded image's ground truth (its boxes and classes; crowd boxes are
+/// already left out by the loader).
+impl From<&crate::data::loader::GtImage> for GtBoxes {
+    fn from(g: &crate::data::loader::GtImage) -> Self {
+        GtBoxes {
+            boxes: g.boxes.clone(),
+            classes: g.classes.clone(),
+        }
+    }
+}
+
 /// Targets of a minibatch, flattened over (image, anchor) like the model outputs.
 #[derive(Debug, Clone)]
 pub struct Targets {
