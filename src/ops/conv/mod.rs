@@ -201,7 +201,16 @@ fn image_cols<'a>(
 /// Adds the sum of each `cols`-long row of `m` to `acc` (one entry per row), in f64.
 fn add_row_sums(acc: &mut [f64], m: &[f32], cols: usize) {
     for (a, row) in acc.iter_mut().zip(m.chunks(cols)) {
-        *a += row.iter().map(|&v| v as f64).sum::<f64>();
+        // Eight independent partial sums, so that the compiler can keep them in one vector.
+        let mut lanes = [0f64; 8];
+        let mut chunks = row.chunks_exact(8);
+        for chunk in &mut chunks {
+            for (l, &v) in lanes.iter_mut().zip(chunk) {
+                *l += v as f64;
+            }
+        }
+        let tail: f64 = chunks.remainder().iter().map(|&v| v as f64).sum();
+        *a += lanes.iter().sum::<f64>() + tail;
     }
 }
 
@@ -502,11 +511,11 @@ struct BackwardPlan {
     /// The im2col gather table (none on the shifted and unmasked pointwise paths).
     table: Option<TapTable>,
     shifted: bool,
-    /// The shifted scheme's input gradient through the direct kernel (needs the padded output
-    /// gradient beside the wide one).
+    /// The shifted scheme's input gradient through the direct kernel (needs the lead-padded
+    /// output gradient beside the wide one).
     direct_dx: bool,
-    /// The shifted scheme's weight gradient through the direct kernel (needs the transposed padded
-    /// image; sums tap-major partial gradients).
+    /// The shifted scheme's weight gradient through the direct kernel (needs the transposed phase
+    /// planes; sums tap-major partial gradients).
     direct_dw: bool,
     /// Lengths of the two per-thread scratch buffers.
     lens: [usize; 2],
@@ -517,13 +526,11 @@ impl BackwardPlan {
         let (per, par) = plan(g.n);
         let group = grouped::group_len(g, per);
         let shifted = shifted::applies(g);
-        let direct_dx =
-            shifted && needs.input && shifted::input_grad_is_forward(g) && direct::enabled();
-        let direct_dw =
-            shifted && needs.weight && shifted::weight_grad_direct_applies(g) && direct::enabled();
+        let direct_dx = shifted && needs.input && direct::enabled();
+        let direct_dw = shifted && needs.weight && direct::enabled();
         let lens = if shifted {
             let dyq_len = if direct_dx {
-                shifted::padded_grad_len(g)
+                shifted::lead_padded_grad_len(g)
             } else {
                 0
             };
@@ -676,8 +683,8 @@ fn task_grads(
 }
 
 /// One image's gradients on the shifted-plane path. Scratch: `xq` holds the padded image (then
-/// the padded input gradient); `grad` the wide output gradient, then the padded one for the
-/// direct input-gradient kernel, then the transposed padded image for the direct weight one.
+/// the padded input gradient); `grad` the wide output gradient, then the lead-padded one for the
+/// direct input-gradient kernel, then the transposed phase planes for the direct weight one.
 fn shifted_image_grads(
     plan: &BackwardPlan,
     BackwardInputs { x, w, dy, relu_out }: BackwardInputs,
@@ -687,7 +694,7 @@ fn shifted_image_grads(
 ) {
     let (wide, rest) = grad.split_at_mut(g.c_out * shifted::wide_len(g));
     let dyq_len = if plan.direct_dx {
-        shifted::padded_grad_len(g)
+        shifted::lead_padded_grad_len(g)
     } else {
         0
     };

@@ -54,12 +54,17 @@ fn phase_used(g: &ConvGeom, a: usize, b: usize) -> bool {
     a < g.kh && b < g.kw
 }
 
-/// Where tap `t = ki * kw + kj` starts reading: the offset of its phase's channel-0 plane plus
-/// its shift inside the plane.
-fn tap_offset(g: &ConvGeom, t: usize) -> usize {
+/// The phase `(ki % s) * s + kj % s` that tap `t = ki * kw + kj` reads, and its shift inside
+/// the phase plane.
+fn tap_phase_shift(g: &ConvGeom, t: usize) -> (usize, usize) {
     let (ki, kj, s) = (t / g.kw, t % g.kw, g.stride);
-    let phase = (ki % s) * s + kj % s;
-    phase * g.c_in * plane_len(g) + (ki / s) * wq(g) + kj / s
+    ((ki % s) * s + kj % s, (ki / s) * wq(g) + kj / s)
+}
+
+/// Where tap `t` starts reading: the offset of its phase's channel-0 plane plus its shift.
+fn tap_offset(g: &ConvGeom, t: usize) -> usize {
+    let (phase, shift) = tap_phase_shift(g, t);
+    phase * g.c_in * plane_len(g) + shift
 }
 
 /// Half-open range of phase columns `c` whose image column `c * s + b - pad` lies in `[0, w)`.
@@ -210,7 +215,7 @@ pub(super) fn input_grad_image(
     dx: &mut [f32],
     par: Parallelism,
 ) {
-    let (plane, wide, wq, s) = (plane_len(g), wide_len(g), wq(g), g.stride);
+    let (plane, wide) = (plane_len(g), wide_len(g));
     dxq.fill(0.0);
     let taps = g.kh * g.kw;
     for t in 0..taps {
@@ -227,8 +232,14 @@ pub(super) fn input_grad_image(
             par,
         );
     }
-    // Each image pixel lives in exactly one phase; pixels of phases no tap reads get zero.
-    let hw = g.h * g.w;
+    image_from_planes(dxq, g, dx);
+}
+
+/// The input gradient `dx [C_in, H, W]` from its padded phase planes `dxq` (only the planes'
+/// image pixels are read): each image pixel lives in exactly one phase; pixels of phases no tap
+/// reads get zero.
+fn image_from_planes(dxq: &[f32], g: &ConvGeom, dx: &mut [f32]) {
+    let (plane, wq, s, hw) = (plane_len(g), wq(g), g.stride, g.h * g.w);
     if s == 1 {
         for (dc, pc) in dx.chunks_exact_mut(hw).zip(dxq.chunks_exact(plane)) {
             for (y, row) in dc.chunks_exact_mut(g.w).enumerate() {
@@ -238,16 +249,24 @@ pub(super) fn input_grad_image(
         }
         return;
     }
+    // Image row `y` lies in phase row `a`; phase column `b` holds every `s`-th pixel of it.
+    let columns: Vec<(usize, usize)> = (0..s).map(|b| inside(g.w, wq, s, b, g.pad)).collect();
     for (ci, dc) in dx.chunks_exact_mut(hw).enumerate() {
         for (y, row) in dc.chunks_exact_mut(g.w).enumerate() {
             let (a, r) = ((y + g.pad) % s, (y + g.pad) / s);
-            for (xi, o) in row.iter_mut().enumerate() {
-                let (b, c) = ((xi + g.pad) % s, (xi + g.pad) / s);
-                *o = if phase_used(g, a, b) {
-                    dxq[((a * s + b) * g.c_in + ci) * plane + r * wq + c]
+            for (b, &(c_lo, c_hi)) in columns.iter().enumerate() {
+                if c_lo == c_hi {
+                    continue;
+                }
+                let dst = row[c_lo * s + b - g.pad..].iter_mut().step_by(s);
+                if phase_used(g, a, b) {
+                    let start = ((a * s + b) * g.c_in + ci) * plane + r * wq;
+                    for (o, v) in dst.zip(&dxq[start + c_lo..start + c_hi]) {
+                        *o = *v;
+                    }
                 } else {
-                    0.0
-                };
+                    dst.take(c_hi - c_lo).for_each(|o| *o = 0.0);
+                }
             }
         }
     }
@@ -280,92 +299,154 @@ pub(super) fn forward_image_direct(
     direct::shifted_sum(&weights, xq, plane_len(g), &offs, dst, dims);
 }
 
-/// Whether the input gradient is itself a forward pass of this scheme: at stride 1 with "same"
-/// padding (`2 pad + 1 = kh = kw`) the output gradient, zero-padded like the input, has the
-/// input's planes, and `dX = conv(pad(dY), W flipped in space with C_in and C_out swapped)`.
-pub(super) fn input_grad_is_forward(g: &ConvGeom) -> bool {
-    g.stride == 1 && g.kh == g.kw && 2 * g.pad + 1 == g.kh
+/// The largest in-plane shift of any tap.
+fn max_shift(g: &ConvGeom) -> usize {
+    ((g.kh - 1) / g.stride) * wq(g) + (g.kw - 1) / g.stride
 }
 
-/// The convolution that computes the input gradient when `input_grad_is_forward`: from the
-/// output gradient's `C_out` channels to `C_in`, on the same `H x W` map.
-fn transposed(g: &ConvGeom) -> ConvGeom {
-    ConvGeom {
-        c_in: g.c_out,
-        c_out: g.c_in,
-        ..*g
-    }
+/// Per-channel length of the lead-padded output gradient: `max_shift` zeros, the wide output
+/// gradient, and zeros to the length of a whole phase plane after the lead.
+fn lead_padded_len(g: &ConvGeom) -> usize {
+    max_shift(g) + hq(g) * wq(g)
 }
 
-/// Scratch for the padded output gradient of one image.
-pub(super) fn padded_grad_len(g: &ConvGeom) -> usize {
-    padded_len(&transposed(g))
+/// Scratch for the lead-padded output gradient of one image.
+pub(super) fn lead_padded_grad_len(g: &ConvGeom) -> usize {
+    g.c_out * lead_padded_len(g)
 }
 
-/// Input gradient of one image through the direct kernel, from the wide output gradient
-/// `dywide` (zeros in its thrown-away columns): a forward pass of `transposed(g)` whose weight
-/// for output row `ci`, tap `t` and input row `co` is `w[co, ci]` at the flipped tap `taps - 1 - t`.
-/// Scratch: `dyq` holds `padded_grad_len` values, `dxwide` `C_in * wide_len` values.
+/// Input gradient of one image through the direct kernel, any stride and padding. The forward
+/// pass added `W_t · dY` read at `q + shift_t` of tap `t`'s phase plane, so the gradient of phase
+/// plane position `q` is `Σ_t W_tᵀ · dY[q - shift_t]` over the taps of that phase: a shifted sum
+/// over the wide output gradient `dywide` placed after `max_shift` zeros (zeros in its
+/// thrown-away columns catch the reads that wrap to the previous row). Only the plane rows that
+/// hold image pixels are computed. Scratch: `dyl` holds `lead_padded_grad_len` values, `dxq`
+/// `padded_len`.
 pub(super) fn input_grad_image_direct(
     w: &[f32],
     dywide: &[f32],
     g: &ConvGeom,
-    dyq: &mut [f32],
-    dxwide: &mut [f32],
+    dyl: &mut [f32],
+    dxq: &mut [f32],
     dx: &mut [f32],
 ) {
-    let gt = transposed(g);
-    let (plane, wide, wq) = (plane_len(&gt), wide_len(&gt), wq(&gt));
-    // A wide row's zero tail is the left and right padding of the padded plane, so the padded
-    // plane is the wide gradient shifted by `pad` rows and columns with zeros before and after.
-    let lead = g.pad * wq + g.pad;
+    let (lead, len, wq, s, plane) = (
+        max_shift(g),
+        lead_padded_len(g),
+        wq(g),
+        g.stride,
+        plane_len(g),
+    );
     for (src, dst) in dywide
         .chunks_exact(wide_len(g))
-        .zip(dyq.chunks_exact_mut(plane))
+        .zip(dyl.chunks_exact_mut(len))
     {
         dst[..lead].fill(0.0);
         dst[lead..lead + src.len()].copy_from_slice(src);
         dst[lead + src.len()..].fill(0.0);
     }
     let taps = g.kh * g.kw;
-    let offs: Vec<usize> = (0..taps).map(|t| tap_offset(&gt, t)).collect();
-    let flipped: Vec<usize> = (0..taps).map(|t| taps - 1 - t).collect();
-    let weights = direct::Weights {
-        data: w,
-        rs: taps,
-        ks: g.k(),
-        taps: &flipped,
-    };
-    let out = &mut dxwide[..gt.c_out * wide];
-    let dims = (g.c_in, g.c_out, wide);
-    let dst = direct::Dst {
-        data: out,
-        ld: wide,
-        accumulate: false,
-    };
-    direct::shifted_sum(&weights, dyq, plane, &offs, dst, dims);
-    for (dst, src) in dx.chunks_exact_mut(g.w).zip(valid_rows(out, &gt)) {
-        dst.copy_from_slice(src);
+    for phase in 0..s * s {
+        let (r_lo, r_hi) = inside(g.h, hq(g), s, phase / s, g.pad);
+        let phase_taps: Vec<usize> = (0..taps)
+            .filter(|&t| tap_phase_shift(g, t).0 == phase)
+            .collect();
+        if phase_taps.is_empty() || r_lo == r_hi {
+            continue;
+        }
+        let offs: Vec<usize> = phase_taps
+            .iter()
+            .map(|&t| lead - tap_phase_shift(g, t).1 + r_lo * wq)
+            .collect();
+        // Output row `ci`, tap `t`, depth `co` reads `w[co, ci, t]`.
+        let weights = direct::Weights {
+            data: w,
+            rs: taps,
+            ks: g.k(),
+            taps: &phase_taps,
+        };
+        let dst = direct::Dst {
+            data: &mut dxq[phase * g.c_in * plane + r_lo * wq..],
+            ld: plane,
+            accumulate: false,
+        };
+        let dims = (g.c_in, g.c_out, (r_hi - r_lo) * wq);
+        direct::shifted_sum(&weights, dyl, len, &offs, dst, dims);
     }
+    image_from_planes(dxq, g, dx);
 }
 
-/// Whether the weight gradient runs through the direct kernel: at stride 1, where the padded image
-/// is one plane per channel.
-pub(super) fn weight_grad_direct_applies(g: &ConvGeom) -> bool {
-    g.stride == 1
-}
-
-/// `xt [plane, C]` from `xq [C, plane]`, in tiles that stay in cache.
+/// `xt [plane, C]` from `xq [C, plane]`: 8 x 8 blocks through AVX registers where the CPU has
+/// them, the edges (and every block elsewhere) one value at a time.
 fn transpose(xq: &[f32], c: usize, plane: usize, xt: &mut [f32]) {
-    const TILE: usize = 16;
-    for c0 in (0..c).step_by(TILE) {
-        let c1 = (c0 + TILE).min(c);
-        for p0 in (0..plane).step_by(TILE) {
-            let p1 = (p0 + TILE).min(plane);
-            for ch in c0..c1 {
-                let src = &xq[ch * plane + p0..ch * plane + p1];
-                for (p, v) in (p0..p1).zip(src) {
-                    xt[p * c + ch] = *v;
+    assert!(
+        xq.len() >= c * plane && xt.len() >= c * plane,
+        "transpose: buffers too short"
+    );
+    let (mut c8, mut p8) = (0, 0);
+    #[cfg(target_arch = "x86_64")]
+    if std::is_x86_feature_detected!("avx") {
+        (c8, p8) = (c / 8 * 8, plane / 8 * 8);
+        // SAFETY: AVX is present; the blocks read `xq[..c8 * plane]` and write `xt[..p8 * c]`,
+        // inside both buffers (asserted above).
+        unsafe { avx::transpose_blocks(xq, c, plane, xt, (c8, p8)) };
+    }
+    let scalar = |xt: &mut [f32], chs: std::ops::Range<usize>, ps: std::ops::Range<usize>| {
+        for ch in chs {
+            for p in ps.clone() {
+                xt[p * c + ch] = xq[ch * plane + p];
+            }
+        }
+    };
+    // The blocks cover channels `..c8` at positions `..p8`.
+    scalar(xt, 0..c8, p8..plane);
+    scalar(xt, c8..c, 0..plane);
+}
+
+#[cfg(target_arch = "x86_64")]
+mod avx {
+    use std::arch::x86_64::*;
+
+    /// The 8 x 8 blocks of `transpose` over channels `..c8` and positions `..p8` (multiples of 8).
+    #[target_feature(enable = "avx")]
+    pub(super) unsafe fn transpose_blocks(
+        xq: &[f32],
+        c: usize,
+        plane: usize,
+        xt: &mut [f32],
+        (c8, p8): (usize, usize),
+    ) {
+        let (src, dst) = (xq.as_ptr(), xt.as_mut_ptr());
+        for c0 in (0..c8).step_by(8) {
+            for p0 in (0..p8).step_by(8) {
+                let r: [__m256; 8] =
+                    std::array::from_fn(|i| _mm256_loadu_ps(src.add((c0 + i) * plane + p0)));
+                // Pairs of rows interleaved, then pairs of pairs, then the 128-bit halves swapped.
+                let t: [__m256; 8] = std::array::from_fn(|i| {
+                    let (a, b) = (r[i / 2 * 2], r[i / 2 * 2 + 1]);
+                    if i % 2 == 0 {
+                        _mm256_unpacklo_ps(a, b)
+                    } else {
+                        _mm256_unpackhi_ps(a, b)
+                    }
+                });
+                let s: [__m256; 8] = std::array::from_fn(|i| {
+                    let base = i / 4 * 4;
+                    let (a, b) = (t[base + (i % 4) / 2], t[base + 2 + (i % 4) / 2]);
+                    if i % 2 == 0 {
+                        _mm256_shuffle_ps::<0x44>(a, b)
+                    } else {
+                        _mm256_shuffle_ps::<0xEE>(a, b)
+                    }
+                });
+                for j in 0..8 {
+                    let (a, b) = (s[j % 4], s[4 + j % 4]);
+                    let v = if j < 4 {
+                        _mm256_permute2f128_ps::<0x20>(a, b)
+                    } else {
+                        _mm256_permute2f128_ps::<0x31>(a, b)
+                    };
+                    _mm256_storeu_ps(dst.add((p0 + j) * c + c0), v);
                 }
             }
         }
@@ -374,7 +455,7 @@ fn transpose(xq: &[f32], c: usize, plane: usize, xt: &mut [f32]) {
 
 /// Weight gradient of one image through the direct kernel, written (or added, with
 /// `accumulate`) tap-major into `dwt [kh * kw, C_out, C_in]`: tap `t` is `dY · shifted(X)ᵀ`, a
-/// product whose depth is the wide output's columns, read from the transposed padded image so
+/// product whose depth is the wide output's columns, read from the transposed phase planes so
 /// that the kernel's vectors run along `C_in`. Scratch: `xq` and `xt` hold `padded_len` values.
 pub(super) fn weight_grad_image_direct(
     x: &[f32],
@@ -386,7 +467,15 @@ pub(super) fn weight_grad_image_direct(
 ) {
     let (plane, wide) = (plane_len(g), wide_len(g));
     pad_image(x, g, xq);
-    transpose(xq, g.c_in, plane, xt);
+    // Phase by phase: `xt [phase, plane, C_in]`; phases no tap reads are left alone.
+    let phases = xq
+        .chunks_exact(g.c_in * plane)
+        .zip(xt.chunks_exact_mut(g.c_in * plane));
+    for (ph, (src, dst)) in phases.enumerate() {
+        if phase_used(g, ph / g.stride, ph % g.stride) {
+            transpose(src, g.c_in, plane, dst);
+        }
+    }
     let weights = direct::Weights {
         data: dywide,
         rs: wide,
@@ -395,7 +484,8 @@ pub(super) fn weight_grad_image_direct(
     };
     let per_tap = g.c_out * g.c_in;
     for (t, dst) in dwt.chunks_exact_mut(per_tap).enumerate() {
-        let offs = [tap_offset(g, t) * g.c_in];
+        let (phase, shift) = tap_phase_shift(g, t);
+        let offs = [(phase * plane + shift) * g.c_in];
         let dst = direct::Dst {
             data: dst,
             ld: g.c_in,
@@ -420,6 +510,20 @@ pub(super) fn from_tap_major(dwt: &[f32], g: &ConvGeom) -> Vec<f32> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn transpose_matches_the_plain_loop() {
+        for (c, plane) in [(8, 8), (16, 40), (13, 21), (3, 5), (64, 102), (9, 17)] {
+            let xq: Vec<f32> = (0..c * plane).map(|i| i as f32).collect();
+            let mut xt = vec![f32::NAN; c * plane];
+            transpose(&xq, c, plane, &mut xt);
+            for ch in 0..c {
+                for p in 0..plane {
+                    assert_eq!(xt[p * c + ch], xq[ch * plane + p], "c{c} plane{plane}");
+                }
+            }
+        }
+    }
 
     #[test]
     fn inside_matches_brute_force() {
