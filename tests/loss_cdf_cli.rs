@@ -122,6 +122,13 @@ fn over_training_draws_every_checkpoint() {
         md.contains("Figure 4") && md.contains("iteration 6 (100%)"),
         "{md}"
     );
+    // The project's reading of the figure beside ours, both bounds.
+    assert!(
+        md.contains("## Figure 4 read off the plot")
+            && md.contains("more than 60% of the positive loss")
+            && md.contains("more than 95% of the negative loss"),
+        "{md}"
+    );
 
     // Without snapshots the user is told how to get them.
     for f in ["snapshot-2.safetensors", "snapshot-3.safetensors"] {

@@ -490,6 +490,36 @@ mod tests {
     }
 
     #[test]
+    fn figure_readings_compare_the_gamma_2_shares_with_60_and_95_percent() {
+        let curve = |set, shares: [f64; 5]| Curve {
+            gamma: 2.0,
+            set,
+            samples: 100,
+            points: vec![(0.0, 0.0), (1.0, 1.0)],
+            hardest_shares: shares.to_vec(),
+        };
+        assert_eq!(HARD_FRACTIONS[SHARE_20], 0.20);
+        assert_eq!(HARD_FRACTIONS[SHARE_5], 0.05);
+        let pos = curve(SampleSet::Positive, [0.05, 0.2, 0.4, 0.61, 0.9]);
+        let neg = curve(SampleSet::Negative, [0.5, 0.94, 0.97, 0.98, 0.99]);
+        let r = figure_readings(&[pos, neg]);
+        assert_eq!(r.len(), 2);
+        assert_eq!((r[0].agrees, r[1].agrees), (Some(true), Some(false)));
+        assert!(r[0].ours.contains("61.0%"), "{}", r[0].ours);
+        assert!(
+            r[1].ours.contains("hardest 5% of negatives hold 94.0%"),
+            "{}",
+            r[1].ours
+        );
+        // Without a gamma-2 curve there is nothing to compare.
+        let other = Curve {
+            gamma: 1.0,
+            ..curve(SampleSet::Positive, [0.0; 5])
+        };
+        assert!(figure_readings(&[other]).iter().all(|f| f.agrees.is_none()));
+    }
+
+    #[test]
     fn empty_sets_are_errors() {
         assert!(analyze(vec![], vec![1.0], &[2.0], 10)
             .unwrap_err()
@@ -640,6 +670,45 @@ pub fn paper_findings(curves: &[Curve]) -> Vec<Finding> {
         _ => skipped("negatives' concentration as gamma increases", "needs two gammas"),
     });
     out
+}
+
+/// Figure 4 read off the plot rather than from the text (the project's notes, docs/paper.md §5):
+/// with γ = 2 the hardest 20% of positives carry more than 60% of the positive loss (the text says
+/// "roughly half") and the hardest 5% of negatives more than 95% of the negative loss.
+pub fn figure_readings(curves: &[Curve]) -> Vec<Finding> {
+    let reading = |set, q: usize, at_least: f64, paper, criterion| match find(curves, set, 2.0) {
+        Some(c) => {
+            let s = c.hardest_shares[q];
+            Finding {
+                paper,
+                criterion,
+                ours: format!(
+                    "hardest {:.0}% of {}s hold {:.1}% at gamma 2",
+                    100.0 * HARD_FRACTIONS[q],
+                    c.set.name(),
+                    100.0 * s
+                ),
+                agrees: Some(s > at_least),
+            }
+        }
+        None => skipped(paper, "needs gamma 2"),
+    };
+    vec![
+        reading(
+            SampleSet::Positive,
+            SHARE_20,
+            0.60,
+            "with gamma 2, the hardest 20% of positives carry more than 60% of the positive loss",
+            "hardest 20% of positives hold more than 60% (gamma 2)",
+        ),
+        reading(
+            SampleSet::Negative,
+            SHARE_5,
+            0.95,
+            "with gamma 2, the hardest 5% of negatives carry more than 95% of the negative loss",
+            "hardest 5% of negatives hold more than 95% (gamma 2)",
+        ),
+    ]
 }
 
 fn skipped(what: &'static str, why: &'static str) -> Finding {
