@@ -16,7 +16,7 @@ pub struct Args {
     pub samples: Option<PathBuf>,
     /// A trained run (`fl-lab train`) whose model is applied to the validation images. With neither
     /// --samples nor --run, the default gamma = 2 model is trained on the built-in benchmark first
-    /// (experiments/cpu.toml, into runs/loss-cdf-default) and reused afterwards.
+    /// (experiments/cpu.toml, into runs/loss-cdf-default-<config hash>) and reused afterwards.
     #[arg(long, value_name = "runs/NAME")]
     pub run: Option<PathBuf>,
     /// With --run: take the images of this COCO dataset's validation split instead of the run's own.
@@ -151,12 +151,10 @@ fn model_key(run_dir: &Path) -> String {
     format!("model {}", run_dir.display())
 }
 
-/// Trains (once) the default gamma = 2 model the paper analyses, on the built-in benchmark.
+/// Trains (once) the default gamma = 2 model the paper analyses, on the built-in benchmark, into
+/// `runs/loss-cdf-default-<config hash>`: a model of an earlier `cpu` preset (another schedule
+/// length, say) lives under another name and is never taken for the default one.
 fn default_model(quiet: bool) -> Result<PathBuf> {
-    let run_dir = PathBuf::from("runs/loss-cdf-default");
-    if run_dir.join("model.safetensors").exists() {
-        return Ok(run_dir);
-    }
     let preset = crate::experiments::spec::preset_text("cpu")?.0;
     let cfg = crate::config::Config::from_toml_str(
         &preset,
@@ -166,6 +164,10 @@ fn default_model(quiet: bool) -> Result<PathBuf> {
             "loss.alpha=0.25".into(),
         ],
     )?;
+    let run_dir = PathBuf::from(format!("runs/loss-cdf-default-{}", cfg.hash()?));
+    if run_dir.join("model.safetensors").exists() {
+        return Ok(run_dir);
+    }
     let device = crate::device::parse_device(&cfg.device)?;
     if !quiet {
         eprintln!(
