@@ -41,6 +41,9 @@ pub struct SweepFlags {
     /// Count the runs recorded in <out>/results.csv as finished, training only the others (to spread a sweep over several sessions, e.g. with --out plots/<experiment>).
     #[arg(long)]
     pub reuse_recorded: bool,
+    /// Another experiment's results folder (or results.csv) whose runs of the same configuration and seed count as finished, their rows taken into this table: Table 1's shared baseline (FL in 1b, 1c and 1d) is then trained once, e.g. `anchors --reuse-from plots/sweep-gamma`. Repeatable; not for sweep-imbalance.
+    #[arg(long, value_name = "DIR", value_delimiter = ',')]
+    pub reuse_from: Vec<PathBuf>,
 }
 
 impl SweepFlags {
@@ -64,6 +67,20 @@ impl SweepFlags {
     /// The output folder of experiment `name`.
     pub fn out(&self, name: &str) -> PathBuf {
         self.out.clone().unwrap_or_else(|| default_out(name))
+    }
+
+    /// The `results.csv` of each `--reuse-from` folder (a file is taken as it is).
+    pub fn reuse_from_tables(&self) -> Vec<PathBuf> {
+        self.reuse_from
+            .iter()
+            .map(|p| {
+                if p.is_dir() {
+                    p.join("results.csv")
+                } else {
+                    p.clone()
+                }
+            })
+            .collect()
     }
 
     /// With `--reuse-recorded`, says first how many recorded runs count as finished.
@@ -129,6 +146,7 @@ pub fn run(name: &str, args: Args, quiet: bool) -> Result<()> {
         reference: reference_for(name, &out),
         out,
         reuse_recorded: flags.reuse_recorded,
+        reuse_from: flags.reuse_from_tables(),
     };
     let outcome = run_and_report(name, &opts, &TrainAndEvaluate, quiet)?;
     match &outcome.collected {
@@ -195,6 +213,7 @@ pub fn run(name: &str, args: Args, quiet: bool) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::experiments::collect::Row;
     use crate::experiments::runner::{Executor, Job, RunRecord, Workers};
     use std::sync::Mutex;
 
@@ -254,8 +273,64 @@ mod tests {
             out: out.to_path_buf(),
             jobs: 1,
             reuse_recorded: false,
+            reuse_from: vec![],
             reference: None,
         }
+    }
+
+    #[test]
+    fn reuse_from_takes_the_shared_configurations_from_another_table() {
+        let dir = tempfile::tempdir().unwrap();
+        let (gamma_dir, anchors_dir) = (dir.path().join("sg"), dir.path().join("anchors"));
+        let gamma = run_and_report("sweep-gamma", &opts(&gamma_dir), &fake(), true).unwrap();
+        // As in a fresh clone: the committed table without its run folders.
+        std::fs::remove_dir_all(gamma_dir.join("runs")).unwrap();
+        let table = gamma_dir.join("results.csv");
+        let o = SweepOptions {
+            reuse_from: vec![table.clone()],
+            ..opts(&anchors_dir)
+        };
+        let f = fake();
+        let anchors = run_and_report("anchors", &o, &f, true).unwrap();
+        // FL with the default anchors is sweep-gamma's gamma 2 row: not trained again, two seeds.
+        let c = anchors.collected.unwrap();
+        assert_eq!(c.borrowed, 2, "{:?}", f.calls);
+        assert_eq!(anchors.progress.trained, anchors.jobs - 2);
+        let calls = f.calls.lock().unwrap();
+        assert!(
+            !calls.iter().any(|c| c.starts_with("3 scales, 3 ratios")),
+            "{calls:?}"
+        );
+        let gamma_rows = std::fs::read_to_string(&table).unwrap();
+        let shared: Vec<&Row> = c
+            .rows
+            .iter()
+            .filter(|r| r.job.label == "3 scales, 3 ratios")
+            .collect();
+        assert_eq!(shared.len(), 2);
+        for r in shared {
+            assert!(
+                gamma_rows.contains(&r.job.hash),
+                "{} not in sweep-gamma's table",
+                r.job.hash
+            );
+        }
+        let md = std::fs::read_to_string(anchors_dir.join("summary.md")).unwrap();
+        assert!(
+            md.contains("2 of them are runs of the same configuration"),
+            "{md}"
+        );
+        assert!(gamma.jobs > 0);
+
+        // A table that is not there is an error naming it, before anything trains.
+        let missing = SweepOptions {
+            reuse_from: vec![dir.path().join("nowhere/results.csv")],
+            ..opts(&anchors_dir)
+        };
+        let f = fake();
+        let err = run_and_report("anchors", &missing, &f, true).unwrap_err();
+        assert!(format!("{err:#}").contains("nowhere"), "{err:#}");
+        assert!(f.calls.lock().unwrap().is_empty());
     }
 
     #[test]

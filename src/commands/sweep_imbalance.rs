@@ -41,6 +41,12 @@ pub struct Args {
 
 pub fn run(args: Args, quiet: bool) -> Result<()> {
     let flags = &args.sweep;
+    if !flags.reuse_from.is_empty() {
+        anyhow::bail!(
+            "--reuse-from applies to the Table 1 experiments and schedule, not to sweep-imbalance \
+             (its rungs train on their own datasets)"
+        );
+    }
     let out = flags.out("sweep-imbalance");
     flags.announce_reuse(&out)?;
     let opts = ImbalanceOptions {

@@ -3,9 +3,9 @@
 
 use super::runner::{read_record, run_dir, Job, RunRecord};
 use super::spec::{label_matches, ExperimentSpec, FindingKind, PaperRow};
-use anyhow::{anyhow, Context, Result};
+use anyhow::{anyhow, bail, Context, Result};
 use std::collections::{BTreeMap, HashMap};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 /// One finished run.
 #[derive(Debug, Clone)]
@@ -130,6 +130,8 @@ pub struct Collected {
     pub missing: usize,
     /// Rows taken from an earlier `results.csv` because their run folders are absent.
     pub kept: usize,
+    /// Rows taken from other experiments' tables (`--reuse-from`).
+    pub borrowed: usize,
 }
 
 /// Reads whatever runs of `jobs` have finished under `out`. A job whose run folder has no record
@@ -137,11 +139,13 @@ pub struct Collected {
 /// of a shared or committed results folder, and `--collect` there must not erase the table.
 /// `reference`: a results table whose rows of the same configurations are summarized beside ours,
 /// with the jobs of the seeds to look for there (the same variants, any number of seeds).
+/// `borrowed`: runs of other experiments' tables (`borrowed_records`), taken last.
 pub fn collect(
     spec: &ExperimentSpec,
     jobs: &[Job],
     out: &Path,
     reference: Option<(&Path, &[Job])>,
+    borrowed: &HashMap<RunKey, RunRecord>,
 ) -> Result<Collected> {
     let earlier = earlier_records(&out.join("results.csv"))?;
     let reference = match reference {
@@ -149,15 +153,22 @@ pub fn collect(
         None => None,
     };
     let mut rows = Vec::new();
-    let (mut missing, mut kept) = (0, 0);
+    let (mut missing, mut kept, mut taken) = (0, 0, 0);
     for job in jobs {
+        let key = (job.hash.clone(), job.seed);
         let record = match read_record(&run_dir(out, job))? {
             Some(record) => Some(record),
-            None => {
-                let row = earlier.get(&(job.hash.clone(), job.seed)).cloned();
-                kept += usize::from(row.is_some());
-                row
-            }
+            None => match earlier.get(&key) {
+                Some(row) => {
+                    kept += 1;
+                    Some(row.clone())
+                }
+                None => {
+                    let row = borrowed.get(&key).cloned();
+                    taken += usize::from(row.is_some());
+                    row
+                }
+            },
         };
         match record {
             Some(record) => rows.push(Row {
@@ -226,7 +237,31 @@ pub fn collect(
         convergence,
         missing,
         kept,
+        borrowed: taken,
     })
+}
+
+/// The runs of `jobs` that the tables `paths` (other experiments' `results.csv`) record, by
+/// configuration hash and seed; the first table to record a run wins. A table that does not exist
+/// is an error: `--reuse-from` names it on purpose.
+pub fn borrowed_records(paths: &[PathBuf], jobs: &[Job]) -> Result<HashMap<RunKey, RunRecord>> {
+    let mut out = HashMap::new();
+    for path in paths {
+        if !path.is_file() {
+            bail!(
+                "--reuse-from {}: no such results table (give an experiment's results folder or its results.csv)",
+                path.display()
+            );
+        }
+        let records = earlier_records(path)?;
+        for job in jobs {
+            let key = (job.hash.clone(), job.seed);
+            if let Some(r) = records.get(&key) {
+                out.entry(key).or_insert_with(|| r.clone());
+            }
+        }
+    }
+    Ok(out)
 }
 
 /// The records of an earlier `results.csv`, keyed by (config hash, seed); none if it does not

@@ -29,6 +29,9 @@ pub struct SweepOptions {
     /// Count the runs recorded in `<out>/results.csv` as finished (`--reuse-recorded`), for a
     /// sweep spread over several sessions whose run folders are gone.
     pub reuse_recorded: bool,
+    /// Other experiments' `results.csv` files whose runs of this sweep's configurations and seeds
+    /// count as finished, their rows taken into this table (`--reuse-from`).
+    pub reuse_from: Vec<PathBuf>,
     /// A results table to set beside ours, matched by configuration hash and seed (the committed
     /// reference in `plots/<experiment>/results.csv`); none when absent or when it is `out`'s own.
     pub reference: Option<PathBuf>,
@@ -63,6 +66,7 @@ pub fn run_experiment(
     }
     let (preset, preset_origin) = preset_text(&opts.preset)?;
     let jobs = expand(&spec, &preset, &opts.overrides, &opts.alphas, opts.seeds)?;
+    let borrowed = collect::borrowed_records(&opts.reuse_from, &jobs)?;
     std::fs::create_dir_all(&opts.out)
         .with_context(|| format!("cannot create {}", opts.out.display()))?;
     let mut progress = runner::SweepProgress::default();
@@ -70,13 +74,14 @@ pub fn run_experiment(
         let mine = opts.shard.take(jobs.clone());
         // Only on request is a run kept as a row of the table (its folder gone) not trained again:
         // a newcomer's first sweep trains, and its table stands beside the committed one.
-        let recorded = if opts.reuse_recorded {
+        let mut recorded: std::collections::HashSet<collect::RunKey> = if opts.reuse_recorded {
             collect::earlier_records(&opts.out.join("results.csv"))?
                 .into_keys()
                 .collect()
         } else {
             Default::default()
         };
+        recorded.extend(borrowed.keys().cloned());
         let workers = Workers::new(opts.jobs)?;
         progress = run_jobs(&mine, &opts.out, &recorded, executor, workers, quiet)?;
     }
@@ -96,7 +101,9 @@ pub fn run_experiment(
             None => None,
         };
         let reference = reference.as_ref().map(|(p, j)| (*p, j.as_slice()));
-        Some(collect::collect(&spec, &jobs, &opts.out, reference)?)
+        Some(collect::collect(
+            &spec, &jobs, &opts.out, reference, &borrowed,
+        )?)
     } else {
         None
     };
@@ -113,6 +120,14 @@ fn context_note(preset_origin: &str, opts: &SweepOptions) -> String {
     let mut note = format!("Trained with {preset_origin}");
     if !opts.overrides.is_empty() {
         note += &format!("; overrides: `{}`", opts.overrides.join(" "));
+    }
+    if !opts.reuse_from.is_empty() {
+        let tables: Vec<String> = opts
+            .reuse_from
+            .iter()
+            .map(|p| format!("`{}`", p.display()))
+            .collect();
+        note += &format!("; runs shared with {}", tables.join(", "));
     }
     note + &match opts.seeds {
         1 => "; seed 0.".to_string(),

@@ -570,6 +570,14 @@ pub fn write_summary_md(
             c.kept
         );
     }
+    if c.borrowed > 0 {
+        let _ = writeln!(
+            s,
+            "{} of them are runs of the same configuration and seed taken from other experiments' \
+             tables (`--reuse-from`).\n",
+            c.borrowed
+        );
+    }
     // The committed reference's AP of the same configurations, when this is not the reference.
     let with_reference = c.summaries.iter().any(|v| v.reference.is_some());
     let (ref_head, ref_rule) = if with_reference {
