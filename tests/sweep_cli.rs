@@ -44,26 +44,29 @@ fn the_main_job_trains_into_results_and_leaves_the_committed_reference_unchanged
     let t = tempfile::tempdir().unwrap();
     let data = tiny_dataset(t.path());
     let reference = t.path().join("plots/sweep-gamma");
-    std::fs::create_dir_all(&reference).unwrap();
-    let committed = concat!(env!("CARGO_MANIFEST_DIR"), "/plots/sweep-gamma");
+    let sweep = |extra: &[&str]| {
+        Command::new(env!("CARGO_BIN_EXE_fl-lab"))
+            .current_dir(t.path())
+            .args([
+                "--quiet",
+                "sweep-gamma",
+                "--preset",
+                "smoke",
+                "--data",
+                &data,
+            ])
+            .args(extra)
+            .output()
+            .unwrap()
+    };
+    // The committed reference: the same sweep, written to plots/ and without its run folders.
+    ok(&sweep(&["--out", reference.to_str().unwrap()]));
+    std::fs::remove_dir_all(reference.join("runs")).unwrap();
     let mut before = Vec::new();
     for f in ["results.csv", "summary.csv", "summary.md"] {
-        std::fs::copy(format!("{committed}/{f}"), reference.join(f)).unwrap();
         before.push(std::fs::read(reference.join(f)).unwrap());
     }
-    let o = Command::new(env!("CARGO_BIN_EXE_fl-lab"))
-        .current_dir(t.path())
-        .args([
-            "--quiet",
-            "sweep-gamma",
-            "--preset",
-            "smoke",
-            "--data",
-            &data,
-        ])
-        .output()
-        .unwrap();
-    let stdout = ok(&o);
+    let stdout = ok(&sweep(&[]));
     assert!(
         stdout.starts_with("sweep-gamma: 7 runs (0 reused, 7 trained"),
         "{stdout}"
