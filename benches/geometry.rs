@@ -86,7 +86,14 @@ fn benches(c: &mut Criterion) {
     let labels = fl_lab::geometry::anchor_labels(&labels, &vec![0; gt.len()]);
     let losses: Vec<f32> = (0..anchors.len()).map(|_| rng.gen::<f32>()).collect();
     for (name, ocfg) in [
-        ("ohem_select_68k_b128_nms05", OhemConfig::default()),
+        (
+            "ohem_select_68k_b128_nms05",
+            OhemConfig {
+                batch_size: 128,
+                nms_threshold: 0.5,
+                positive_fraction: None,
+            },
+        ),
         (
             "ohem_select_68k_b512_nms05_1to3",
             OhemConfig {

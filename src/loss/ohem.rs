@@ -40,7 +40,8 @@ use crate::geometry::boxes::area;
 use crate::geometry::nms::KeptIndex;
 use crate::geometry::Box4;
 
-/// OHEM settings (Table 1d: batch size 128/256/512, NMS 0.5/0.7, and `Some(0.25)` for "OHEM 1:3").
+/// OHEM settings (Table 1d: batch size 128/256/512, NMS 0.5/0.7, and `Some(0.25)` for "OHEM 1:3"),
+/// made from `loss.ohem_*` of the config, whose defaults are the one description of the settings.
 #[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct OhemConfig {
@@ -50,18 +51,6 @@ pub struct OhemConfig {
     pub nms_threshold: f32,
     /// `Some(f)`: at most a fraction `f` of the batch are positives (SSD's 1:3 is `0.25`).
     pub positive_fraction: Option<f32>,
-}
-
-impl Default for OhemConfig {
-    /// The paper's best OHEM in Table 1d: batch 128, NMS 0.5, no ratio (training takes its settings
-    /// from `loss.ohem_*` in the config instead).
-    fn default() -> Self {
-        Self {
-            batch_size: 128,
-            nms_threshold: 0.5,
-            positive_fraction: None,
-        }
-    }
 }
 
 /// Invalid OHEM settings; the message names the field and its value.
@@ -421,7 +410,7 @@ mod tests {
 
     #[test]
     fn validation_names_field() {
-        assert!(OhemConfig::default().validate().is_ok());
+        assert!(cfg(128, 0.5, None).validate().is_ok());
         let e = cfg(0, 0.5, None).validate().unwrap_err().to_string();
         assert!(e.contains("batch_size = 0"), "{e}");
         let e = cfg(8, 1.5, None).validate().unwrap_err().to_string();
