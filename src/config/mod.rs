@@ -693,10 +693,14 @@ mod tests {
 
     #[test]
     fn fields_at_their_defaults_leave_existing_hashes_alone() {
-        // The committed plots/anchors/results.csv row "1 scale, 1 ratio", seed 0: the cpu preset
-        // with the variant's overrides, trained before the optional fields existed.
+        // The committed plots/short-schedule/anchors/results.csv row "1 scale, 1 ratio", seed 0: the
+        // cpu preset at its earlier length with the variant's overrides, trained before the optional
+        // fields existed.
         let cpu = include_str!("../../experiments/cpu.toml");
         let sets: Vec<String> = [
+            "schedule.iterations=1200",
+            "schedule.steps=[900, 1080]",
+            "schedule.warmup_iters=100",
             "anchors.scales_per_octave=1",
             "anchors.aspect_ratios=[1.0]",
             "seed=0",
