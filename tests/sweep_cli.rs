@@ -96,7 +96,8 @@ fn every_sweep_runs_with_the_smoke_preset_and_writes_its_files() {
         ("ohem-vs-focal", 10),
     ] {
         let out = t.path().join(name);
-        let stdout = ok(&fl_lab(&[
+        let gamma_table = t.path().join("sweep-gamma");
+        let mut args = vec![
             name,
             "--preset",
             "smoke",
@@ -104,11 +105,24 @@ fn every_sweep_runs_with_the_smoke_preset_and_writes_its_files() {
             &data,
             "--out",
             out.to_str().unwrap(),
-        ]));
+        ];
+        // Table 1c's FL baseline is Table 1b's gamma 2: taken from it, and said so up front.
+        if name == "anchors" {
+            args.extend(["--reuse-from", gamma_table.to_str().unwrap()]);
+        }
+        let stdout = ok(&fl_lab(&args));
         assert!(
             stdout.contains(&format!("{name}: {variants} runs")),
             "{stdout}"
         );
+        if name == "anchors" {
+            let said = format!(
+                "--reuse-from: 1 of the 7 runs are recorded in `{}` and count as finished",
+                gamma_table.join("results.csv").display()
+            );
+            assert!(stdout.starts_with(&said), "{stdout}");
+            assert!(stdout.contains("(1 reused, 6 trained"), "{stdout}");
+        }
         assert_eq!(lines(&out.join("results.csv")), 1 + variants, "{name}");
         assert_eq!(lines(&out.join("summary.csv")), 1 + variants, "{name}");
         let md = std::fs::read_to_string(out.join("summary.md")).unwrap();

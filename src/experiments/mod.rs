@@ -67,6 +67,14 @@ pub fn run_experiment(
     let (preset, preset_origin) = preset_text(&opts.preset)?;
     let jobs = expand(&spec, &preset, &opts.overrides, &opts.alphas, opts.seeds)?;
     let borrowed = collect::borrowed_records(&opts.reuse_from, &jobs)?;
+    if !opts.reuse_from.is_empty() && !opts.collect_only {
+        println!(
+            "--reuse-from: {} of the {} runs are recorded in {} and count as finished",
+            borrowed.len(),
+            jobs.len(),
+            tables_named(&opts.reuse_from)
+        );
+    }
     std::fs::create_dir_all(&opts.out)
         .with_context(|| format!("cannot create {}", opts.out.display()))?;
     let mut progress = runner::SweepProgress::default();
@@ -122,17 +130,21 @@ fn context_note(preset_origin: &str, opts: &SweepOptions) -> String {
         note += &format!("; overrides: `{}`", opts.overrides.join(" "));
     }
     if !opts.reuse_from.is_empty() {
-        let tables: Vec<String> = opts
-            .reuse_from
-            .iter()
-            .map(|p| format!("`{}`", p.display()))
-            .collect();
-        note += &format!("; runs shared with {}", tables.join(", "));
+        note += &format!("; runs shared with {}", tables_named(&opts.reuse_from));
     }
     note + &match opts.seeds {
         1 => "; seed 0.".to_string(),
         n => format!("; seeds 0-{}.", n - 1),
     }
+}
+
+/// `a`, `b`: the tables as a summary names them.
+fn tables_named(tables: &[PathBuf]) -> String {
+    let named: Vec<String> = tables
+        .iter()
+        .map(|p| format!("`{}`", p.display()))
+        .collect();
+    named.join(", ")
 }
 
 /// Seeds looked for in a reference table (committed tables hold three).
