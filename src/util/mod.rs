@@ -91,23 +91,24 @@ fn umask() -> u32 {
         .unwrap_or(0o022)
 }
 
-/// `git describe --always --dirty` of the working directory, or "unknown" outside a git checkout.
-/// Recorded in every result row so a number can be traced to the code that produced it.
+/// The commit this binary was built from (with "-dirty" when its code had uncommitted edits),
+/// or "unknown" when it was built outside a git checkout; set by `build.rs`. Recorded in every
+/// result row so a number can be traced to the code that produced it.
 pub fn git_revision() -> String {
-    std::process::Command::new("git")
-        .args(["describe", "--always", "--dirty"])
-        .output()
-        .ok()
-        .filter(|o| o.status.success())
-        .and_then(|o| String::from_utf8(o.stdout).ok())
-        .map(|s| s.trim().to_string())
-        .filter(|s| !s.is_empty())
-        .unwrap_or_else(|| "unknown".into())
+    env!("FL_LAB_GIT_REVISION").to_string()
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_revision_names_a_commit_or_says_unknown() {
+        let rev = git_revision();
+        let commit = rev.strip_suffix("-dirty").unwrap_or(&rev);
+        let hex = commit.len() >= 7 && commit.chars().all(|c| c.is_ascii_hexdigit());
+        assert!(hex || rev == "unknown", "{rev}");
+    }
 
     #[test]
     fn atomic_write_replaces_content_and_leaves_no_temp() {
