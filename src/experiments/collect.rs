@@ -414,6 +414,12 @@ fn judge(
             .max_by(|x, y| x.ap.mean.total_cmp(&y.ap.mean))
             .cloned()
     };
+    // A best over some of its variants may still change: no verdict until each has a run.
+    let unfinished = |patterns: &[String]| {
+        summaries
+            .iter()
+            .any(|s| s.runs == 0 && patterns.iter().any(|p| label_matches(p, &s.label)))
+    };
     let (ga, gb) = (matching(a), matching(b));
     let none = |why: &str| Verdict {
         paper: paper.into(),
@@ -425,6 +431,9 @@ fn judge(
             let (Some(x), Some(y)) = (best(&ga), best(&gb)) else {
                 return none("the runs needed have not finished");
             };
+            if unfinished(a) || unfinished(b) {
+                return none("some of the variants compared have not finished");
+            }
             let diff = x.ap.mean - y.ap.mean;
             let spread = x.ap.std.max(y.ap.std);
             let seeds = x.runs.min(y.runs);
@@ -457,6 +466,9 @@ fn judge(
                 .fold(f64::NEG_INFINITY, f64::max);
             if ga.is_empty() || !top.is_finite() {
                 return none("the runs needed have not finished");
+            }
+            if summaries.iter().any(|s| s.runs == 0) {
+                return none("the sweep's best is not known until every variant has finished");
             }
             let collapsed = ga
                 .iter()
@@ -587,6 +599,48 @@ mod tests {
             (c[1].shortest_within, c[1].flattened),
             ((3600.0, 0.40), false)
         );
+    }
+
+    #[test]
+    fn verdicts_wait_for_every_variant_they_compare() {
+        let v = |label: &str, runs: usize, ap: f64| VariantSummary {
+            label: label.into(),
+            runs,
+            diverged: 0,
+            ap: Stat {
+                mean: ap,
+                std: 0.001,
+            },
+            ap50: Stat::default(),
+            ap75: Stat::default(),
+            paper: None,
+            reference: None,
+            x: None,
+            series: None,
+        };
+        let labels = |l: &[&str]| l.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        let (low, fl, ce) = (labels(&["low"]), labels(&["fl"]), labels(&["ce *"]));
+        let collapse =
+            |rows: &[VariantSummary]| judge(FindingKind::Collapses, "", &low, &[], rows).reproduced;
+        let beats =
+            |rows: &[VariantSummary]| judge(FindingKind::Beats, "", &fl, &ce, rows).reproduced;
+        // Half of a best that has not been trained yet is unknown, so is a best of part of a group.
+        let partial = [
+            v("low", 2, 0.2),
+            v("fl", 2, 0.3),
+            v("ce a", 2, 0.25),
+            v("ce b", 0, 0.0),
+        ];
+        assert_eq!(collapse(&partial), None);
+        assert_eq!(beats(&partial), None);
+        let done = [
+            v("low", 2, 0.2),
+            v("fl", 2, 0.3),
+            v("ce a", 2, 0.25),
+            v("ce b", 2, 0.5),
+        ];
+        assert_eq!(collapse(&done), Some(true));
+        assert_eq!(beats(&done), Some(false));
     }
 
     #[test]
