@@ -12,7 +12,8 @@
 //! thrown away (or, in the backward products, carry a zero gradient). Compared with im2col this
 //! writes the image once instead of `kh * kw` times, and the planes stay in cache across taps.
 
-use super::{direct, matmul_into, ConvGeom, Mat, MatMut};
+use super::direct::{self, Depth};
+use super::{matmul_into, ConvGeom, Mat, MatMut};
 use gemm::Parallelism;
 
 /// Worth it when the thrown-away columns are a small share of the work (at `W_out >= 8` the
@@ -296,7 +297,15 @@ pub(super) fn forward_image_direct(
         ld: wide,
         accumulate: false,
     };
-    direct::shifted_sum(&weights, xq, plane_len(g), &offs, dst, dims);
+    direct::shifted_sum(
+        &weights,
+        xq,
+        plane_len(g),
+        &offs,
+        dst,
+        dims,
+        Depth::Channels,
+    );
 }
 
 /// The largest in-plane shift of any tap.
@@ -371,7 +380,7 @@ pub(super) fn input_grad_image_direct(
             accumulate: false,
         };
         let dims = (g.c_in, g.c_out, (r_hi - r_lo) * wq);
-        direct::shifted_sum(&weights, dyl, len, &offs, dst, dims);
+        direct::shifted_sum(&weights, dyl, len, &offs, dst, dims, Depth::Channels);
     }
     image_from_planes(dxq, g, dx);
 }
@@ -491,7 +500,8 @@ pub(super) fn weight_grad_image_direct(
             ld: g.c_in,
             accumulate,
         };
-        direct::shifted_sum(&weights, xt, g.c_in, &offs, dst, (g.c_out, wide, g.c_in));
+        let dims = (g.c_out, wide, g.c_in);
+        direct::shifted_sum(&weights, xt, g.c_in, &offs, dst, dims, Depth::Pixels);
     }
 }
 
