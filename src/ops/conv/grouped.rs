@@ -111,7 +111,7 @@ pub(super) fn backward_group(
         }
     }
     if needs.bias {
-        add_row_sums(out.db, dyg, cols);
+        add_row_sums(out.db, (dyg, cols), cols);
     }
     if needs.weight {
         group_cols(t, xs, g, col);

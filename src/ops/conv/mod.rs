@@ -199,8 +199,8 @@ fn image_cols<'a>(
 }
 
 /// Adds the sum of each `cols`-long row of `m` to `acc` (one entry per row), in f64.
-fn add_row_sums(acc: &mut [f64], m: &[f32], cols: usize) {
-    for (a, row) in acc.iter_mut().zip(m.chunks(cols)) {
+fn add_row_sums(acc: &mut [f64], (m, ld): (&[f32], usize), cols: usize) {
+    for (a, row) in acc.iter_mut().zip(m.chunks(ld).map(|r| &r[..cols])) {
         // Eight independent partial sums, so that the compiler can keep them in one vector.
         let mut lanes = [0f64; 8];
         let mut chunks = row.chunks_exact(8);
@@ -529,14 +529,9 @@ impl BackwardPlan {
         let direct_dx = shifted && needs.input && direct::enabled();
         let direct_dw = shifted && needs.weight && direct::enabled();
         let lens = if shifted {
-            let dyq_len = if direct_dx {
-                shifted::lead_padded_grad_len(g)
-            } else {
-                0
-            };
             let xt_len = if direct_dw { shifted::padded_len(g) } else { 0 };
-            let wide_grad_len = g.c_out * shifted::wide_len(g);
-            [shifted::padded_len(g), wide_grad_len + dyq_len + xt_len]
+            let grad_len = shifted::GradLayout::new(g, direct_dx).len(g);
+            [shifted::padded_len(g), grad_len + xt_len]
         } else if group > 1 {
             grouped::scratch_lens(g, group)
         } else {
@@ -692,14 +687,11 @@ fn shifted_image_grads(
     (xq, grad): (&mut [f32], &mut [f32]),
     out: GradTargets,
 ) {
-    let (wide, rest) = grad.split_at_mut(g.c_out * shifted::wide_len(g));
-    let dyq_len = if plan.direct_dx {
-        shifted::lead_padded_grad_len(g)
-    } else {
-        0
-    };
-    let (dyq, xt) = rest.split_at_mut(dyq_len);
-    shifted::widen_gradient(dy, relu_out, g, wide);
+    let at = shifted::GradLayout::new(g, plan.direct_dx);
+    let (dyl, xt) = grad.split_at_mut(at.len(g));
+    shifted::widen_gradient(dy, relu_out, g, dyl, at);
+    let dyl = &*dyl;
+    let wide = (&dyl[at.lead..], at.ld);
     if plan.needs.bias {
         add_row_sums(out.db, wide, shifted::wide_len(g));
     }
@@ -710,7 +702,7 @@ fn shifted_image_grads(
         shifted::weight_grad_image(x, wide, g, xq, out.dw, accumulate, plan.par);
     }
     match out.dx {
-        Some(dx) if plan.direct_dx => shifted::input_grad_image_direct(w, wide, g, dyq, xq, dx),
+        Some(dx) if plan.direct_dx => shifted::input_grad_image_direct(w, dyl, g, xq, dx),
         Some(dx) => shifted::input_grad_image(w, wide, g, xq, dx, plan.par),
         None => {}
     }
@@ -737,7 +729,7 @@ fn im2col_image_grads(
         None => dy,
     };
     if plan.needs.bias {
-        add_row_sums(out.db, dy, p);
+        add_row_sums(out.db, (dy, p), p);
     }
     if plan.needs.weight {
         let cols = image_cols(plan.table.as_ref(), x, g, col);

@@ -189,30 +189,72 @@ pub(super) fn valid_rows<'a>(ywide: &'a [f32], g: &ConvGeom) -> impl Iterator<It
         .flat_map(move |c| c.chunks_exact(wq).map(move |r| &r[..w_out]))
 }
 
-/// `dywide [C_out, H_out * Wq]` from one image's output gradient `dy [C_out, H_out, W_out]`,
-/// with zeros in the thrown-away columns so they contribute nothing. With `relu_out` (the
-/// forward output of a fused ReLU) the gradient is also zeroed where the output was clamped.
+/// Where one image's wide output gradient (`H_out * Wq` values per channel) lives in the backward
+/// scratch: channel `co` at `ld * co + lead`. The direct input gradient reads each channel after
+/// `max_shift` zeros and followed by zeros to a whole phase plane, so with it the gradient is
+/// written that way once and every product reads it in place; otherwise channels are packed.
+#[derive(Clone, Copy, Debug)]
+pub(super) struct GradLayout {
+    pub ld: usize,
+    pub lead: usize,
+}
+
+impl GradLayout {
+    pub(super) fn new(g: &ConvGeom, lead_padded: bool) -> Self {
+        if lead_padded {
+            GradLayout {
+                ld: lead_padded_len(g),
+                lead: max_shift(g),
+            }
+        } else {
+            GradLayout {
+                ld: wide_len(g),
+                lead: 0,
+            }
+        }
+    }
+
+    /// Values of one image's gradient in this layout.
+    pub(super) fn len(&self, g: &ConvGeom) -> usize {
+        g.c_out * self.ld
+    }
+}
+
+/// The wide output gradient (laid out as `at` says, zeros around each channel) from one image's
+/// output gradient `dy [C_out, H_out, W_out]`, with zeros in the thrown-away columns so they
+/// contribute nothing. With `relu_out` (the forward output of a fused ReLU) the gradient is also
+/// zeroed where the output was clamped.
 pub(super) fn widen_gradient(
     dy: &[f32],
     relu_out: Option<&[f32]>,
     g: &ConvGeom,
-    dywide: &mut [f32],
+    dyl: &mut [f32],
+    at: GradLayout,
 ) {
-    let wq = wq(g);
-    let rows = dy.chunks_exact(g.w_out).zip(dywide.chunks_exact_mut(wq));
-    match relu_out {
-        Some(r) => {
-            for ((src, dst), out) in rows.zip(r.chunks_exact(g.w_out)) {
-                for ((d, s), o) in dst.iter_mut().zip(src).zip(out) {
-                    *d = if *o > 0.0 { *s } else { 0.0 };
+    let (wq, wide, ol) = (wq(g), wide_len(g), g.h_out * g.w_out);
+    let relu_out = relu_out.map(|r| r.chunks_exact(ol));
+    let mut relu_out = relu_out.into_iter().flatten();
+    for (block, dyc) in dyl.chunks_exact_mut(at.ld).zip(dy.chunks_exact(ol)) {
+        block[..at.lead].fill(0.0);
+        block[at.lead + wide..].fill(0.0);
+        let rows = block[at.lead..at.lead + wide].chunks_exact_mut(wq);
+        match relu_out.next() {
+            Some(outc) => {
+                for ((dst, src), out) in rows
+                    .zip(dyc.chunks_exact(g.w_out))
+                    .zip(outc.chunks_exact(g.w_out))
+                {
+                    for ((d, s), o) in dst.iter_mut().zip(src).zip(out) {
+                        *d = if *o > 0.0 { *s } else { 0.0 };
+                    }
+                    dst[g.w_out..].fill(0.0);
                 }
-                dst[g.w_out..].fill(0.0);
             }
-        }
-        None => {
-            for (src, dst) in rows {
-                dst[..g.w_out].copy_from_slice(src);
-                dst[g.w_out..].fill(0.0);
+            None => {
+                for (dst, src) in rows.zip(dyc.chunks_exact(g.w_out)) {
+                    dst[..g.w_out].copy_from_slice(src);
+                    dst[g.w_out..].fill(0.0);
+                }
             }
         }
     }
@@ -222,7 +264,7 @@ pub(super) fn widen_gradient(
 /// kh, kw]`. Overwrites the scratch `xq`.
 pub(super) fn weight_grad_image(
     x: &[f32],
-    dywide: &[f32],
+    (dywide, ld): (&[f32], usize),
     g: &ConvGeom,
     xq: &mut [f32],
     dw: &mut [f32],
@@ -239,7 +281,7 @@ pub(super) fn weight_grad_image(
         matmul_into(
             dst,
             (g.c_out, g.c_in, wide),
-            Mat::rm(dywide, wide),
+            Mat::rm(dywide, ld),
             rhs,
             accumulate,
             par,
@@ -250,7 +292,7 @@ pub(super) fn weight_grad_image(
 /// Input gradient of one image into `dx [C_in, H, W]`. Scratch `dxq` holds `padded_len` values.
 pub(super) fn input_grad_image(
     w: &[f32],
-    dywide: &[f32],
+    (dywide, ld): (&[f32], usize),
     g: &ConvGeom,
     dxq: &mut [f32],
     dx: &mut [f32],
@@ -268,7 +310,7 @@ pub(super) fn input_grad_image(
             dst,
             (g.c_in, wide, g.c_out),
             lhs,
-            Mat::rm(dywide, wide),
+            Mat::rm(dywide, ld),
             true,
             par,
         );
@@ -360,23 +402,16 @@ fn lead_padded_len(g: &ConvGeom) -> usize {
     max_shift(g) + hq(g) * wq(g)
 }
 
-/// Scratch for the lead-padded output gradient of one image.
-pub(super) fn lead_padded_grad_len(g: &ConvGeom) -> usize {
-    g.c_out * lead_padded_len(g)
-}
-
 /// Input gradient of one image through the direct kernel, any stride and padding. The forward
 /// pass added `W_t · dY` read at `q + shift_t` of tap `t`'s phase plane, so the gradient of phase
 /// plane position `q` is `Σ_t W_tᵀ · dY[q - shift_t]` over the taps of that phase: a shifted sum
-/// over the wide output gradient `dywide` placed after `max_shift` zeros (zeros in its
-/// thrown-away columns catch the reads that wrap to the previous row). Only the plane rows that
-/// hold image pixels are computed. Scratch: `dyl` holds `lead_padded_grad_len` values, `dxq`
-/// `padded_len`.
+/// over the wide output gradient `dyl`, laid out lead-padded (`GradLayout::new(g, true)`: zeros
+/// in its thrown-away columns catch the reads that wrap to the previous row). Only the plane rows
+/// that hold image pixels are computed. Scratch: `dxq` holds `padded_len` values.
 pub(super) fn input_grad_image_direct(
     w: &[f32],
-    dywide: &[f32],
+    dyl: &[f32],
     g: &ConvGeom,
-    dyl: &mut [f32],
     dxq: &mut [f32],
     dx: &mut [f32],
 ) {
@@ -387,14 +422,7 @@ pub(super) fn input_grad_image_direct(
         g.stride,
         plane_len(g),
     );
-    for (src, dst) in dywide
-        .chunks_exact(wide_len(g))
-        .zip(dyl.chunks_exact_mut(len))
-    {
-        dst[..lead].fill(0.0);
-        dst[lead..lead + src.len()].copy_from_slice(src);
-        dst[lead + src.len()..].fill(0.0);
-    }
+    debug_assert_eq!(dyl.len(), g.c_out * len, "lead-padded gradient");
     let taps = g.kh * g.kw;
     for phase in 0..s * s {
         let (r_lo, r_hi) = inside(g.h, hq(g), s, phase / s, g.pad);
@@ -509,7 +537,7 @@ mod avx {
 /// that the kernel's vectors run along `C_in`. Scratch: `xq` and `xt` hold `padded_len` values.
 pub(super) fn weight_grad_image_direct(
     x: &[f32],
-    dywide: &[f32],
+    (dywide, ld): (&[f32], usize),
     g: &ConvGeom,
     (xq, xt): (&mut [f32], &mut [f32]),
     dwt: &mut [f32],
@@ -528,7 +556,7 @@ pub(super) fn weight_grad_image_direct(
     }
     let weights = direct::Weights {
         data: dywide,
-        rs: wide,
+        rs: ld,
         ks: 1,
         taps: &[0],
     };
