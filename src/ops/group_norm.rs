@@ -54,21 +54,25 @@ fn lane_sums<const K: usize>(
     (t0, t1)
 }
 
-/// Mean and 1/sqrt(var + eps) of one block (biased variance, as the composed reference). Two
-/// passes, the second over centred values, so a large mean does not cancel the variance away.
+/// Mean and 1/sqrt(var + eps) of one block (biased variance, as the composed reference), in one
+/// pass over the values shifted by an estimate of their mean (that of the first `SHIFT_FROM`): the
+/// shift keeps a large mean from cancelling the variance away, as a second pass over centred
+/// values would, without reading the block twice.
 fn stats(block: &[f32], eps: f64) -> (f64, f64) {
     let m = block.len() as f64;
-    let (sum, _) = lane_sums([block], |[v]| (v, 0.0));
-    let mean = sum / m;
-    let mf = mean as f32;
+    let head = &block[..block.len().min(SHIFT_FROM)];
+    let shift = (head.iter().map(|&v| v as f64).sum::<f64>() / head.len().max(1) as f64) as f32;
     let (dev, sq) = lane_sums([block], |[v]| {
-        let d = v - mf;
+        let d = v - shift;
         (d, d * d)
     });
-    // `dev` corrects for rounding `mean` to f32.
+    let mean = shift as f64 + dev / m;
     let var = (sq - dev * dev / m) / m;
     (mean, 1.0 / (var.max(0.0) + eps).sqrt())
 }
+
+/// Values whose mean is the shift of `stats`.
+const SHIFT_FROM: usize = 64;
 
 fn check(x_dims: &[usize], groups: usize, gamma: &[f32], beta: &[f32]) -> Result<(usize, usize)> {
     let &[_, c, h, w] = x_dims else {
@@ -364,6 +368,38 @@ mod tests {
                     assert_close(a, e, &format!("{what}: {name} gradient"));
                 }
             }
+        }
+    }
+
+    #[test]
+    fn statistics_survive_a_large_mean() {
+        // A block far from zero (mean 1000, std ~0.3) and one whose first values are not typical
+        // of the rest, against the two-pass sums in f64.
+        for block in [
+            (0..4096)
+                .map(|i| 1000.0 + ((i * 37 % 101) as f32 - 50.0) * 0.01)
+                .collect::<Vec<f32>>(),
+            (0..3000)
+                .map(|i| if i < 64 { 5.0 } else { -3.0 + (i % 7) as f32 })
+                .collect(),
+        ] {
+            let m = block.len() as f64;
+            let mean = block.iter().map(|&v| v as f64).sum::<f64>() / m;
+            let var = block
+                .iter()
+                .map(|&v| (v as f64 - mean).powi(2))
+                .sum::<f64>()
+                / m;
+            let (got_mean, got_rstd) = stats(&block, 1e-5);
+            let rstd = 1.0 / (var + 1e-5).sqrt();
+            assert!(
+                (got_mean - mean).abs() <= 1e-6 * mean.abs(),
+                "{got_mean} vs {mean}"
+            );
+            assert!(
+                (got_rstd - rstd).abs() <= 1e-5 * rstd,
+                "{got_rstd} vs {rstd}"
+            );
         }
     }
 
