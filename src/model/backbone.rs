@@ -80,15 +80,10 @@ impl Block {
         let mut y = x.clone();
         let last = self.convs.len() - 1;
         for (i, (conv, norm)) in self.convs.iter().enumerate() {
-            let z = conv.forward(&y)?;
-            y = if i != last {
-                norm.forward_relu(&z, train)?
-            } else {
-                norm.forward(&z, train)?
-            };
+            y = conv.forward_norm(norm, &y, train, i != last)?;
         }
         let sc = match &self.shortcut {
-            Some((conv, norm)) => norm.forward(&conv.forward(x)?, train)?,
+            Some((conv, norm)) => conv.forward_norm(norm, x, train, false)?,
             None => x.clone(),
         };
         ops::relu(&(y + sc)?)
@@ -152,7 +147,7 @@ impl Backbone {
 
     /// `[N, 3, H, W]` -> `[C2, C3, C4, C5]`, strides 4, 8, 16, 32.
     pub fn forward(&self, x: &Tensor, train: bool) -> Result<Vec<Tensor>> {
-        let mut y = self.stem.1.forward_relu(&self.stem.0.forward(x)?, train)?;
+        let mut y = self.stem.0.forward_norm(&self.stem.1, x, train, true)?;
         if self.stem_pool {
             y = max_pool_3x3_s2(&y)?;
         }

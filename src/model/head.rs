@@ -77,7 +77,7 @@ impl Subnet {
         let mut y = x.clone();
         for (i, c) in self.convs.iter().enumerate() {
             y = match self.norms.get(i) {
-                Some(n) => n.forward_relu(&c.forward(&y)?, true)?,
+                Some(n) => c.forward_norm(n, &y, true, true)?,
                 None => c.forward_relu(&y)?,
             };
         }

@@ -104,6 +104,33 @@ impl Conv {
     pub fn forward_relu(&self, x: &Tensor) -> Result<Tensor> {
         ops::conv2d_bias_relu(x, &self.w, self.b.as_ref(), self.stride, self.pad)
     }
+
+    /// `norm(self.forward(x))`, then ReLU when `relu`; for GroupNorm one op on the CPU
+    /// (`ops::conv2d_group_norm`).
+    pub fn forward_norm(&self, norm: &Norm, x: &Tensor, train: bool, relu: bool) -> Result<Tensor> {
+        if let Norm::Group {
+            groups,
+            gamma,
+            beta,
+        } = norm
+        {
+            let after = ops::conv_norm::GroupNormAfter {
+                groups: *groups,
+                gamma,
+                beta,
+                eps: EPS,
+                relu,
+            };
+            let geometry = (self.stride, self.pad);
+            return ops::conv2d_group_norm(x, &self.w, self.b.as_ref(), geometry, &after);
+        }
+        let z = self.forward(x)?;
+        if relu {
+            norm.forward_relu(&z, train)
+        } else {
+            norm.forward(&z, train)
+        }
+    }
 }
 
 /// GroupNorm, BatchNorm or frozen BatchNorm with a per-channel affine transform.

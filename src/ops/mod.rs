@@ -6,6 +6,7 @@
 //! Shapes: activations are NCHW `[N, C, H, W]`, conv weights `[C_out, C_in, kh, kw]`.
 
 pub mod conv;
+pub mod conv_norm;
 pub mod group_norm;
 pub mod reference;
 pub mod relu;
@@ -111,6 +112,24 @@ pub fn conv2d_bias_relu(
         conv::conv2d_cpu(x, w, b, stride, padding, true)
     } else {
         reference::conv2d(x, w, b, stride, padding)?.relu()
+    }
+}
+
+/// `group_norm(conv2d(x, w, b))`, then ReLU when `norm.relu`: one op on the CPU (`conv_norm`),
+/// whose backward hands the norm's input gradient straight to the convolution's.
+pub fn conv2d_group_norm(
+    x: &Tensor,
+    w: &Tensor,
+    b: Option<&Tensor>,
+    (stride, padding): (usize, usize),
+    norm: &conv_norm::GroupNormAfter,
+) -> Result<Tensor> {
+    count(x, w, stride, padding);
+    if fast_path(&[x, w, norm.gamma, norm.beta]) && b.is_none_or(|b| fast_path(&[b])) {
+        conv_norm::conv_group_norm_cpu(x, w, b, (stride, padding), norm)
+    } else {
+        let z = reference::conv2d(x, w, b, stride, padding)?;
+        group_norm_then(&z, norm.groups, norm.gamma, norm.beta, norm.eps, norm.relu)
     }
 }
 

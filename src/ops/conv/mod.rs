@@ -490,6 +490,28 @@ pub struct Grads {
     pub bias: Vec<f32>,
 }
 
+impl Grads {
+    /// The input and weight gradients as tensors shaped like `x` and `w`, where `needs` asked for
+    /// them (taken out of `self`).
+    pub fn take_tensors(
+        &mut self,
+        needs: Needs,
+        x: &Tensor,
+        w: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>)> {
+        let dev = Device::Cpu;
+        let dx = needs
+            .input
+            .then(|| Tensor::from_vec(std::mem::take(&mut self.input), x.shape(), &dev))
+            .transpose()?;
+        let dw = needs
+            .weight
+            .then(|| Tensor::from_vec(std::mem::take(&mut self.weight), w.shape(), &dev))
+            .transpose()?;
+        Ok((dx, dw))
+    }
+}
+
 /// Where the backward pass of one image (or one group of images) writes: the task's partial weight
 /// and bias gradients (the weight's overwritten rather than added to when `first`) and the images'
 /// input gradients.
@@ -841,18 +863,11 @@ impl Conv2dOp {
                 })
             })
         })?;
-        let dev = Device::Cpu;
-        let dx = needs
-            .input
-            .then(|| Tensor::from_vec(grads.input, x.shape(), &dev))
-            .transpose()?;
-        let dw = needs
-            .weight
-            .then(|| Tensor::from_vec(grads.weight, w.shape(), &dev))
-            .transpose()?;
+        let mut grads = grads;
+        let (dx, dw) = grads.take_tensors(needs, x, w)?;
         let db = needs
             .bias
-            .then(|| Tensor::from_vec(grads.bias, g.c_out, &dev))
+            .then(|| Tensor::from_vec(grads.bias, g.c_out, &Device::Cpu))
             .transpose()?;
         Ok((dx, dw, db))
     }
