@@ -1488,6 +1488,17 @@ fn damaged_weights_and_checkpoints_are_rejected_by_name() {
         let meta = meta.replace("\"iteration\": 2", &format!("\"iteration\": {iteration}"));
         meta.into_bytes()
     };
+    // A normalizer below 1 (or a negative time) would resume a run that trains on a wrong loss.
+    let field = |name: &'static str, value: &'static str| {
+        move |b: &[u8]| {
+            let meta: serde_json::Value = serde_json::from_slice(b).unwrap();
+            let mut meta = meta.as_object().unwrap().clone();
+            meta.insert(name.into(), serde_json::from_str(value).unwrap());
+            serde_json::to_vec(&meta).unwrap()
+        }
+    };
+    let (zero_normalizer, negative_seconds) =
+        (field("normalizer", "0.0"), field("seconds", "-3.0"));
     for (file, edit, msg) in [
         (
             "checkpoint-2.safetensors",
@@ -1496,6 +1507,8 @@ fn damaged_weights_and_checkpoints_are_rejected_by_name() {
         ),
         ("checkpoint-2.safetensors", &scalar_momentum, "has shape []"),
         ("checkpoint.json", &far, iteration),
+        ("checkpoint.json", &zero_normalizer, "normalizer 0"),
+        ("checkpoint.json", &negative_seconds, "seconds -3"),
     ] {
         let (_d, run) = damaged_run(&RunEdit::Meta(vec![]));
         let path = run.join(file);

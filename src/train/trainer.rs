@@ -397,7 +397,24 @@ fn read_meta(paths: &RunPaths) -> Result<CheckpointMeta> {
             p.display()
         )
     })?;
-    serde_json::from_str(&text).with_context(|| format!("corrupt checkpoint {}", p.display()))
+    let meta: CheckpointMeta = serde_json::from_str(&text)
+        .with_context(|| format!("corrupt checkpoint {}", p.display()))?;
+    // The normalizer is detectron2's EMA (from 100) of positive-anchor counts of at least 1.
+    if !(meta.normalizer.is_finite() && meta.normalizer >= 1.0) {
+        bail!(
+            "corrupt checkpoint {}: normalizer {} is not a loss normalizer (finite, at least 1)",
+            p.display(),
+            meta.normalizer
+        );
+    }
+    if !(meta.seconds.is_finite() && meta.seconds >= 0.0) {
+        bail!(
+            "corrupt checkpoint {}: seconds {} is not a training time",
+            p.display(),
+            meta.seconds
+        );
+    }
+    Ok(meta)
 }
 
 fn save_checkpoint(
