@@ -154,18 +154,29 @@ fn fused_update(slot: &mut Slot, parts: &[Tensor], lr: f64, momentum: f64) -> Re
         let (pv, grads) = (data[0], &data[1..1 + parts.len()]);
         let bv = buf.map(|_| data[1 + parts.len()]);
         let (wd, m, lr) = (slot.weight_decay as f32, momentum as f32, lr as f32);
-        // One slice-wide operation at a time (each parameter fits in cache), so every loop vectorizes.
+        // The parts' sum, then one pass for decay, momentum and step: `g += p * wd`,
+        // `buf = g + buf * m`, `p - buf * lr` per value (each loop vectorizes).
         let mut new_buf = grads[0].to_vec();
         for other in &grads[1..] {
             new_buf.iter_mut().zip(*other).for_each(|(g, &o)| *g += o);
         }
-        if wd != 0.0 {
-            new_buf.iter_mut().zip(pv).for_each(|(g, &p)| *g += p * wd);
+        let mut new_p = Vec::with_capacity(pv.len());
+        let step = |g: &mut f32, p: f32, b: Option<f32>| {
+            if wd != 0.0 {
+                *g += p * wd;
+            }
+            if let Some(b) = b {
+                *g += b * m;
+            }
+            p - *g * lr
+        };
+        match bv {
+            Some(bv) => {
+                let values = new_buf.iter_mut().zip(pv).zip(bv);
+                new_p.extend(values.map(|((g, &p), &b)| step(g, p, Some(b))));
+            }
+            None => new_p.extend(new_buf.iter_mut().zip(pv).map(|(g, &p)| step(g, p, None))),
         }
-        if let Some(bv) = bv {
-            new_buf.iter_mut().zip(bv).for_each(|(g, &b)| *g += b * m);
-        }
-        let new_p: Vec<f32> = pv.iter().zip(&new_buf).map(|(&p, &b)| p - b * lr).collect();
         (new_p, new_buf)
     };
     let shape = p.shape().clone();
