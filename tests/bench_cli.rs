@@ -145,3 +145,43 @@ fn device_check_compares_cpu_with_itself() {
     assert_eq!(o.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&o.stderr).contains("--tolerance"));
 }
+
+#[test]
+fn conv_times_the_layers_one_by_one_and_as_a_training_step_runs_them() {
+    let t = tempfile::tempdir().unwrap();
+    let run = |threads: &str| {
+        let args = [
+            "bench",
+            "conv",
+            "--only",
+            "c5b",
+            "--reps",
+            "1",
+            "--batch",
+            "3",
+            "--threads",
+            threads,
+        ];
+        let o = fl_lab(&args, t.path());
+        let out = String::from_utf8_lossy(&o.stdout).into_owned();
+        assert!(
+            o.status.success(),
+            "{out}{}",
+            String::from_utf8_lossy(&o.stderr)
+        );
+        out
+    };
+    let two = run("2");
+    assert!(two.contains("\nc5b 3x3 128->128 @4"), "{two}");
+    assert!(
+        two.contains("all convolutions of one training step: fl-lab"),
+        "{two}"
+    );
+    // Three images in two parts: one part of two images, one of one.
+    assert!(
+        two.contains("as a training step runs them (the batch in 2 parts"),
+        "{two}"
+    );
+    // On one thread there is nothing to split.
+    assert!(!run("1").contains("as a training step runs them"));
+}

@@ -679,5 +679,88 @@ fn conv_table(batch: usize, reps: usize, only: Option<&str>) -> Result<()> {
         tot_theirs / tot_ours,
         tot_flop / 1e3
     );
+    let parts = rayon::current_num_threads().min(batch);
+    if parts > 1 {
+        let layers: Vec<&Layer> = REFERENCE_LAYERS
+            .iter()
+            .filter(|l| only.is_none_or(|o| l.name.contains(o)))
+            .collect();
+        let ms = split_step_ms(&layers, batch, parts, reps)?;
+        println!(
+            "the same as a training step runs them (the batch in {parts} parts, each on a thread of its own, \
+             one backward call for both gradients): fl-lab {ms:.1} ms ({:.1} GFLOP/s)",
+            tot_flop / ms
+        );
+    }
     Ok(())
+}
+
+/// Wall time (median of `reps`, ms) of every convolution pass of `layers` run as `train::step`
+/// runs a training step on the CPU: the batch split into `parts` parts of nearly equal size, each
+/// part's calls one after another on a one-thread pool of its own, all parts at once; the input
+/// and weight gradients in one backward call (no input gradient for the image).
+fn split_step_ms(layers: &[&Layer], batch: usize, parts: usize, reps: usize) -> Result<f64> {
+    struct Work {
+        x: Vec<f32>,
+        w: Vec<f32>,
+        dy: Vec<f32>,
+        g: conv::ConvGeom,
+        count: usize,
+        needs: conv::Needs,
+    }
+    let part_work = |n: usize| -> Result<Vec<Work>> {
+        layers
+            .iter()
+            .map(|l| {
+                let (size, pad) = (l.size, l.k / 2);
+                let g = conv::ConvGeom::new(
+                    &[n, l.c_in, size, size],
+                    &[l.c_out, l.c_in, l.k, l.k],
+                    l.stride,
+                    pad,
+                )?;
+                Ok(Work {
+                    x: rand_vec(n * l.c_in * size * size, 1),
+                    w: rand_vec(l.c_out * l.c_in * l.k * l.k, 2),
+                    dy: rand_vec(g.n * g.out_len(), 4),
+                    g,
+                    count: l.count,
+                    needs: conv::Needs {
+                        input: l.c_in != 3,
+                        weight: true,
+                        bias: true,
+                    },
+                })
+            })
+            .collect()
+    };
+    let works = (0..parts)
+        .map(|i| part_work(batch / parts + usize::from(i < batch % parts)))
+        .collect::<Result<Vec<_>>>()?;
+    let pools = (0..parts)
+        .map(|_| rayon::ThreadPoolBuilder::new().num_threads(1).build())
+        .collect::<std::result::Result<Vec<_>, _>>()
+        .context("cannot start the benchmark's threads")?;
+    let run_part = |works: &[Work]| -> candle_core::Result<()> {
+        for w in works {
+            for _ in 0..w.count {
+                std::hint::black_box(conv::forward(&w.x, &w.w, None, &w.g, false)?);
+                std::hint::black_box(conv::backward(&w.x, &w.w, &w.dy, None, &w.g, w.needs)?);
+            }
+        }
+        Ok(())
+    };
+    median_ms(reps, || {
+        std::thread::scope(|scope| {
+            let handles: Vec<_> = works
+                .iter()
+                .zip(&pools)
+                .map(|(w, pool)| scope.spawn(|| pool.install(|| run_part(w))))
+                .collect();
+            handles.into_iter().try_for_each(|h| {
+                h.join()
+                    .unwrap_or_else(|_| candle_core::bail!("a benchmark thread panicked"))
+            })
+        })
+    })
 }
