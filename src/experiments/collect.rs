@@ -414,11 +414,13 @@ fn judge(
             .max_by(|x, y| x.ap.mean.total_cmp(&y.ap.mean))
             .cloned()
     };
-    // A best over some of its variants may still change: no verdict until each has a run.
+    // A best over some of its variants, or over variants with unequal seeds, may still change: no
+    // verdict until each has as many runs as the sweep's most complete variant.
+    let most = summaries.iter().map(|s| s.runs).max().unwrap_or(0);
     let unfinished = |patterns: &[String]| {
         summaries
             .iter()
-            .any(|s| s.runs == 0 && patterns.iter().any(|p| label_matches(p, &s.label)))
+            .any(|s| s.runs < most && patterns.iter().any(|p| label_matches(p, &s.label)))
     };
     let (ga, gb) = (matching(a), matching(b));
     let none = |why: &str| Verdict {
@@ -467,7 +469,7 @@ fn judge(
             if ga.is_empty() || !top.is_finite() {
                 return none("the runs needed have not finished");
             }
-            if summaries.iter().any(|s| s.runs == 0) {
+            if summaries.iter().any(|s| s.runs < most) {
                 return none("the sweep's best is not known until every variant has finished");
             }
             let collapsed = ga
@@ -648,6 +650,11 @@ mod tests {
         ];
         assert_eq!(collapse(&done), Some(true));
         assert_eq!(beats(&done), Some(false));
+        // A variant behind the others in seeds leaves its group's best open.
+        let mut uneven = done.clone();
+        uneven[3].runs = 1;
+        assert_eq!(collapse(&uneven), None);
+        assert_eq!(beats(&uneven), None);
         // One seed gives a direction, never a verdict.
         let one = done.clone().map(|s| VariantSummary { runs: 1, ..s });
         assert_eq!(collapse(&one), None);
