@@ -4,19 +4,9 @@
 
 mod common;
 
-use common::fl_lab_in;
+use common::{fl_lab_in, ok};
 use std::path::Path;
 use std::process::Output;
-
-fn ok(o: &Output) -> String {
-    assert!(
-        o.status.success(),
-        "{}\n{}",
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    );
-    String::from_utf8_lossy(&o.stdout).into_owned()
-}
 
 /// Exit code 2 and a message that contains `needle`.
 fn refused(o: &Output, needle: &str) {

@@ -1,27 +1,12 @@
 //! Drives the real sweep commands with the `smoke` preset on a tiny generated dataset, checks the files
 //! they write, and kills a sweep mid-run to show that a restart loses at most the run in progress.
 
+mod common;
+
+use common::{fl_lab_quiet as fl_lab, ok};
 use std::path::Path;
-use std::process::{Command, Output, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
-
-fn fl_lab(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_fl-lab"))
-        .args(args)
-        .arg("--quiet")
-        .output()
-        .expect("cannot run fl-lab")
-}
-
-fn ok(o: &Output) -> String {
-    let stdout = String::from_utf8_lossy(&o.stdout).into_owned();
-    assert!(
-        o.status.success(),
-        "{stdout}\n{}",
-        String::from_utf8_lossy(&o.stderr)
-    );
-    stdout
-}
 
 fn tiny_dataset(root: &Path) -> String {
     let r = root.to_str().unwrap();

@@ -2,26 +2,10 @@
 //! checks the files it writes, that a rerun reuses every run, that shards plus `--collect` cover the
 //! same runs, and that bad flags are refused with a message naming them.
 
+mod common;
+
+use common::{fl_lab_quiet as fl_lab, ok};
 use std::path::Path;
-use std::process::{Command, Output};
-
-fn fl_lab(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_fl-lab"))
-        .args(args)
-        .arg("--quiet")
-        .output()
-        .expect("cannot run fl-lab")
-}
-
-fn ok(o: &Output) -> String {
-    let stdout = String::from_utf8_lossy(&o.stdout).into_owned();
-    assert!(
-        o.status.success(),
-        "{stdout}\n{}",
-        String::from_utf8_lossy(&o.stderr)
-    );
-    stdout
-}
 
 fn smoke<'a>(data_root: &'a str, out: &'a str, extra: &[&'a str]) -> Vec<&'a str> {
     let mut a = vec![

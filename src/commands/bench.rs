@@ -483,6 +483,18 @@ pub struct Layer {
     pub count: usize,
 }
 
+impl Layer {
+    /// The convolution's geometry on a batch of `batch` inputs ("same" padding).
+    fn geometry(&self, batch: usize) -> Result<conv::ConvGeom> {
+        Ok(conv::ConvGeom::new(
+            &[batch, self.c_in, self.size, self.size],
+            &[self.c_out, self.c_in, self.k, self.k],
+            self.stride,
+            self.k / 2,
+        )?)
+    }
+}
+
 const fn layer(
     name: &'static str,
     (c_in, c_out): (usize, usize),
@@ -558,12 +570,7 @@ pub fn time_layer(l: &Layer, batch: usize, reps: usize) -> Result<(PassTimes, Pa
     let x = rand_vec(batch * l.c_in * size * size, 1);
     let w = rand_vec(l.c_out * l.c_in * l.k * l.k, 2);
     let b = rand_vec(l.c_out, 3);
-    let g = conv::ConvGeom::new(
-        &[batch, l.c_in, size, size],
-        &[l.c_out, l.c_in, l.k, l.k],
-        l.stride,
-        pad,
-    )?;
+    let g = l.geometry(batch)?;
     let dy = rand_vec(g.n * g.out_len(), 4);
 
     let only = |input, weight| conv::Needs {
@@ -643,12 +650,7 @@ fn conv_table(batch: usize, reps: usize, only: Option<&str>) -> Result<()> {
         .filter(|l| only.is_none_or(|o| l.name.contains(o)))
     {
         let (o, t) = time_layer(l, batch, reps)?;
-        let g = conv::ConvGeom::new(
-            &[batch, l.c_in, l.size, l.size],
-            &[l.c_out, l.c_in, l.k, l.k],
-            l.stride,
-            l.k / 2,
-        )?;
+        let g = l.geometry(batch)?;
         let mflop = 2.0 * g.macs() as f64 / 1e6;
         // Training never needs the image's gradient; candle computes it anyway.
         let image_input = l.c_in == 3;
@@ -712,15 +714,9 @@ fn split_step_ms(layers: &[&Layer], batch: usize, parts: usize, reps: usize) -> 
         layers
             .iter()
             .map(|l| {
-                let (size, pad) = (l.size, l.k / 2);
-                let g = conv::ConvGeom::new(
-                    &[n, l.c_in, size, size],
-                    &[l.c_out, l.c_in, l.k, l.k],
-                    l.stride,
-                    pad,
-                )?;
+                let g = l.geometry(n)?;
                 Ok(Work {
-                    x: rand_vec(n * l.c_in * size * size, 1),
+                    x: rand_vec(n * l.c_in * l.size * l.size, 1),
                     w: rand_vec(l.c_out * l.c_in * l.k * l.k, 2),
                     dy: rand_vec(g.n * g.out_len(), 4),
                     g,

@@ -108,15 +108,16 @@ impl CustomOp3 for ConvNormOp {
             bias: self.bias,
         };
         let mut saved = self.saved.lock().unwrap_or_else(|e| e.into_inner());
-        let (grads, dgamma, dbeta) = with_f32(x, "conv + group norm input", |xv| {
+        let (mut grads, dgamma, dbeta) = with_f32(x, "conv + group norm input", |xv| {
             with_f32(w, "conv + group norm weight", |wv| {
                 with_f32(p, "conv + group norm parameters", |pv| {
-                    if saved.is_none() {
-                        let (z, _, stats) = self.run(xv, wv, pv, &g)?;
-                        *saved = Some((z, stats));
-                    }
-                    let Some((z, stats)) = saved.as_ref() else {
-                        bail!("conv + group norm: no forward pass to go back through");
+                    // The forward pass keeps its normalizer input; recompute it when it did not run.
+                    let (z, stats) = match &mut *saved {
+                        Some(kept) => &*kept,
+                        slot => {
+                            let (z, _, stats) = self.run(xv, wv, pv, &g)?;
+                            &*slot.insert((z, stats))
+                        }
                     };
                     let (_, gamma, _) = self.split(pv, c)?;
                     let dims = [n, c, h, wd];
@@ -140,7 +141,6 @@ impl CustomOp3 for ConvNormOp {
                 })
             })
         })?;
-        let mut grads = grads;
         let (dx, dw) = grads.take_tensors(needs, x, w)?;
         let mut dp = grads.bias;
         dp.extend(dgamma);

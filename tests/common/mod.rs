@@ -87,3 +87,23 @@ pub fn write_two_box_dataset(dir: &std::path::Path) {
         std::fs::write(dir.join(format!("{split}.json")), coco.to_string()).unwrap();
     }
 }
+
+/// The stdout of a command that must have succeeded; its stdout and stderr in the panic otherwise.
+pub fn ok(o: &std::process::Output) -> String {
+    let stdout = String::from_utf8_lossy(&o.stdout).into_owned();
+    assert!(
+        o.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    stdout
+}
+
+/// Runs the fl-lab binary from the current folder with `--quiet` added.
+pub fn fl_lab_quiet(args: &[&str]) -> std::process::Output {
+    std::process::Command::new(env!("CARGO_BIN_EXE_fl-lab"))
+        .args(args)
+        .arg("--quiet")
+        .output()
+        .expect("cannot run fl-lab")
+}

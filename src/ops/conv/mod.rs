@@ -850,7 +850,7 @@ impl Conv2dOp {
             weight: w.track_op(),
             bias: b.is_some_and(|b| b.track_op()),
         };
-        let grads = with_f32(x, "conv2d input", |xv| {
+        let mut grads = with_f32(x, "conv2d input", |xv| {
             with_f32(w, "conv2d weight", |wv| {
                 with_f32(grad, "conv2d output gradient", |dy| {
                     if self.relu {
@@ -863,7 +863,6 @@ impl Conv2dOp {
                 })
             })
         })?;
-        let mut grads = grads;
         let (dx, dw) = grads.take_tensors(needs, x, w)?;
         let db = needs
             .bias
