@@ -2,6 +2,9 @@
 //! over positive and negative samples) for a detector's binary samples.
 
 use crate::analysis::loss_cdf::{analyze, Checkpoint};
+use crate::analysis::loss_cdf_spread::{
+    across_models, spreads_over_training, ModelCheckpoints, ModelCurves,
+};
 use crate::analysis::samples::{read_samples, ValueKind};
 use crate::report::loss_cdf::{checkpoint_label, write_all, write_over_training, Provenance};
 use anyhow::{bail, Context, Result};
@@ -14,11 +17,17 @@ pub struct Args {
     /// (N, 2) .npy array of [score, target].
     #[arg(long, conflicts_with_all = ["run", "data"])]
     pub samples: Option<PathBuf>,
-    /// A trained run (`fl-lab train`) whose model is applied to the validation images. With neither
-    /// --samples nor --run, the default gamma = 2 model is trained on the built-in benchmark first
-    /// (experiments/cpu.toml, into runs/loss-cdf-default-<config hash>) and reused afterwards.
-    #[arg(long, value_name = "runs/NAME")]
-    pub run: Option<PathBuf>,
+    /// A trained run (`fl-lab train`) whose model is applied to the validation images; several
+    /// (comma-separated or repeated: seeds of one setting, say) add their spread to the summary,
+    /// and the figure draws the first. With neither --samples nor --run, the default gamma = 2
+    /// model is trained on the built-in benchmark first (experiments/cpu.toml, into
+    /// runs/loss-cdf-default-<config hash>) and reused afterwards.
+    #[arg(long, value_name = "runs/NAME", value_delimiter = ',')]
+    pub run: Vec<PathBuf>,
+    /// Without --run: the default model trained with seeds 0 to N-1 (each trained once), their
+    /// spread in the summary; the figure draws seed 0.
+    #[arg(long, value_name = "N", default_value_t = 1, conflicts_with_all = ["samples", "run"])]
+    pub seeds: u64,
     /// With --run: take the images of this COCO dataset's validation split instead of the run's own.
     #[arg(long)]
     pub data: Option<PathBuf>,
@@ -76,49 +85,73 @@ pub fn run(args: Args, quiet: bool) -> Result<()> {
     if args.over_training {
         return run_over_training(&args, quiet);
     }
+    if let Some(path) = &args.samples {
+        return run_samples(&args, path);
+    }
+    let run_dirs = model_dirs(&args, quiet)?;
+    let mut models = Vec::with_capacity(run_dirs.len());
+    let (mut sources, mut seen) = (Vec::new(), (0, 0));
+    for run_dir in &run_dirs {
+        let (model, cfg, val) = open_model(run_dir, args.data.as_deref(), quiet)?;
+        let (curves, counts) = model_curves(&model, &val, &args, &args.gammas, quiet)
+            .with_context(|| format!("model {}", run_dir.display()))?;
+        seen = counts;
+        sources.push(model_source(run_dir, &cfg, &val));
+        models.push(ModelCurves {
+            model: run_dir.display().to_string(),
+            seed: Some(cfg.seed),
+            curves,
+        });
+    }
+    let provenance = models_provenance(&run_dirs, &sources, seen);
+    let across = across_models(&models);
+    write_all(&args.out, &models, across.as_ref(), &provenance).with_context(|| {
+        format!(
+            "cannot write the loss-CDF outputs to {}",
+            args.out.display()
+        )
+    })?;
+    print_summary(&models, &args.out);
+    Ok(())
+}
+
+/// The curves of `model` applied to `val` for `gammas`, and the (positive, negative) samples seen.
+/// Every call samples with `--seed` afresh: the same images give the same sample stream, so every
+/// model and checkpoint keeps the same (anchor, class) samples.
+fn model_curves(
+    model: &crate::model::RetinaNet,
+    val: &crate::data::loader::Dataset,
+    args: &Args,
+    gammas: &[f64],
+    quiet: bool,
+) -> Result<(Vec<crate::analysis::loss_cdf::Curve>, (u64, u64))> {
     let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(args.seed);
-    let (sets, source, key) = match &args.samples {
-        Some(path) => (
-            read_samples(path, args.values, args.max_pos, args.max_neg, &mut rng)?,
-            format!("samples file `{}`", path.display()),
-            format!("samples {}", path.display()),
-        ),
-        None => {
-            let run_dir = match &args.run {
-                Some(r) => r.clone(),
-                None => default_model(quiet)?,
-            };
-            let model = crate::model::RetinaNet::load_run(&run_dir)?;
-            let mut cfg = model.config().clone();
-            if let Some(d) = &args.data {
-                cfg.data.source = d.display().to_string();
-            }
-            let val =
-                crate::train::dataset_source::open_dataset(&cfg, crate::data::Split::Val, quiet)?;
-            let sets = crate::analysis::model_samples::model_samples(
-                &model,
-                &val,
-                args.max_pos,
-                args.max_neg,
-                16,
-                quiet,
-                &mut rng,
-            )?;
-            let source = format!(
-                "model `{}` (loss {:?}, gamma {}, alpha {}) on {} validation images of `{}`",
-                run_dir.display(),
-                cfg.loss.kind,
-                cfg.loss.gamma,
-                cfg.loss.alpha,
-                val.len(),
-                val.source.json.display()
-            );
-            (sets, source, model_key(&run_dir))
-        }
-    };
+    let sets = crate::analysis::model_samples::model_samples(
+        model,
+        val,
+        args.max_pos,
+        args.max_neg,
+        16,
+        quiet,
+        &mut rng,
+    )?;
+    let seen = (sets.positives.seen(), sets.negatives.seen());
+    let curves = analyze(
+        sets.positives.into_items(),
+        sets.negatives.into_items(),
+        gammas,
+        args.points,
+    )?;
+    Ok((curves, seen))
+}
+
+/// `loss-cdf --samples`: the curves of a samples file.
+fn run_samples(args: &Args, path: &Path) -> Result<()> {
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(args.seed);
+    let sets = read_samples(path, args.values, args.max_pos, args.max_neg, &mut rng)?;
     let provenance = Provenance {
-        key,
-        source,
+        key: format!("samples {}", path.display()),
+        source: format!("samples file `{}`", path.display()),
         positives_seen: sets.positives.seen(),
         negatives_seen: sets.negatives.seen(),
         note: if sets.clamped > 0 {
@@ -136,25 +169,95 @@ pub fn run(args: Args, quiet: bool) -> Result<()> {
         &args.gammas,
         args.points,
     )?;
-    write_all(&args.out, &curves, &provenance).with_context(|| {
+    let models = [ModelCurves {
+        model: path.display().to_string(),
+        seed: None,
+        curves,
+    }];
+    write_all(&args.out, &models, None, &provenance).with_context(|| {
         format!(
             "cannot write the loss-CDF outputs to {}",
             args.out.display()
         )
     })?;
-    print_summary(&curves, &args.out);
+    print_summary(&models, &args.out);
     Ok(())
 }
 
-/// What a model's analyses are keyed by in their folder: its run directory.
-fn model_key(run_dir: &Path) -> String {
-    format!("model {}", run_dir.display())
+/// The run directories to analyse: `--run`, or the default model's seeds.
+fn model_dirs(args: &Args, quiet: bool) -> Result<Vec<PathBuf>> {
+    if !args.run.is_empty() {
+        return Ok(args.run.clone());
+    }
+    if !(1..=20).contains(&args.seeds) {
+        bail!("--seeds must be between 1 and 20, got {}", args.seeds);
+    }
+    (0..args.seeds).map(|s| default_model(s, quiet)).collect()
 }
 
-/// Trains (once) the default gamma = 2 model the paper analyses, on the built-in benchmark, into
-/// `runs/loss-cdf-default-<config hash>`: a model of an earlier `cpu` preset (another schedule
-/// length, say) lives under another name and is never taken for the default one.
-fn default_model(quiet: bool) -> Result<PathBuf> {
+/// A run's model and config (with `data` as its dataset when given) and its validation images.
+fn open_model(
+    run_dir: &Path,
+    data: Option<&Path>,
+    quiet: bool,
+) -> Result<(
+    crate::model::RetinaNet,
+    crate::config::Config,
+    crate::data::loader::Dataset,
+)> {
+    let model = crate::model::RetinaNet::load_run(run_dir)?;
+    let mut cfg = model.config().clone();
+    if let Some(d) = data {
+        cfg.data.source = d.display().to_string();
+    }
+    let val = crate::train::dataset_source::open_dataset(&cfg, crate::data::Split::Val, quiet)?;
+    Ok((model, cfg, val))
+}
+
+/// How the summary names a model and the images it was applied to.
+fn model_source(
+    run_dir: &Path,
+    cfg: &crate::config::Config,
+    val: &crate::data::loader::Dataset,
+) -> String {
+    format!(
+        "model `{}` (loss {:?}, gamma {}, alpha {}, seed {}) on {} validation images of `{}`",
+        run_dir.display(),
+        cfg.loss.kind,
+        cfg.loss.gamma,
+        cfg.loss.alpha,
+        cfg.seed,
+        val.len(),
+        val.source.json.display()
+    )
+}
+
+/// The summaries' account of the models analysed (`sources`: one line per model) and of the
+/// (positive, negative) samples seen, which the same validation images make the same for each.
+fn models_provenance(run_dirs: &[PathBuf], sources: &[String], seen: (u64, u64)) -> Provenance {
+    Provenance {
+        key: models_key(run_dirs),
+        source: sources.join("; "),
+        positives_seen: seen.0,
+        negatives_seen: seen.1,
+        note: String::new(),
+    }
+}
+
+/// What the analyses of models are keyed by in their folder: their run directories.
+fn models_key(run_dirs: &[PathBuf]) -> String {
+    let names: Vec<String> = run_dirs.iter().map(|d| d.display().to_string()).collect();
+    match names.as_slice() {
+        [one] => format!("model {one}"),
+        _ => format!("models {}", names.join(", ")),
+    }
+}
+
+/// Trains (once) the default gamma = 2 model the paper analyses, with training seed `seed`, on
+/// the built-in benchmark, into `runs/loss-cdf-default-<config hash>`: a model of an earlier `cpu`
+/// preset (another schedule length, say) or of another seed lives under another name and is never
+/// taken for this one.
+fn default_model(seed: u64, quiet: bool) -> Result<PathBuf> {
     let preset = crate::experiments::spec::preset_text("cpu")?.0;
     let cfg = crate::config::Config::from_toml_str(
         &preset,
@@ -162,6 +265,7 @@ fn default_model(quiet: bool) -> Result<PathBuf> {
             "loss.kind=focal".into(),
             "loss.gamma=2.0".into(),
             "loss.alpha=0.25".into(),
+            format!("seed={seed}"),
         ],
     )?;
     let run_dir = PathBuf::from(format!("runs/loss-cdf-default-{}", cfg.hash()?));
@@ -171,7 +275,7 @@ fn default_model(quiet: bool) -> Result<PathBuf> {
     let device = crate::device::parse_device(&cfg.device)?;
     if !quiet {
         eprintln!(
-            "training the default gamma = 2 model into {} (once)",
+            "training the default gamma = 2 model (seed {seed}) into {} (once)",
             run_dir.display()
         );
     }
@@ -222,99 +326,76 @@ fn run_checkpoints(run_dir: &Path, iterations: usize) -> Result<Vec<(usize, Path
     Ok(found)
 }
 
-/// `loss-cdf --over-training`: the curves of every snapshot of a run and of its final model.
+/// `loss-cdf --over-training`: the curves of every snapshot of each run and of its final model.
 fn run_over_training(args: &Args, quiet: bool) -> Result<()> {
-    let run_dir = match &args.run {
-        Some(r) => r.clone(),
-        None => default_model(quiet)?,
-    };
-    let model = crate::model::RetinaNet::load_run(&run_dir)?;
-    let mut cfg = model.config().clone();
-    let iterations = cfg.schedule.iterations;
-    let checkpoints = run_checkpoints(&run_dir, iterations).map_err(|e| {
-        if args.run.is_none() {
-            e.context(format!(
-                "the default model predates snapshots: remove {} to train it again with them",
-                run_dir.display()
-            ))
-        } else {
-            e
+    let run_dirs = model_dirs(args, quiet)?;
+    let mut models = Vec::with_capacity(run_dirs.len());
+    let (mut sources, mut seen) = (Vec::new(), (0, 0));
+    for run_dir in &run_dirs {
+        let (model, cfg, val) = open_model(run_dir, args.data.as_deref(), quiet)?;
+        let iterations = cfg.schedule.iterations;
+        let checkpoints = run_checkpoints(run_dir, iterations).map_err(|e| {
+            if args.run.is_empty() {
+                e.context(format!(
+                    "the default model predates snapshots: remove {} to train it again with them",
+                    run_dir.display()
+                ))
+            } else {
+                e
+            }
+        })?;
+        let gamma = match cfg.loss.kind {
+            crate::config::LossKind::Ce | crate::config::LossKind::Ohem => 0.0,
+            _ => cfg.loss.gamma,
+        };
+        let mut results = Vec::with_capacity(checkpoints.len());
+        for (iteration, weights) in &checkpoints {
+            if !quiet {
+                eprintln!("iteration {iteration}: {}", weights.display());
+            }
+            model.load_weights(weights)?;
+            let (curves, counts) = model_curves(&model, &val, args, &[gamma], quiet)
+                .with_context(|| format!("checkpoint {}", weights.display()))?;
+            seen = counts;
+            results.push(Checkpoint {
+                iteration: *iteration,
+                of_iterations: iterations,
+                curves,
+            });
         }
-    })?;
-    if let Some(d) = &args.data {
-        cfg.data.source = d.display().to_string();
-    }
-    let gamma = match cfg.loss.kind {
-        crate::config::LossKind::Ce | crate::config::LossKind::Ohem => 0.0,
-        _ => cfg.loss.gamma,
-    };
-    let val = crate::train::dataset_source::open_dataset(&cfg, crate::data::Split::Val, quiet)?;
-    let mut results = Vec::with_capacity(checkpoints.len());
-    let mut seen = (0, 0);
-    for (iteration, weights) in &checkpoints {
-        if !quiet {
-            eprintln!("iteration {iteration}: {}", weights.display());
-        }
-        model.load_weights(weights)?;
-        // The same seed for every checkpoint: the same images give the same sample stream, so
-        // every checkpoint keeps the same (anchor, class) samples.
-        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(args.seed);
-        let sets = crate::analysis::model_samples::model_samples(
-            &model,
-            &val,
-            args.max_pos,
-            args.max_neg,
-            16,
-            quiet,
-            &mut rng,
-        )?;
-        seen = (sets.positives.seen(), sets.negatives.seen());
-        let curves = analyze(
-            sets.positives.into_items(),
-            sets.negatives.into_items(),
-            &[gamma],
-            args.points,
-        )
-        .with_context(|| format!("checkpoint {}", weights.display()))?;
-        results.push(Checkpoint {
-            iteration: *iteration,
-            of_iterations: iterations,
-            curves,
+        sources.push(format!(
+            "{}, {} checkpoints",
+            model_source(run_dir, &cfg, &val),
+            results.len()
+        ));
+        models.push(ModelCheckpoints {
+            model: run_dir.display().to_string(),
+            seed: Some(cfg.seed),
+            checkpoints: results,
         });
     }
-    let provenance = Provenance {
-        key: model_key(&run_dir),
-        source: format!(
-            "run `{}` (loss {:?}, gamma {}, alpha {}), {} checkpoints, on {} validation images of `{}`",
-            run_dir.display(),
-            cfg.loss.kind,
-            cfg.loss.gamma,
-            cfg.loss.alpha,
-            results.len(),
-            val.len(),
-            val.source.json.display()
-        ),
-        positives_seen: seen.0,
-        negatives_seen: seen.1,
-        note: String::new(),
-    };
-    write_over_training(&args.out, &results, &provenance).with_context(|| {
+    let provenance = models_provenance(&run_dirs, &sources, seen);
+    let spreads = spreads_over_training(&models);
+    write_over_training(&args.out, &models, &spreads, &provenance).with_context(|| {
         format!(
             "cannot write the over-training outputs to {}",
             args.out.display()
         )
     })?;
-    println!("checkpoint              set       samples     hardest 5%  hardest 20%");
-    for cp in &results {
-        for c in &cp.curves {
-            println!(
-                "{:<23} {:<9} {:<11} {:>9.1}%  {:>10.1}%",
-                checkpoint_label(cp),
-                c.set.name(),
-                c.samples,
-                100.0 * c.hardest_shares[1],
-                100.0 * c.hardest_shares[3]
-            );
+    println!("model                               checkpoint              set       samples     hardest 5%  hardest 20%");
+    for m in &models {
+        for cp in &m.checkpoints {
+            for c in &cp.curves {
+                println!(
+                    "{:<35} {:<23} {:<9} {:<11} {:>9.1}%  {:>10.1}%",
+                    m.model,
+                    checkpoint_label(cp),
+                    c.set.name(),
+                    c.samples,
+                    100.0 * c.hardest_shares[1],
+                    100.0 * c.hardest_shares[3]
+                );
+            }
         }
     }
     println!(
@@ -324,17 +405,22 @@ fn run_over_training(args: &Args, quiet: bool) -> Result<()> {
     Ok(())
 }
 
-fn print_summary(curves: &[crate::analysis::loss_cdf::Curve], out: &std::path::Path) {
-    println!("set       gamma  samples     hardest 5%  hardest 20%");
-    for c in curves {
-        println!(
-            "{:<9} {:<6} {:<11} {:>9.1}%  {:>10.1}%",
-            c.set.name(),
-            c.gamma,
-            c.samples,
-            100.0 * c.hardest_shares[1],
-            100.0 * c.hardest_shares[3]
-        );
+fn print_summary(models: &[ModelCurves], out: &std::path::Path) {
+    println!(
+        "model                               set       gamma  samples     hardest 5%  hardest 20%"
+    );
+    for m in models {
+        for c in &m.curves {
+            println!(
+                "{:<35} {:<9} {:<6} {:<11} {:>9.1}%  {:>10.1}%",
+                m.model,
+                c.set.name(),
+                c.gamma,
+                c.samples,
+                100.0 * c.hardest_shares[1],
+                100.0 * c.hardest_shares[3]
+            );
+        }
     }
     println!(
         "wrote {}/{{cdf.csv, figure4.png, summary.csv, summary.md}}",

@@ -10,7 +10,11 @@
 use crate::analysis::loss_cdf::{
     figure_readings, paper_findings, Checkpoint, Curve, Finding, SampleSet, HARD_FRACTIONS,
 };
+use crate::analysis::loss_cdf_spread::{
+    AcrossModels, Agreement, CurveSpread, ModelCheckpoints, ModelCurves,
+};
 use crate::plot::{write_panels, LineChart, Series};
+use crate::util::stat::Stat;
 use anyhow::{Context, Result};
 use std::fmt::Write as _;
 use std::path::Path;
@@ -65,17 +69,51 @@ fn claim_folder(out_dir: &Path, key: &str) -> Result<()> {
     crate::util::write_atomic(&key_path, format!("{key}\n").as_bytes())
 }
 
-/// Writes all outputs into `out_dir` (each file atomically).
-pub fn write_all(out_dir: &Path, curves: &[Curve], provenance: &Provenance) -> Result<()> {
+/// Writes all outputs into `out_dir` (each file atomically). The figure, `cdf.csv` and the
+/// statements are of the first model; `summary.csv` holds every model's rows and `summary.md`
+/// their spread (`across`, for two models or more).
+pub fn write_all(
+    out_dir: &Path,
+    models: &[ModelCurves],
+    across: Option<&AcrossModels>,
+    provenance: &Provenance,
+) -> Result<()> {
+    let first = models
+        .first()
+        .context("no model to write the loss CDF of")?;
     claim_folder(out_dir, &provenance.key)?;
-    write_cdf_csv(&out_dir.join("cdf.csv"), curves)?;
-    write_figure(
-        &out_dir.join("figure4.png"),
-        curves,
-        "Figure 4: cumulative normalized loss",
-    )?;
-    write_summary_csv(&out_dir.join("summary.csv"), curves)?;
-    write_summary_md(&out_dir.join("summary.md"), curves, provenance)
+    write_cdf_csv(&out_dir.join("cdf.csv"), &first.curves)?;
+    let caption = if models.len() > 1 {
+        format!(
+            "Figure 4: cumulative normalized loss ({}, the first of {} models)",
+            model_label(&first.model, first.seed),
+            models.len()
+        )
+    } else {
+        "Figure 4: cumulative normalized loss".into()
+    };
+    write_figure(&out_dir.join("figure4.png"), &first.curves, &caption)?;
+    let rows: Vec<SummaryRow> = models
+        .iter()
+        .flat_map(|m| {
+            m.curves.iter().map(move |c| SummaryRow {
+                model: &m.model,
+                seed: m.seed,
+                iteration: None,
+                curve: c,
+            })
+        })
+        .collect();
+    merge_summary_csv(&out_dir.join("summary.csv"), FIGURE4, &rows)?;
+    write_summary_md(&out_dir.join("summary.md"), models, across, provenance)
+}
+
+/// `` `runs/x` (seed 1) ``: a model as the summaries name it.
+fn model_label(model: &str, seed: Option<u64>) -> String {
+    match seed {
+        Some(s) => format!("`{model}` (seed {s})"),
+        None => format!("`{model}`"),
+    }
 }
 
 pub fn write_cdf_csv(path: &Path, curves: &[Curve]) -> Result<()> {
@@ -141,15 +179,20 @@ fn write_two_panels(path: &Path, caption: &str, curves: &[(String, &Curve)]) -> 
 const FIGURE4: &str = "figure4";
 const OVER_TRAINING: &str = "over-training";
 
-/// `summary.csv`: one row per curve; `iteration` is empty for Figure 4 rows.
-pub fn write_summary_csv(path: &Path, curves: &[Curve]) -> Result<()> {
-    let rows: Vec<(Option<usize>, &Curve)> = curves.iter().map(|c| (None, c)).collect();
-    merge_summary_csv(path, FIGURE4, &rows)
+/// One row of `summary.csv`: a curve of a model, at a checkpoint for `--over-training`.
+struct SummaryRow<'a> {
+    model: &'a str,
+    seed: Option<u64>,
+    /// Empty for Figure 4 rows.
+    iteration: Option<usize>,
+    curve: &'a Curve,
 }
 
 fn summary_header() -> Vec<String> {
     let mut header = vec![
         "analysis".to_string(),
+        "model".into(),
+        "seed".into(),
         "iteration".into(),
         "gamma".into(),
         "set".into(),
@@ -165,7 +208,7 @@ fn summary_header() -> Vec<String> {
 
 /// Rewrites the rows of `analysis` in `summary.csv`, keeping the other analysis' rows (when the
 /// existing file has this header).
-fn merge_summary_csv(path: &Path, analysis: &str, rows: &[(Option<usize>, &Curve)]) -> Result<()> {
+fn merge_summary_csv(path: &Path, analysis: &str, rows: &[SummaryRow]) -> Result<()> {
     let header = summary_header();
     let mut kept: Vec<csv::StringRecord> = Vec::new();
     if let Ok(mut r) = csv::Reader::from_path(path) {
@@ -180,10 +223,13 @@ fn merge_summary_csv(path: &Path, analysis: &str, rows: &[(Option<usize>, &Curve
     let bytes = super::csv_bytes(|w| {
         w.write_record(&header)?;
         let mut mine = Vec::new();
-        for (iteration, c) in rows {
+        for r in rows {
+            let c = r.curve;
             let mut row = vec![
                 analysis.to_string(),
-                iteration.map(|i| i.to_string()).unwrap_or_default(),
+                r.model.to_string(),
+                r.seed.map(|s| s.to_string()).unwrap_or_default(),
+                r.iteration.map(|i| i.to_string()).unwrap_or_default(),
                 c.gamma.to_string(),
                 c.set.name().into(),
                 c.samples.to_string(),
@@ -220,7 +266,14 @@ fn split_summary_md(text: &str) -> (String, String) {
     }
 }
 
-pub fn write_summary_md(path: &Path, curves: &[Curve], provenance: &Provenance) -> Result<()> {
+fn write_summary_md(
+    path: &Path,
+    models: &[ModelCurves],
+    across: Option<&AcrossModels>,
+    provenance: &Provenance,
+) -> Result<()> {
+    let first = models.first().context("no model to summarize")?;
+    let curves = first.curves.as_slice();
     let mut s = String::new();
     let _ = writeln!(s, "# Loss CDF (the paper's Figure 4)\n");
     let _ = writeln!(s, "Source: {}\n", provenance.source);
@@ -232,17 +285,25 @@ pub fn write_summary_md(path: &Path, curves: &[Curve], provenance: &Provenance) 
         "Samples seen: {} positive, {} negative (curves use a uniform sample of at most the caps).\n",
         provenance.positives_seen, provenance.negatives_seen
     );
+    if models.len() > 1 {
+        let _ = writeln!(
+            s,
+            "The table, `figure4.png`, `cdf.csv` and the statements below are of the first model, {}; \
+             [Across the {} models](#across-the-models) gives the spread over all of them and each \
+             one's numbers.\n",
+            model_label(&first.model, first.seed),
+            models.len()
+        );
+    }
     let _ = writeln!(
         s,
         "Share of the loss held by the hardest fraction of samples:\n"
     );
-    let mut header = "| set | gamma | samples |".to_string();
-    let mut rule = "|---|---|---|".to_string();
-    for q in HARD_FRACTIONS {
-        let _ = write!(header, " hardest {}% |", (q * 100.0).round());
-        rule.push_str("---|");
-    }
-    let _ = writeln!(s, "{header}\n{rule}");
+    let _ = writeln!(
+        s,
+        "{}",
+        share_header("| set | gamma | samples |", "|---|---|---|")
+    );
     for c in curves {
         let _ = write!(s, "| {} | {} | {} |", c.set.name(), c.gamma, c.samples);
         for v in &c.hardest_shares {
@@ -266,12 +327,82 @@ pub fn write_summary_md(path: &Path, curves: &[Curve], provenance: &Provenance) 
         "| reading | criterion | ours | agrees |\n|---|---|---|---|"
     );
     write_findings(&mut s, &figure_readings(curves));
+    if let Some(a) = across {
+        write_across_models(&mut s, models, a);
+    }
     let existing = std::fs::read_to_string(path).unwrap_or_default();
     let (_, section) = split_summary_md(&existing);
     if !section.is_empty() {
         let _ = writeln!(s, "\n{section}");
     }
     crate::util::write_atomic(path, s.as_bytes())
+}
+
+/// A table header: `lead` columns, then one per hard fraction.
+fn share_header(lead: &str, lead_rule: &str) -> String {
+    let (mut header, mut rule) = (lead.to_string(), lead_rule.to_string());
+    for q in HARD_FRACTIONS {
+        let _ = write!(header, " hardest {}% |", (q * 100.0).round());
+        rule.push_str("---|");
+    }
+    format!("{header}\n{rule}")
+}
+
+/// `68.6 ± 1.2%`: a share's mean and sample standard deviation, in percent.
+fn pct_spread(v: &Stat) -> String {
+    format!("{:.1} ± {:.1}%", 100.0 * v.mean, 100.0 * v.std)
+}
+
+/// The shares' spread, one row per curve, after `lead` cells.
+fn write_spread_rows(s: &mut String, lead: &str, spreads: &[CurveSpread]) {
+    for c in spreads {
+        let _ = write!(s, "| {lead}{} | {} |", c.set.name(), c.gamma);
+        for v in &c.shares {
+            let _ = write!(s, " {} |", pct_spread(v));
+        }
+        let _ = writeln!(s);
+    }
+}
+
+/// `summary.md`'s section on several models: the shares' spread and each statement model by model.
+fn write_across_models(s: &mut String, models: &[ModelCurves], a: &AcrossModels) {
+    let _ = writeln!(s, "\n## Across the models\n");
+    let names: Vec<String> = models
+        .iter()
+        .map(|m| model_label(&m.model, m.seed))
+        .collect();
+    let _ = writeln!(
+        s,
+        "{} models: {}. Share of the loss held by the hardest fraction of samples, mean ± sample \
+         standard deviation over the models:\n",
+        a.models,
+        names.join(", ")
+    );
+    let _ = writeln!(s, "{}", share_header("| set | gamma |", "|---|---|"));
+    write_spread_rows(s, "", &a.spreads);
+    let _ = writeln!(
+        s,
+        "\nThe paper's statements and the project's readings, model by model (ours in the order above):\n"
+    );
+    let _ = writeln!(
+        s,
+        "| statement | criterion | agrees on | ours |\n|---|---|---|---|"
+    );
+    for g in a.paper.iter().chain(&a.readings) {
+        write_agreement(s, g);
+    }
+}
+
+fn write_agreement(s: &mut String, g: &Agreement) {
+    let _ = writeln!(
+        s,
+        "| \"{}\" | {} | {} of {} models | {} |",
+        g.paper,
+        g.criterion,
+        g.agree,
+        g.judged,
+        g.ours.join("; ")
+    );
 }
 
 /// One table row per finding: the statement, our criterion, our number and the verdict.
@@ -299,25 +430,42 @@ pub fn checkpoint_label(c: &Checkpoint) -> String {
     )
 }
 
-/// The files of `loss-cdf --over-training`: `over_training.csv`, `over_training.png`, and the
-/// checkpoints' rows in `summary.csv` and section in `summary.md`.
+/// The files of `loss-cdf --over-training`: `over_training.csv`, `over_training.png` (the first
+/// model's checkpoints), and every model's checkpoint rows in `summary.csv` and section in
+/// `summary.md`, with their spread (`spreads`, per iteration, for two models or more).
 pub fn write_over_training(
     out_dir: &Path,
-    checkpoints: &[Checkpoint],
+    models: &[ModelCheckpoints],
+    spreads: &[(usize, Vec<CurveSpread>)],
     provenance: &Provenance,
 ) -> Result<()> {
+    let first = models
+        .first()
+        .context("no model to write the checkpoints of")?;
     claim_folder(out_dir, &provenance.key)?;
     let bytes = super::csv_bytes(|w| {
-        w.write_record(["iteration", "set", "fraction", "cumulative_loss"])?;
-        for cp in checkpoints {
-            for c in &cp.curves {
-                for &(f, y) in &c.points {
-                    w.write_record([
-                        cp.iteration.to_string(),
-                        c.set.name().into(),
-                        format!("{f:.6}"),
-                        format!("{y:.9}"),
-                    ])?;
+        w.write_record([
+            "model",
+            "seed",
+            "iteration",
+            "set",
+            "fraction",
+            "cumulative_loss",
+        ])?;
+        for m in models {
+            let seed = m.seed.map(|s| s.to_string()).unwrap_or_default();
+            for cp in &m.checkpoints {
+                for c in &cp.curves {
+                    for &(f, y) in &c.points {
+                        w.write_record([
+                            m.model.clone(),
+                            seed.clone(),
+                            cp.iteration.to_string(),
+                            c.set.name().into(),
+                            format!("{f:.6}"),
+                            format!("{y:.9}"),
+                        ])?;
+                    }
                 }
             }
         }
@@ -325,6 +473,7 @@ pub fn write_over_training(
     })?;
     crate::util::write_atomic(&out_dir.join("over_training.csv"), &bytes)?;
 
+    let checkpoints = &first.checkpoints;
     let gamma = checkpoints
         .first()
         .and_then(|c| c.curves.first())
@@ -333,15 +482,32 @@ pub fn write_over_training(
         .iter()
         .flat_map(|cp| cp.curves.iter().map(move |c| (checkpoint_label(cp), c)))
         .collect();
+    let of_models = if models.len() > 1 {
+        format!(
+            ", {}",
+            model_label(&first.model, first.seed).replace('`', "")
+        )
+    } else {
+        String::new()
+    };
     write_two_panels(
         &out_dir.join("over_training.png"),
-        &format!("Cumulative normalized loss during training (γ = {gamma})"),
+        &format!("Cumulative normalized loss during training (γ = {gamma}{of_models})"),
         &labelled,
     )?;
 
-    let rows: Vec<(Option<usize>, &Curve)> = checkpoints
+    let rows: Vec<SummaryRow> = models
         .iter()
-        .flat_map(|cp| cp.curves.iter().map(move |c| (Some(cp.iteration), c)))
+        .flat_map(|m| {
+            m.checkpoints.iter().flat_map(move |cp| {
+                cp.curves.iter().map(move |c| SummaryRow {
+                    model: &m.model,
+                    seed: m.seed,
+                    iteration: Some(cp.iteration),
+                    curve: c,
+                })
+            })
+        })
         .collect();
     merge_summary_csv(&out_dir.join("summary.csv"), OVER_TRAINING, &rows)?;
 
@@ -353,31 +519,59 @@ pub fn write_over_training(
     if !provenance.note.is_empty() {
         let _ = writeln!(sec, "{}\n", provenance.note);
     }
+    let several = models.len() > 1;
     let _ = writeln!(
         sec,
         "Share of the loss held by the hardest fraction of samples at each checkpoint \
-         (`over_training.png`, `over_training.csv`):\n"
+         (`over_training.png`{}, `over_training.csv`):\n",
+        if several {
+            " draws the first model"
+        } else {
+            ""
+        }
     );
-    let mut header = "| checkpoint | set | samples |".to_string();
-    let mut rule = "|---|---|---|".to_string();
-    for q in HARD_FRACTIONS {
-        let _ = write!(header, " hardest {}% |", (q * 100.0).round());
-        rule.push_str("---|");
-    }
-    let _ = writeln!(sec, "{header}\n{rule}");
-    for cp in checkpoints {
-        for c in &cp.curves {
-            let _ = write!(
-                sec,
-                "| {} | {} | {} |",
-                checkpoint_label(cp),
-                c.set.name(),
-                c.samples
-            );
-            for v in &c.hardest_shares {
-                let _ = write!(sec, " {:.1}% |", 100.0 * v);
+    let (lead, lead_rule) = if several {
+        (
+            "| model | checkpoint | set | samples |",
+            "|---|---|---|---|",
+        )
+    } else {
+        ("| checkpoint | set | samples |", "|---|---|---|")
+    };
+    let _ = writeln!(sec, "{}", share_header(lead, lead_rule));
+    for m in models {
+        for cp in &m.checkpoints {
+            for c in &cp.curves {
+                if several {
+                    let _ = write!(sec, "| {} ", model_label(&m.model, m.seed));
+                }
+                let _ = write!(
+                    sec,
+                    "| {} | {} | {} |",
+                    checkpoint_label(cp),
+                    c.set.name(),
+                    c.samples
+                );
+                for v in &c.hardest_shares {
+                    let _ = write!(sec, " {:.1}% |", 100.0 * v);
+                }
+                let _ = writeln!(sec);
             }
-            let _ = writeln!(sec);
+        }
+    }
+    if !spreads.is_empty() {
+        let _ = writeln!(
+            sec,
+            "\nMean ± sample standard deviation over the {} models, checkpoint by checkpoint:\n",
+            models.len()
+        );
+        let _ = writeln!(
+            sec,
+            "{}",
+            share_header("| iteration | set | gamma |", "|---|---|---|")
+        );
+        for (iteration, sp) in spreads {
+            write_spread_rows(&mut sec, &format!("{iteration} | "), sp);
         }
     }
     let _ = write!(sec, "\n{OT_END}");

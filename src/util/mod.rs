@@ -2,6 +2,7 @@
 //! writes, the git revision, and progress bars.
 
 pub mod progress;
+pub mod stat;
 
 use anyhow::{Context, Result};
 use std::io::Write;
