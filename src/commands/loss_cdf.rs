@@ -382,12 +382,16 @@ fn run_over_training(args: &Args, quiet: bool) -> Result<()> {
             args.out.display()
         )
     })?;
-    println!("model                               checkpoint              set       samples     hardest 5%  hardest 20%");
+    let width = models.iter().map(|m| m.model.len()).max().unwrap_or(0);
+    println!(
+        "{:<width$} {:<23} {:<9} {:<11} {:>10}  {:>11}",
+        "model", "checkpoint", "set", "samples", "hardest 5%", "hardest 20%"
+    );
     for m in &models {
         for cp in &m.checkpoints {
             for c in &cp.curves {
                 println!(
-                    "{:<35} {:<23} {:<9} {:<11} {:>9.1}%  {:>10.1}%",
+                    "{:<width$} {:<23} {:<9} {:<11} {:>9.1}%  {:>10.1}%",
                     m.model,
                     checkpoint_label(cp),
                     c.set.name(),
@@ -406,13 +410,15 @@ fn run_over_training(args: &Args, quiet: bool) -> Result<()> {
 }
 
 fn print_summary(models: &[ModelCurves], out: &std::path::Path) {
+    let width = models.iter().map(|m| m.model.len()).max().unwrap_or(0);
     println!(
-        "model                               set       gamma  samples     hardest 5%  hardest 20%"
+        "{:<width$} {:<9} {:<6} {:<11} {:>10}  {:>11}",
+        "model", "set", "gamma", "samples", "hardest 5%", "hardest 20%"
     );
     for m in models {
         for c in &m.curves {
             println!(
-                "{:<35} {:<9} {:<6} {:<11} {:>9.1}%  {:>10.1}%",
+                "{:<width$} {:<9} {:<6} {:<11} {:>9.1}%  {:>10.1}%",
                 m.model,
                 c.set.name(),
                 c.gamma,
