@@ -264,6 +264,13 @@ fn later_seeds_train_the_settings_seed_0_chose_and_committed_rows_are_reused() {
         "{again}"
     );
     assert!(again.contains("16 runs (16 reused, 0 trained"), "{again}");
+    // --collect trains nothing and says so.
+    let collected = ok(&run(out_s, &["--reuse-recorded", "--collect"]));
+    assert!(
+        collected.contains("count as finished and are collected")
+            && !collected.contains("only the others are trained"),
+        "{collected}"
+    );
     let back = csv_rows(&out.join("results.csv"));
     for col in ["config_hash", "seed", "holdout_ap", "ap", "chosen"] {
         assert_eq!(column(&back, col), column(&rows, col), "{col}");

@@ -88,8 +88,14 @@ impl SweepFlags {
         if self.reuse_recorded {
             let table = out.join("results.csv");
             let recorded = crate::experiments::collect::earlier_records(&table)?;
+            // --collect trains nothing, so it only says which rows it counts.
+            let others = if self.collect {
+                " and are collected with the finished run folders"
+            } else {
+                "; only the others are trained"
+            };
             println!(
-                "--reuse-recorded: the {} runs recorded in {} count as finished; only the others are trained",
+                "--reuse-recorded: the {} runs recorded in {} count as finished{others}",
                 recorded.len(),
                 table.display()
             );
