@@ -30,12 +30,29 @@ pub struct CocoAnnotation {
     pub bbox: [f64; 4],
     #[serde(default = "missing_area")]
     pub area: f64,
-    #[serde(default)]
+    /// 1 for a crowd region, else 0; read from any JSON value pycocotools reads as a truth value
+    /// (0/1 and other integers, `true`/`false`, `null`), written as 0 or 1.
+    #[serde(default, deserialize_with = "crowd_flag")]
     pub iscrowd: u8,
 }
 
 fn missing_area() -> f64 {
     f64::NAN
+}
+
+/// pycocotools ignores a ground truth where `iscrowd` is truthy in Python, so `true`, `2` or
+/// `1.0` mark a crowd and `false`, `0` or `null` do not; anything else (a string, a list) is an
+/// error naming the field.
+fn crowd_flag<'de, D: serde::Deserializer<'de>>(d: D) -> std::result::Result<u8, D::Error> {
+    use serde::de::Error;
+    match serde_json::Value::deserialize(d)? {
+        serde_json::Value::Null => Ok(0),
+        serde_json::Value::Bool(b) => Ok(u8::from(b)),
+        serde_json::Value::Number(n) => Ok(u8::from(n.as_f64() != Some(0.0))),
+        other => Err(D::Error::custom(format!(
+            "iscrowd must be a number, true/false or null (as pycocotools reads it), got {other}"
+        ))),
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -290,6 +307,33 @@ mod tests {
         let e = format!("{:#}", CocoDataset::load(&p).unwrap_err());
         assert!(e.contains("bad.json"), "{e}");
         e
+    }
+
+    #[test]
+    fn iscrowd_is_read_as_pycocotools_reads_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("crowd.json");
+        let text = serde_json::to_string(&sample()).unwrap();
+        for (value, crowd) in [
+            ("0", 0),
+            ("1", 1),
+            ("2", 1),
+            ("1.0", 1),
+            ("0.0", 0),
+            ("true", 1),
+            ("false", 0),
+            ("null", 0),
+        ] {
+            std::fs::write(
+                &p,
+                text.replace("\"iscrowd\":0", &format!("\"iscrowd\":{value}")),
+            )
+            .unwrap();
+            let ds = CocoDataset::load(&p).unwrap();
+            assert_eq!(ds.annotations[0].iscrowd, crowd, "iscrowd {value}");
+        }
+        let e = load_err(&text.replace("\"iscrowd\":0", "\"iscrowd\":\"yes\""));
+        assert!(e.contains("iscrowd must be"), "{e}");
     }
 
     fn sample_with(f: impl FnOnce(&mut CocoDataset)) -> String {
