@@ -11,9 +11,10 @@
 
 use std::sync::atomic::{AtomicBool, Ordering};
 
-/// Register tiles (output rows x 16-float vectors), 24 accumulators each; each call picks the
-/// one whose column blocks waste the fewest lanes on its width.
-const TILES: [(usize, usize); 3] = [(8, 3), (6, 4), (12, 2)];
+/// Register tiles (output rows x 16-float vectors), 20-24 accumulators each; each call picks the
+/// one whose column blocks waste the fewest lanes on its width (the first on a tie). (4, 5) is for
+/// the 8x8 maps: their 80-column wide rows fill it exactly, where 48-column blocks waste a sixth.
+const TILES: [(usize, usize); 4] = [(8, 3), (6, 4), (12, 2), (4, 5)];
 
 thread_local! {
     /// Set by tests on the calling thread to run the `gemm` products instead (the choice is made
@@ -147,6 +148,7 @@ pub(super) fn shifted_sum(
         match (mr, nv) {
             (8, 3) => avx512::shifted_sum::<8, 3>(args),
             (6, 4) => avx512::shifted_sum::<6, 4>(args),
+            (4, 5) => avx512::shifted_sum::<4, 5>(args),
             _ => avx512::shifted_sum::<12, 2>(args),
         }
     }
@@ -236,8 +238,9 @@ mod tests {
             return;
         }
         let cases = [
-            // Widths 48, 64 and 32 pick each register tile; the others leave tails.
+            // Widths 48, 64, 32 and 80 pick each register tile; the others leave tails.
             (8usize, 4usize, 48usize, 60usize, vec![0usize, 1, 5]),
+            (11, 5, 80, 90, vec![0, 1, 10, 11]),
             (13, 7, 64, 70, vec![3, 0, 11, 2]),
             (25, 3, 32, 40, vec![1, 0]),
             (13, 7, 50, 70, vec![3, 0, 11, 2]),
