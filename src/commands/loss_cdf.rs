@@ -104,14 +104,16 @@ pub fn run(args: Args, quiet: bool) -> Result<()> {
         });
     }
     let provenance = models_provenance(&run_dirs, &sources, seen);
-    let across = across_models(&models);
-    write_all(&args.out, &models, across.as_ref(), &provenance).with_context(|| {
-        format!(
-            "cannot write the loss-CDF outputs to {}",
-            args.out.display()
-        )
-    })?;
-    print_summary(&models, &args.out);
+    finish_figure4(&args.out, &models, &provenance)
+}
+
+/// Writes Figure 4's files for `models` (with their spread when there are several) and prints
+/// the summary.
+fn finish_figure4(out: &Path, models: &[ModelCurves], provenance: &Provenance) -> Result<()> {
+    let across = across_models(models);
+    write_all(out, models, across.as_ref(), provenance)
+        .with_context(|| format!("cannot write the loss-CDF outputs to {}", out.display()))?;
+    print_summary(models, out);
     Ok(())
 }
 
@@ -174,14 +176,7 @@ fn run_samples(args: &Args, path: &Path) -> Result<()> {
         seed: None,
         curves,
     }];
-    write_all(&args.out, &models, None, &provenance).with_context(|| {
-        format!(
-            "cannot write the loss-CDF outputs to {}",
-            args.out.display()
-        )
-    })?;
-    print_summary(&models, &args.out);
-    Ok(())
+    finish_figure4(&args.out, &models, &provenance)
 }
 
 /// The run directories to analyse: `--run`, or the default model's seeds.
