@@ -454,51 +454,87 @@ pub(super) fn input_grad_image_direct(
     image_from_planes(dxq, g, dx);
 }
 
-/// `xt [plane, C]` from `xq [C, plane]`: 8 x 8 blocks through AVX registers where the CPU has
-/// them, the edges (and every block elsewhere) one value at a time.
+/// `xt [plane, C]` from `xq [C, plane]`.
 fn transpose(xq: &[f32], c: usize, plane: usize, xt: &mut [f32]) {
+    transpose_into(xq, (c, plane), plane, xt, c);
+}
+
+/// `dst[p * dst_ld + ch] = src[ch * src_ld + p]` for `ch < rows`, `p < cols`: 8 x 8 blocks
+/// through AVX registers where the CPU has them, the edges (and every block elsewhere) one value
+/// at a time.
+fn transpose_into(
+    src: &[f32],
+    (rows, cols): (usize, usize),
+    src_ld: usize,
+    dst: &mut [f32],
+    dst_ld: usize,
+) {
+    if rows == 0 || cols == 0 {
+        return;
+    }
     assert!(
-        xq.len() >= c * plane && xt.len() >= c * plane,
+        cols <= src_ld
+            && rows <= dst_ld
+            && src.len() >= (rows - 1) * src_ld + cols
+            && dst.len() >= (cols - 1) * dst_ld + rows,
         "transpose: buffers too short"
     );
-    let (mut c8, mut p8) = (0, 0);
+    let (mut r8, mut c8) = (0, 0);
     #[cfg(target_arch = "x86_64")]
     if std::is_x86_feature_detected!("avx") {
-        (c8, p8) = (c / 8 * 8, plane / 8 * 8);
-        // SAFETY: AVX is present; the blocks read `xq[..c8 * plane]` and write `xt[..p8 * c]`,
-        // inside both buffers (asserted above).
-        unsafe { avx::transpose_blocks(xq, c, plane, xt, (c8, p8)) };
+        (r8, c8) = (rows / 8 * 8, cols / 8 * 8);
+        // SAFETY: AVX is present; the blocks read `src[ch * src_ld + p]` and write
+        // `dst[p * dst_ld + ch]` for `ch < r8 <= rows`, `p < c8 <= cols`: inside both buffers
+        // (asserted above).
+        unsafe { avx::transpose_blocks(src, src_ld, dst, dst_ld, (r8, c8)) };
     }
-    let scalar = |xt: &mut [f32], chs: std::ops::Range<usize>, ps: std::ops::Range<usize>| {
+    let scalar = |dst: &mut [f32], chs: std::ops::Range<usize>, ps: std::ops::Range<usize>| {
         for ch in chs {
             for p in ps.clone() {
-                xt[p * c + ch] = xq[ch * plane + p];
+                dst[p * dst_ld + ch] = src[ch * src_ld + p];
             }
         }
     };
-    // The blocks cover channels `..c8` at positions `..p8`.
-    scalar(xt, 0..c8, p8..plane);
-    scalar(xt, c8..c, 0..plane);
+    // The blocks cover rows `..r8` at columns `..c8`.
+    scalar(dst, 0..r8, c8..cols);
+    scalar(dst, r8..rows, 0..cols);
+}
+
+/// `xt [plane, C_in]` of a stride-1 convolution straight from the image `x [C_in, H, W]`: what
+/// `pad_image` and `transpose` give, without writing and rereading the padded planes.
+fn pad_transposed(x: &[f32], g: &ConvGeom, xt: &mut [f32]) {
+    debug_assert_eq!(g.stride, 1, "one phase plane");
+    let (c, wq, hw, pad) = (g.c_in, wq(g), g.h * g.w, g.pad);
+    let xt = &mut xt[..plane_len(g) * c];
+    // Zero rows above and below the image, and the slack.
+    xt[..pad * wq * c].fill(0.0);
+    xt[(pad + g.h) * wq * c..].fill(0.0);
+    for y in 0..g.h {
+        let row = &mut xt[(y + pad) * wq * c..(y + pad + 1) * wq * c];
+        row[..pad * c].fill(0.0);
+        row[(pad + g.w) * c..].fill(0.0);
+        transpose_into(&x[y * g.w..], (c, g.w), hw, &mut row[pad * c..], c);
+    }
 }
 
 #[cfg(target_arch = "x86_64")]
 mod avx {
     use std::arch::x86_64::*;
 
-    /// The 8 x 8 blocks of `transpose` over channels `..c8` and positions `..p8` (multiples of 8).
+    /// The 8 x 8 blocks of `transpose_into` over rows `..r8` and columns `..c8` (multiples of 8).
     #[target_feature(enable = "avx")]
     pub(super) unsafe fn transpose_blocks(
-        xq: &[f32],
-        c: usize,
-        plane: usize,
-        xt: &mut [f32],
-        (c8, p8): (usize, usize),
+        src: &[f32],
+        src_ld: usize,
+        dst: &mut [f32],
+        dst_ld: usize,
+        (r8, c8): (usize, usize),
     ) {
-        let (src, dst) = (xq.as_ptr(), xt.as_mut_ptr());
-        for c0 in (0..c8).step_by(8) {
-            for p0 in (0..p8).step_by(8) {
+        let (src, dst) = (src.as_ptr(), dst.as_mut_ptr());
+        for r0 in (0..r8).step_by(8) {
+            for p0 in (0..c8).step_by(8) {
                 let r: [__m256; 8] =
-                    std::array::from_fn(|i| _mm256_loadu_ps(src.add((c0 + i) * plane + p0)));
+                    std::array::from_fn(|i| _mm256_loadu_ps(src.add((r0 + i) * src_ld + p0)));
                 // Pairs of rows interleaved, then pairs of pairs, then the 128-bit halves swapped.
                 let t: [__m256; 8] = std::array::from_fn(|i| {
                     let (a, b) = (r[i / 2 * 2], r[i / 2 * 2 + 1]);
@@ -524,7 +560,7 @@ mod avx {
                     } else {
                         _mm256_permute2f128_ps::<0x31>(a, b)
                     };
-                    _mm256_storeu_ps(dst.add((p0 + j) * c + c0), v);
+                    _mm256_storeu_ps(dst.add((p0 + j) * dst_ld + r0), v);
                 }
             }
         }
@@ -544,14 +580,18 @@ pub(super) fn weight_grad_image_direct(
     accumulate: bool,
 ) {
     let (plane, wide) = (plane_len(g), wide_len(g));
-    pad_image(x, g, xq);
-    // Phase by phase: `xt [phase, plane, C_in]`; phases no tap reads are left alone.
-    let phases = xq
-        .chunks_exact(g.c_in * plane)
-        .zip(xt.chunks_exact_mut(g.c_in * plane));
-    for (ph, (src, dst)) in phases.enumerate() {
-        if phase_used(g, ph / g.stride, ph % g.stride) {
-            transpose(src, g.c_in, plane, dst);
+    if g.stride == 1 {
+        pad_transposed(x, g, xt);
+    } else {
+        pad_image(x, g, xq);
+        // Phase by phase: `xt [phase, plane, C_in]`; phases no tap reads are left alone.
+        let phases = xq
+            .chunks_exact(g.c_in * plane)
+            .zip(xt.chunks_exact_mut(g.c_in * plane));
+        for (ph, (src, dst)) in phases.enumerate() {
+            if phase_used(g, ph / g.stride, ph % g.stride) {
+                transpose(src, g.c_in, plane, dst);
+            }
         }
     }
     let weights = direct::Weights {
@@ -621,6 +661,33 @@ mod tests {
                     assert_eq!(xt[p * c + ch], xq[ch * plane + p], "c{c} plane{plane}");
                 }
             }
+        }
+    }
+
+    #[test]
+    fn pad_transposed_matches_padding_then_transposing() {
+        // Widths and channel counts on and off the 8 x 8 blocks; paddings 0-2; 1x1 and 3x3 taps.
+        for (c, h, w, k, pad) in [
+            (8, 8, 8, 3, 1),
+            (16, 5, 16, 3, 1),
+            (13, 7, 9, 3, 1),
+            (24, 4, 20, 3, 2),
+            (9, 3, 8, 1, 0),
+            (64, 8, 8, 3, 1),
+        ] {
+            let g = ConvGeom::new(&[1, c, h, w], &[4, c, k, k], 1, pad).unwrap();
+            let x: Vec<f32> = (0..c * h * w).map(|i| i as f32 + 0.25).collect();
+            let mut xq = vec![f32::NAN; padded_len(&g)];
+            pad_image(&x, &g, &mut xq);
+            let mut want = vec![f32::NAN; padded_len(&g)];
+            transpose(&xq, c, plane_len(&g), &mut want);
+            let mut got = vec![f32::NAN; padded_len(&g)];
+            pad_transposed(&x, &g, &mut got);
+            let same = got
+                .iter()
+                .zip(&want)
+                .all(|(a, b)| a.to_bits() == b.to_bits());
+            assert!(same, "c{c} h{h} w{w} k{k} pad{pad}");
         }
     }
 
