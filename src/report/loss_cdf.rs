@@ -401,7 +401,7 @@ fn write_agreement(s: &mut String, g: &Agreement) {
         g.criterion,
         g.agree,
         g.judged,
-        g.ours.join("; ")
+        g.ours.join(" / ")
     );
 }
 
