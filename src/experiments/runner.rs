@@ -203,9 +203,11 @@ pub struct SweepProgress {
 }
 
 /// How many runs of a sweep train at once (`--jobs`), each on its own rayon pool with its share of
-/// the threads. One run already splits each step across the cores (`train::step`): on 2 cores two
-/// runs side by side were no faster (134 s against 136 s for seven short runs), so the default is
-/// one; side by side can pay on machines with more cores than a batch has images.
+/// the threads. One run already splits each step across the cores (`train::step`), so the default
+/// is one: a run's numbers then do not depend on how many ran beside it. Side by side, each on one
+/// thread, runs pay on 2 cores too (two one-thread steps at once every 114-115 ms against 62.8 ms
+/// for one two-thread step: 9% more steps per second), and on machines with more cores than a
+/// batch has images.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Workers {
     /// Runs at once; 1 trains one run at a time on every thread.
@@ -221,11 +223,19 @@ impl Workers {
         Ok(Workers { runs })
     }
 
-    /// Runs at once (no more than there are runs to train) and threads per run, sharing the rayon
-    /// thread budget (cores, or `RAYON_NUM_THREADS`).
-    pub fn plan(&self, todo: usize) -> (usize, usize) {
+    /// How `todo` runs train: rounds of (jobs, runs at once, threads per run), sharing the rayon
+    /// thread budget (cores, or `RAYON_NUM_THREADS`). Runs that would not fill a round of
+    /// `self.runs` come last, as fewer at once with more threads each: with `--jobs 2`, the
+    /// seventh run of seven trains on every thread rather than on one beside an idle core.
+    pub fn plan(&self, todo: usize) -> Vec<(usize, usize, usize)> {
+        let budget = rayon::current_num_threads().max(1);
         let runs = self.runs.clamp(1, todo.max(1));
-        (runs, (rayon::current_num_threads() / runs).max(1))
+        let full = todo - todo % runs;
+        [(full, runs), (todo - full, todo - full)]
+            .into_iter()
+            .filter(|&(jobs, _)| jobs > 0)
+            .map(|(jobs, at_once)| (jobs, at_once, (budget / at_once).max(1)))
+            .collect()
     }
 }
 
@@ -277,9 +287,40 @@ pub fn run_jobs(
     if !todo.is_empty() {
         executor.prepare(&todo, quiet)?;
     }
-    let (runs, threads) = workers.plan(todo.len());
+    let mut first = 0;
+    for (count, runs, threads) in workers.plan(todo.len()) {
+        let round = &todo[first..first + count];
+        first += count;
+        if let Err(e) = run_round(
+            round,
+            (runs, threads),
+            out,
+            executor,
+            quiet,
+            &bar,
+            &finished,
+        ) {
+            bar.finish_and_clear();
+            return Err(e);
+        }
+    }
+    bar.finish_and_clear();
+    Ok(progress.into_inner().unwrap_or_else(|e| e.into_inner()))
+}
+
+/// Trains `round`, `runs` at once on `threads` threads each (one at a time on all the caller's
+/// threads when `runs` is 1), calling `finished` after each run.
+fn run_round(
+    round: &[&Job],
+    (runs, threads): (usize, usize),
+    out: &Path,
+    executor: &dyn Executor,
+    quiet: bool,
+    bar: &indicatif::ProgressBar,
+    finished: &(dyn Fn(&Job, &RunRecord) + Sync),
+) -> Result<()> {
     if runs == 1 {
-        for job in &todo {
+        for job in round {
             bar.set_message(format!("{} (seed {})", job.label, job.seed));
             let record = run_one(job, out, executor, quiet)?;
             finished(job, &record);
@@ -303,7 +344,7 @@ pub fn run_jobs(
                     };
                     // Stop taking jobs once any has failed; the others finish theirs.
                     while failure.lock().map(|f| f.is_none()).unwrap_or(false) {
-                        let Some(job) = todo.get(next.fetch_add(1, Ordering::Relaxed)) else {
+                        let Some(job) = round.get(next.fetch_add(1, Ordering::Relaxed)) else {
                             break;
                         };
                         // Inner progress bars of runs side by side would overwrite each other.
@@ -316,12 +357,10 @@ pub fn run_jobs(
             }
         });
         if let Some(e) = failure.into_inner().unwrap_or_else(|e| e.into_inner()) {
-            bar.finish_and_clear();
             return Err(e);
         }
     }
-    bar.finish_and_clear();
-    Ok(progress.into_inner().unwrap_or_else(|e| e.into_inner()))
+    Ok(())
 }
 
 /// Trains one job in its run directory and writes its record.
@@ -345,4 +384,25 @@ fn job_manifest(job: &Job) -> Result<String> {
         job.overrides.join(" "),
         job.config.to_toml()?
     ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn runs_that_do_not_fill_a_round_come_last_with_more_threads_each() {
+        let pool = rayon::ThreadPoolBuilder::new()
+            .num_threads(4)
+            .build()
+            .unwrap();
+        let plan = |runs, todo| pool.install(|| Workers::new(runs).unwrap().plan(todo));
+        assert_eq!(plan(1, 7), vec![(7, 1, 4)]);
+        assert_eq!(plan(2, 6), vec![(6, 2, 2)]);
+        assert_eq!(plan(2, 7), vec![(6, 2, 2), (1, 1, 4)]);
+        assert_eq!(plan(3, 8), vec![(6, 3, 1), (2, 2, 2)]);
+        assert_eq!(plan(5, 3), vec![(3, 3, 1)]);
+        assert_eq!(plan(8, 9), vec![(8, 8, 1), (1, 1, 4)]);
+        assert!(plan(2, 0).is_empty());
+    }
 }
