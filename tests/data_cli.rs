@@ -70,9 +70,29 @@ fn gen_stats_show_on_a_tiny_dataset() {
         out.contains("objects per image") && out.contains("images 5"),
         "{out}"
     );
-    for f in ["objects_per_image.csv", "box_sizes.csv", "classes.csv"] {
+    for f in [
+        "objects_per_image.csv",
+        "box_sizes.csv",
+        "box_aspects.csv",
+        "classes.csv",
+    ] {
         assert!(t.path().join("st").join(f).is_file(), "{f} missing");
     }
+    assert!(out.contains("box aspect width / height"), "{out}");
+    // Every box counts in one aspect bin (the generator draws no empty boxes).
+    let aspects = std::fs::read_to_string(t.path().join("st/box_aspects.csv")).unwrap();
+    let binned: usize = aspects
+        .lines()
+        .skip(1)
+        .map(|l| l.split(',').nth(3).unwrap().parse::<usize>().unwrap())
+        .sum();
+    let objects: usize = out
+        .split("objects ")
+        .nth(1)
+        .and_then(|r| r.split(' ').next())
+        .and_then(|n| n.parse().ok())
+        .unwrap();
+    assert_eq!(binned, objects, "{aspects}");
     let classes = std::fs::read_to_string(t.path().join("st/classes.csv")).unwrap();
     assert_eq!(classes.lines().count(), 13, "{classes}");
 

@@ -6,6 +6,17 @@ use super::loader::GtImage;
 /// Box-size bins, by `sqrt(w * h)` in input pixels: the octaves that pyramid levels P3..P7 cover.
 pub const SIZE_EDGES: [f32; 8] = [0.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0, f32::INFINITY];
 
+/// Aspect-ratio bins, by width / height: the ranges nearest the usual anchor shapes 1:2, 1:1 and
+/// 2:1 (split at their geometric means, 1:1.41 and 1.41:1), and beyond 1:3 and 3:1.
+pub const ASPECT_EDGES: [f32; 6] = [
+    0.0,
+    1.0 / 3.0,
+    std::f32::consts::FRAC_1_SQRT_2,
+    std::f32::consts::SQRT_2,
+    3.0,
+    f32::INFINITY,
+];
+
 #[derive(Debug, Clone, PartialEq)]
 pub struct BoxStats {
     pub images: usize,
@@ -15,6 +26,8 @@ pub struct BoxStats {
     pub per_image: Vec<usize>,
     /// Boxes per size bin ([`SIZE_EDGES`]).
     pub size_bins: Vec<usize>,
+    /// Boxes per aspect-ratio bin ([`ASPECT_EDGES`]); a box with neither width nor height in none.
+    pub aspect_bins: Vec<usize>,
     /// Objects per class index.
     pub per_class: Vec<usize>,
     pub min_side: f32,
@@ -34,6 +47,7 @@ pub fn box_stats<'a>(gts: impl IntoIterator<Item = &'a GtImage>, num_classes: us
         crowd: 0,
         per_image: Vec::new(),
         size_bins: vec![0; SIZE_EDGES.len() - 1],
+        aspect_bins: vec![0; ASPECT_EDGES.len() - 1],
         per_class: vec![0; num_classes],
         min_side: f32::INFINITY,
         max_side: 0.0,
@@ -50,11 +64,11 @@ pub fn box_stats<'a>(gts: impl IntoIterator<Item = &'a GtImage>, num_classes: us
             let side = ((b[2] - b[0]) * (b[3] - b[1])).max(0.0).sqrt();
             s.min_side = s.min_side.min(side);
             s.max_side = s.max_side.max(side);
-            let bin = SIZE_EDGES
-                .windows(2)
-                .position(|w| side >= w[0] && side < w[1]);
-            if let Some(k) = bin {
+            if let Some(k) = bin_of(&SIZE_EDGES, side) {
                 s.size_bins[k] += 1;
+            }
+            if let Some(k) = bin_of(&ASPECT_EDGES, (b[2] - b[0]) / (b[3] - b[1])) {
+                s.aspect_bins[k] += 1;
             }
             if let Some(n) = s.per_class.get_mut(c) {
                 *n += 1;
@@ -62,6 +76,14 @@ pub fn box_stats<'a>(gts: impl IntoIterator<Item = &'a GtImage>, num_classes: us
         }
     }
     s
+}
+
+/// The bin `[edges[k], edges[k + 1])` holding `v`, the last bin holding infinity too (none for
+/// NaN).
+fn bin_of(edges: &[f32], v: f32) -> Option<usize> {
+    edges
+        .windows(2)
+        .position(|w| v >= w[0] && (v < w[1] || w[1] == f32::INFINITY))
 }
 
 #[cfg(test)]
@@ -83,6 +105,22 @@ mod tests {
     }
 
     #[test]
+    fn aspect_bins_follow_the_nearest_anchor_shape() {
+        let g = [gt(
+            vec![
+                [0.0, 0.0, 10.0, 20.0], // 1:2
+                [0.0, 0.0, 10.0, 14.0], // 1:1.4, nearer 1:1
+                [0.0, 0.0, 15.0, 10.0], // 1.5:1, nearer 2:1
+                [0.0, 0.0, 40.0, 10.0], // 4:1
+                [0.0, 0.0, 5.0, 0.0],   // no height: beyond 3:1
+                [3.0, 3.0, 3.0, 3.0],   // neither: in no bin
+            ],
+            vec![0; 6],
+        )];
+        assert_eq!(box_stats(&g, 1).aspect_bins, vec![0, 1, 1, 1, 2]);
+    }
+
+    #[test]
     fn counts_by_hand() {
         let g = [
             gt(
@@ -97,6 +135,8 @@ mod tests {
         assert_eq!(s.per_image, vec![1, 1, 1]);
         // sides 4, 20, 100
         assert_eq!(s.size_bins, vec![1, 0, 1, 0, 1, 0, 0]);
+        // aspects 1, 1/4, 1
+        assert_eq!(s.aspect_bins, vec![1, 0, 2, 0, 0]);
         assert_eq!(s.per_class, vec![1, 2, 0]);
         assert_eq!((s.min_side, s.max_side), (4.0, 100.0));
         assert!((s.mean_per_image() - 1.0).abs() < 1e-12);

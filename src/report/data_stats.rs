@@ -8,7 +8,7 @@ use std::path::Path;
 use anyhow::Result;
 
 use crate::data::anchor_counts::AnchorStats;
-use crate::data::stats::{BoxStats, SIZE_EDGES};
+use crate::data::stats::{BoxStats, ASPECT_EDGES, SIZE_EDGES};
 use crate::geometry::{AnchorConfig, Matcher};
 
 /// One dataset's statistics, as `data stats` measured them.
@@ -68,7 +68,19 @@ pub fn format_box_stats(s: &BoxStats, names: &[String]) -> String {
         let _ = writeln!(
             t,
             "  {:>9} {n:>7} {:>5.1}% {}",
-            bin_label(k),
+            bin_label(&SIZE_EDGES, k, 0),
+            100.0 * n as f64 / s.objects.max(1) as f64,
+            "#".repeat(n * 40 / peak)
+        );
+    }
+    let _ = writeln!(t, "box aspect width / height (nearest anchor shape):");
+    let peak = s.aspect_bins.iter().copied().max().unwrap_or(1).max(1);
+    for (k, &n) in s.aspect_bins.iter().enumerate() {
+        let _ = writeln!(
+            t,
+            "  {:>9} {:<8} {n:>7} {:>5.1}% {}",
+            bin_label(&ASPECT_EDGES, k, 2),
+            ASPECT_NAMES[k],
             100.0 * n as f64 / s.objects.max(1) as f64,
             "#".repeat(n * 40 / peak)
         );
@@ -85,14 +97,18 @@ pub fn format_box_stats(s: &BoxStats, names: &[String]) -> String {
     t
 }
 
-fn bin_label(k: usize) -> String {
-    let (lo, hi) = (SIZE_EDGES[k], SIZE_EDGES[k + 1]);
+/// Bin `k` of `edges` as `lo-hi` (`>=lo` for the last), with `decimals` digits.
+fn bin_label(edges: &[f32], k: usize, decimals: usize) -> String {
+    let (lo, hi) = (edges[k], edges[k + 1]);
     if hi.is_infinite() {
-        format!(">={lo}")
+        format!(">={lo:.decimals$}")
     } else {
-        format!("{lo}-{hi}")
+        format!("{lo:.decimals$}-{hi:.decimals$}")
     }
 }
+
+/// What each aspect bin is nearest to.
+const ASPECT_NAMES: [&str; 5] = ["< 1:3", "~ 1:2", "~ 1:1", "~ 2:1", "> 3:1"];
 
 /// The largest anchor side: `anchor_scale x` the top level's stride x the top scale of an octave.
 fn largest_anchor(a: &AnchorConfig) -> f32 {
@@ -144,8 +160,8 @@ fn format_anchor_stats(d: &DatasetStats) -> String {
     t
 }
 
-/// Writes `objects_per_image.csv`, `box_sizes.csv`, `classes.csv`, `anchors_per_image.csv` and
-/// `summary.csv` into `out`.
+/// Writes `objects_per_image.csv`, `box_sizes.csv`, `box_aspects.csv`, `classes.csv`,
+/// `anchors_per_image.csv` and `summary.csv` into `out`.
 pub fn write_all(out: &Path, d: &DatasetStats) -> Result<()> {
     let s = &d.boxes;
     let per_image = s.per_image.iter().enumerate();
@@ -164,6 +180,17 @@ pub fn write_all(out: &Path, d: &DatasetStats) -> Result<()> {
     });
     let header = ["min_side", "max_side", "boxes", "fraction"];
     write_csv(&out.join("box_sizes.csv"), &header, sizes)?;
+    let aspects = s.aspect_bins.iter().enumerate().map(|(k, &n)| {
+        vec![
+            ASPECT_EDGES[k].to_string(),
+            ASPECT_EDGES[k + 1].to_string(),
+            ASPECT_NAMES[k].to_string(),
+            n.to_string(),
+            format!("{:.6}", n as f64 / s.objects.max(1) as f64),
+        ]
+    });
+    let header = ["min_ratio", "max_ratio", "nearest", "boxes", "fraction"];
+    write_csv(&out.join("box_aspects.csv"), &header, aspects)?;
     let classes = s.per_class.iter().enumerate().map(|(k, n)| {
         let id = d.category_ids.get(k).copied().unwrap_or(-1);
         vec![
