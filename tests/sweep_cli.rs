@@ -347,3 +347,112 @@ set = ["loss.gamma=2.0"]
         "{stdout}"
     );
 }
+
+/// Table 1d's "OHEM 1:3" at a larger batch: where the smaller batch's run never filled its positive
+/// quota, the larger one takes that run's record (marked `same_as`) instead of training, and the
+/// record is what training it gives, bit for bit.
+#[test]
+fn a_one_to_three_run_that_would_repeat_a_finished_one_is_not_trained_again() {
+    let t = tempfile::tempdir().unwrap();
+    let data = tiny_dataset(t.path());
+    let spec = |batches: &[usize]| {
+        let variants: String = batches
+            .iter()
+            .map(|b| {
+                format!(
+                    "\n[[variants]]\nlabel = \"OHEM 1:3 {b}\"\nset = [\"loss.ohem_batch={b}\"]\n"
+                )
+            })
+            .collect();
+        let path = t.path().join(format!("ohem-{}.toml", batches.len()));
+        let header = "name = \"ohem\"\ntitle = \"1:3\"\npaper = \"none\"\n\
+                      set = [\"loss.kind=ohem\", \"loss.ohem_ratio=3\", \"loss.ohem_nms=0.5\", \
+                      \"schedule.iterations=6\"]\nx = { key = \"loss.ohem_batch\", label = \"batch\" }\n";
+        std::fs::write(&path, format!("{header}{variants}")).unwrap();
+        path
+    };
+    let run = |spec: &Path, out: &Path| {
+        ok(&fl_lab(&[
+            "ohem-vs-focal",
+            "--preset",
+            "smoke",
+            "--data",
+            &data,
+            "--spec",
+            spec.to_str().unwrap(),
+            "--out",
+            out.to_str().unwrap(),
+            "--jobs",
+            "2",
+        ]))
+    };
+    let rows = |out: &Path| -> Vec<std::collections::HashMap<String, String>> {
+        let mut r = csv::Reader::from_path(out.join("results.csv")).unwrap();
+        let header: Vec<String> = r.headers().unwrap().iter().map(String::from).collect();
+        assert_eq!(header.last().map(String::as_str), Some("same_as"));
+        r.records()
+            .map(|x| {
+                header
+                    .iter()
+                    .cloned()
+                    .zip(x.unwrap().iter().map(String::from))
+                    .collect()
+            })
+            .collect()
+    };
+    // Both batches in one sweep: the larger one waits for the smaller and repeats it.
+    let both = t.path().join("both");
+    run(&spec(&[256, 512]), &both);
+    let summary: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(first_run_of(&both, "OHEM 1:3 256").join("summary.json")).unwrap(),
+    )
+    .unwrap();
+    assert_eq!(summary["ohem_positive_quota_filled"], false, "{summary}");
+    let table = rows(&both);
+    let (small, large) = (&table[0], &table[1]);
+    assert_eq!(
+        large["same_as"], small["config_hash"],
+        "the larger batch repeats the smaller's run"
+    );
+    assert_eq!(small["same_as"], "");
+    assert_eq!(large["wall_seconds"], "0.0");
+    // The larger batch trained on its own gives the same numbers, bit for bit as written.
+    let alone = t.path().join("alone");
+    run(&spec(&[512]), &alone);
+    let trained = &rows(&alone)[0];
+    assert_eq!(trained["same_as"], "");
+    assert_eq!(trained["config_hash"], large["config_hash"]);
+    for column in [
+        "ap",
+        "ap50",
+        "ap75",
+        "final_loss_cls",
+        "final_loss_box",
+        "positives_per_image",
+    ] {
+        assert_eq!(trained[column], large[column], "{column}");
+    }
+    // A batch of 4 takes one positive per image at most: its quota fills, so the batch of 8
+    // (two positives) selects differently and is trained.
+    let small_batches = t.path().join("small");
+    run(&spec(&[4, 8]), &small_batches);
+    let summary: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(first_run_of(&small_batches, "OHEM 1:3 4").join("summary.json"))
+            .unwrap(),
+    )
+    .unwrap();
+    assert_eq!(summary["ohem_positive_quota_filled"], true, "{summary}");
+    assert!(rows(&small_batches).iter().all(|r| r["same_as"].is_empty()));
+}
+
+/// The run folder of the variant labelled `label` in a sweep's output.
+fn first_run_of(out: &Path, label: &str) -> std::path::PathBuf {
+    std::fs::read_dir(out.join("runs"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .find(|d| {
+            std::fs::read_to_string(d.join("job.toml"))
+                .is_ok_and(|t| t.starts_with(&format!("# label: {label}\n")))
+        })
+        .unwrap_or_else(|| panic!("no run of {label}"))
+}

@@ -133,3 +133,73 @@ fn every_loss_kind_trains_a_few_steps() {
         );
     }
 }
+
+/// OHEM 1:3's record of whether its positive quota filled survives an interruption: a run cut at a
+/// checkpoint and resumed reports what the uninterrupted run reports, and a quota of one positive
+/// (batch 4) fills where one of a thousand (batch 4,000) does not.
+#[test]
+fn the_ohem_quota_record_survives_a_resume() {
+    let batch = common::two_boxes();
+    let dir = tempfile::tempdir().unwrap();
+    for (ohem_batch, filled) in [(4, true), (4000, false)] {
+        let b = format!("loss.ohem_batch={ohem_batch}");
+        let sets = [
+            "schedule.iterations=6",
+            "schedule.warmup_iters=2",
+            "schedule.steps=[5]",
+            "train.checkpoint_every=2",
+            "loss.kind=\"ohem\"",
+            "loss.ohem_ratio=3",
+            &b,
+        ];
+        let cfg = common::tiny(&sets);
+        let whole = TrainOptions {
+            run_dir: dir.path().join(format!("whole-{ohem_batch}")),
+            quiet: true,
+            ..Default::default()
+        };
+        let a = train(&cfg, &mut FixedSource(batch.clone()), &Device::Cpu, &whole).unwrap();
+        assert_eq!(
+            a.ohem_positive_quota_filled,
+            Some(filled),
+            "batch {ohem_batch}"
+        );
+        let cut = TrainOptions {
+            run_dir: dir.path().join(format!("cut-{ohem_batch}")),
+            stop_after: Some(3),
+            ..whole.clone()
+        };
+        train(&cfg, &mut FixedSource(batch.clone()), &Device::Cpu, &cut).unwrap();
+        let resumed = TrainOptions {
+            resume: true,
+            stop_after: None,
+            ..cut.clone()
+        };
+        let c = train(
+            &cfg,
+            &mut FixedSource(batch.clone()),
+            &Device::Cpu,
+            &resumed,
+        )
+        .unwrap();
+        assert!(c.finished);
+        assert_eq!(
+            c.ohem_positive_quota_filled,
+            Some(filled),
+            "resumed, batch {ohem_batch}"
+        );
+    }
+    // Other losses do not record it.
+    let focal = common::tiny(&[
+        "schedule.iterations=2",
+        "schedule.warmup_iters=1",
+        "schedule.steps=[1]",
+    ]);
+    let opts = TrainOptions {
+        run_dir: dir.path().join("focal"),
+        quiet: true,
+        ..Default::default()
+    };
+    let f = train(&focal, &mut FixedSource(batch), &Device::Cpu, &opts).unwrap();
+    assert_eq!(f.ohem_positive_quota_filled, None);
+}

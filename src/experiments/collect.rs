@@ -271,9 +271,11 @@ pub fn earlier_rows(path: &Path, extra: &[&str]) -> Result<HashMap<RunKey, (RunR
             .ok_or_else(|| anyhow!("no column '{name}'"))
             .with_context(what)
     };
+    // Tables written before runs could repeat others have no `same_as` column.
+    let same_as_col = header.iter().position(|h| h == SAME_AS_COLUMN);
     let names: Vec<&str> = ["config_hash", "seed"]
         .into_iter()
-        .chain(RECORD_COLUMNS)
+        .chain(RECORD_COLUMNS.into_iter().filter(|&c| c != SAME_AS_COLUMN))
         .chain(extra.iter().copied())
         .collect();
     let cols: Vec<usize> = names.iter().map(|c| column(c)).collect::<Result<_>>()?;
@@ -311,8 +313,12 @@ pub fn earlier_rows(path: &Path, extra: &[&str]) -> Result<HashMap<RunKey, (RunR
                 diverged: field(14) == "true",
                 version: field(15).to_string(),
                 git_revision: field(16).to_string(),
+                same_as: same_as_col
+                    .and_then(|c| rec.get(c))
+                    .filter(|v| !v.is_empty())
+                    .map(String::from),
             };
-            let extras = (2 + RECORD_COLUMNS.len()..names.len())
+            let extras = (2 + RECORD_COLUMNS.len() - 1..names.len())
                 .map(parse_f)
                 .collect::<Result<Vec<f64>>>()?;
             Ok((key, (record, extras)))
@@ -349,11 +355,15 @@ pub fn record_fields(r: &RunRecord) -> Vec<String> {
         r.diverged.to_string(),
         r.version.clone(),
         r.git_revision.clone(),
+        r.same_as.clone().unwrap_or_default(),
     ]
 }
 
+/// The last record column: the run a run repeats step for step, empty for trained runs.
+const SAME_AS_COLUMN: &str = "same_as";
+
 /// The columns of a run record in `results.csv`, after the label, seed, hash and varying knobs.
-pub const RECORD_COLUMNS: [&str; 15] = [
+pub const RECORD_COLUMNS: [&str; 16] = [
     "ap",
     "ap50",
     "ap75",
@@ -369,6 +379,7 @@ pub const RECORD_COLUMNS: [&str; 15] = [
     "diverged",
     "version",
     "git_revision",
+    SAME_AS_COLUMN,
 ];
 
 fn judge(
@@ -641,9 +652,10 @@ mod tests {
     fn earlier_rows_read_extra_columns_and_empty_losses_of_diverged_runs() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("results.csv");
+        // A table written before the `same_as` column.
         let header = ["config_hash", "seed", "holdout_ap"]
             .into_iter()
-            .chain(RECORD_COLUMNS)
+            .chain(RECORD_COLUMNS.into_iter().filter(|&c| c != SAME_AS_COLUMN))
             .collect::<Vec<_>>()
             .join(",");
         let ok_row =
@@ -658,6 +670,25 @@ mod tests {
         );
         let (d, _) = &rows[&("def".to_string(), 0)];
         assert!(d.diverged && d.final_loss_cls.is_nan() && d.positives_per_image.is_nan());
+        assert!(r.same_as.is_none());
+        // With it: empty for a trained run, the repeated run's folder otherwise.
+        let current = ["config_hash", "seed"]
+            .into_iter()
+            .chain(RECORD_COLUMNS)
+            .collect::<Vec<_>>()
+            .join(",");
+        let trained = "abc,2,0.4,0.6,0.45,0.1,0.4,0.5,0.3,0.2,12.5,1200,99.5,cpu,false,0.1.0,dead,";
+        let repeat =
+            "fed,2,0.4,0.6,0.45,0.1,0.4,0.5,0.3,0.2,12.5,1200,0.0,cpu,false,0.1.0,dead,abc";
+        std::fs::write(&path, format!("{current}\n{trained}\n{repeat}\n")).unwrap();
+        let rows = earlier_records(&path).unwrap();
+        assert_eq!(rows[&("abc".to_string(), 2)].same_as, None);
+        assert_eq!(
+            rows[&("fed".to_string(), 2)].same_as.as_deref(),
+            Some("abc")
+        );
+        let written = record_fields(&rows[&("fed".to_string(), 2)]);
+        assert_eq!(written.last().map(String::as_str), Some("abc"));
         // an empty AP is not a diverged run's loss: it is an error naming the field
         std::fs::write(
             &path,

@@ -30,6 +30,9 @@ impl Executor for TrainAndEvaluate {
 
     fn execute(&self, job: &Job, run_dir: &Path, quiet: bool) -> Result<RunRecord> {
         let cfg = &job.config;
+        if let Some(record) = super::same_run::finished_twin(cfg, run_dir)? {
+            return Ok(record);
+        }
         let (mut record, model) = train_job(cfg, run_dir, quiet)?;
         let Some(model) = model else {
             return Ok(record);
@@ -79,6 +82,7 @@ pub fn train_job(
         device: summary.device.clone(),
         version: env!("CARGO_PKG_VERSION").to_string(),
         git_revision: crate::util::git_revision(),
+        same_as: None,
     };
     if summary.diverged {
         return Ok((record, None));

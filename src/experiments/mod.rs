@@ -5,6 +5,7 @@ pub mod collect;
 pub mod executor;
 pub mod imbalance;
 pub mod runner;
+pub mod same_run;
 pub mod spec;
 
 use anyhow::{Context, Result};

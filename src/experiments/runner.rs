@@ -46,6 +46,10 @@ pub struct RunRecord {
     pub device: String,
     pub version: String,
     pub git_revision: String,
+    /// The run folder (config hash) whose training this run repeats step for step, where it took
+    /// that run's record instead of training (`same_run`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub same_as: Option<String>,
 }
 
 fn nan_if_null<'de, D: serde::Deserializer<'de>>(d: D) -> std::result::Result<f64, D::Error> {
@@ -251,11 +255,31 @@ pub fn run_jobs(
     workers: Workers,
     quiet: bool,
 ) -> Result<SweepProgress> {
-    let todo: Vec<&Job> = jobs
+    let mut todo: Vec<&Job> = jobs
         .iter()
         .filter(|j| !run_dir(out, j).join(RESULT_FILE).exists())
         .filter(|j| !recorded.contains(&(j.hash.clone(), j.seed)))
         .collect();
+    // Runs that may repeat another run of this sweep step for step come after every other, so
+    // that the run they may repeat has finished when they start (`same_run`).
+    let may_repeat = |j: &Job| -> Result<bool> {
+        for other in jobs {
+            if super::same_run::could_repeat(&j.config, &other.config)? {
+                return Ok(true);
+            }
+        }
+        Ok(false)
+    };
+    let mut later = Vec::new();
+    for j in std::mem::take(&mut todo) {
+        if may_repeat(j)? {
+            later.push(j);
+        } else {
+            todo.push(j);
+        }
+    }
+    let waves = [todo.len(), later.len()];
+    todo.extend(later);
     let progress = Mutex::new(SweepProgress {
         reused: jobs.len() - todo.len(),
         ..Default::default()
@@ -273,13 +297,17 @@ pub fn run_jobs(
             return;
         }
         let per_run = start.elapsed().as_secs_f64() / done as f64;
+        let note = match (&record.same_as, record.diverged) {
+            (Some(run), _) => format!(", the same run as {run} (not trained again)"),
+            (None, true) => ", diverged".to_string(),
+            (None, false) => String::new(),
+        };
         bar.println(format!(
-            "[{done}/{}] {} seed {}: AP {:.3}{} ({:.0} s; about {:.0} min left)",
+            "[{done}/{}] {} seed {}: AP {:.3}{note} ({:.0} s; about {:.0} min left)",
             todo.len(),
             job.label,
             job.seed,
             record.ap,
-            if record.diverged { ", diverged" } else { "" },
             record.wall_seconds,
             per_run * (todo.len() - done) as f64 / 60.0
         ));
@@ -288,7 +316,8 @@ pub fn run_jobs(
         executor.prepare(&todo, quiet)?;
     }
     let mut first = 0;
-    for (count, runs, threads) in workers.plan(todo.len()) {
+    let rounds = waves.iter().flat_map(|&wave| workers.plan(wave));
+    for (count, runs, threads) in rounds {
         let round = &todo[first..first + count];
         first += count;
         if let Err(e) = run_round(

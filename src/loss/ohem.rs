@@ -115,13 +115,39 @@ pub fn select_with(
     cfg: &OhemConfig,
     mode: RatioMode,
 ) -> Vec<usize> {
+    selection(losses, boxes, labels, cfg, mode).indices
+}
+
+/// One image's OHEM minibatch and whether its positive quota bound.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Selection {
+    /// The selected anchors by descending loss.
+    pub indices: Vec<usize>,
+    /// With a `positive_fraction` (`floor(f * B)` positives at most): whether the positives that
+    /// survive NMS reached that quota. Where they did not, the selection is the same for every
+    /// larger batch size in [`RatioMode::Enforce`]: all surviving positives and three negatives
+    /// per positive, which is less than the batch. Without a fraction: false.
+    pub positive_quota_full: bool,
+}
+
+/// [`select_with`], also saying whether the positive quota bound ([`Selection`]).
+pub fn selection(
+    losses: &[f32],
+    boxes: &[Box4],
+    labels: &[i32],
+    cfg: &OhemConfig,
+    mode: RatioMode,
+) -> Selection {
     assert!(
         losses.len() == boxes.len() && losses.len() == labels.len(),
         "ohem::select: losses, boxes and labels differ in length"
     );
     let b = cfg.batch_size;
     if b == 0 {
-        return Vec::new();
+        return Selection {
+            indices: Vec::new(),
+            positive_quota_full: cfg.positive_fraction.is_some(),
+        };
     }
     let key = |i: usize| {
         if losses[i].is_nan() {
@@ -184,11 +210,17 @@ pub fn select_with(
             neg.push(i);
         }
     }
+    // The loop stops early only once the positives fill their quota; otherwise `pos` holds every
+    // positive that survives NMS.
+    let positive_quota_full = ratio.is_some() && pos.len() >= pos_cap;
     let n_pos = pos.len().min(pos_cap);
     let n_neg = neg.len().min(neg_cap(n_pos));
     let mut out: Vec<usize> = pos[..n_pos].iter().chain(&neg[..n_neg]).copied().collect();
     out.sort_unstable_by(|&x, &y| key(y).total_cmp(&key(x)).then(x.cmp(&y)));
-    out
+    Selection {
+        indices: out,
+        positive_quota_full,
+    }
 }
 
 #[cfg(test)]
@@ -406,6 +438,53 @@ mod tests {
                 }
             }
         }
+    }
+
+    /// Where the positives that survive NMS stay under the quota of a batch size, every larger batch
+    /// size selects the same anchors; where they reach it, the flag says so. Against the full-NMS
+    /// reference's count of surviving positives.
+    #[test]
+    fn positive_quota_flag_says_when_a_larger_batch_would_differ() {
+        let mut rng = ChaCha8Rng::seed_from_u64(5);
+        let anchors = crate::geometry::AnchorConfig::default().generate(64, 64);
+        let boxes = &anchors.boxes;
+        let (mut full, mut under) = (0, 0);
+        for trial in 0..40 {
+            // From a few positives per image to many, so that both outcomes occur.
+            let share = [1, 3, 10, 30][trial % 4];
+            let labels: Vec<i32> = (0..boxes.len())
+                .map(|_| i32::from(rng.gen_range(0..1000) < share))
+                .collect();
+            let losses: Vec<f32> = (0..boxes.len())
+                .map(|_| rng.gen_range(0..1000) as f32 / 100.0)
+                .collect();
+            for nms_threshold in [0.5, 1.0] {
+                let small = cfg(16, nms_threshold, Some(0.25));
+                let got = selection(&losses, boxes, &labels, &small, RatioMode::Enforce);
+                let everything = cfg(100_000, nms_threshold, Some(0.25));
+                let survivors = reference(&losses, boxes, &labels, &everything)
+                    .iter()
+                    .filter(|&&i| labels[i] > 0)
+                    .count();
+                assert_eq!(got.positive_quota_full, survivors >= 4, "trial {trial}");
+                let larger = select(&losses, boxes, &labels, &cfg(64, nms_threshold, Some(0.25)));
+                if got.positive_quota_full {
+                    full += 1;
+                } else {
+                    under += 1;
+                    assert_eq!(got.indices, larger, "trial {trial}: quota not full");
+                }
+            }
+            let no_ratio = selection(
+                &losses,
+                boxes,
+                &labels,
+                &cfg(16, 0.5, None),
+                RatioMode::Enforce,
+            );
+            assert!(!no_ratio.positive_quota_full);
+        }
+        assert!(full > 0 && under > 0, "{full} full, {under} under");
     }
 
     #[test]

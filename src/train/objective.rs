@@ -3,7 +3,7 @@
 
 use super::targets::{TargetBuilder, Targets};
 use crate::config::{Config, LossKind, NormalizerKind};
-use crate::loss::ohem::{select, OhemConfig};
+use crate::loss::ohem::{selection, OhemConfig, RatioMode};
 use crate::loss::smooth_l1::smooth_l1_elem;
 use crate::loss::{
     fl_star_loss_split, per_anchor_loss, sigmoid_focal_loss_split, smooth_l1_loss, FlStarParams,
@@ -57,12 +57,15 @@ pub struct LossTerms {
     /// How the classification loss and its gradient split over positives, hard and easy
     /// negatives (for OHEM: over the selected anchors, the only ones that carry a loss).
     pub split: LossSplit,
+    /// OHEM with a positive fraction: whether any image's surviving positives reached their quota
+    /// (`ohem::Selection`); false otherwise.
+    pub ohem_quota_full: bool,
 }
 
 /// Computes the loss of one minibatch. `out.cls` `[N, T, K]`, `out.boxes` `[N, T, 4]`.
 ///
 /// For `ohem`, every non-ignored anchor is scored by its unweighted binary cross entropy summed over
-/// the K classes plus, for positives, its box loss; `crate::loss::ohem::select` picks each image's
+/// the K classes plus, for positives, its box loss; `crate::loss::ohem::selection` picks each image's
 /// minibatch (NMS over the anchors), and only the selected anchors contribute to either loss.
 pub fn compute(
     out: &Output,
@@ -125,6 +128,7 @@ pub fn compute_normalized(
     let ce = |labels: &Tensor, alpha: Option<f32>| {
         sigmoid_focal_loss_split(&logits, labels, &FocalParams { gamma: 0.0, alpha })
     };
+    let mut ohem_quota_full = false;
     let ((cls_sum, split), box_sum) = match l.kind {
         LossKind::Focal => {
             let p = FocalParams {
@@ -168,7 +172,15 @@ pub fn compute_normalized(
             let mut masked = vec![-1i64; n * t];
             for i in 0..n {
                 let r = i * t..(i + 1) * t;
-                for a in select(&scores[r.clone()], anchors, &labels_i32[r], &ohem) {
+                let picked = selection(
+                    &scores[r.clone()],
+                    anchors,
+                    &labels_i32[r],
+                    &ohem,
+                    RatioMode::Enforce,
+                );
+                ohem_quota_full |= picked.positive_quota_full;
+                for a in picked.indices {
                     masked[i * t + a] = targets.labels[i * t + a];
                 }
             }
@@ -189,5 +201,6 @@ pub fn compute_normalized(
         boxes,
         total,
         split,
+        ohem_quota_full,
     })
 }

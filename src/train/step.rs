@@ -28,6 +28,8 @@ pub struct Pass {
     pub positives: usize,
     /// The classification loss and gradient split over positives, hard and easy negatives.
     pub split: LossSplit,
+    /// Whether OHEM's positive quota bound in any image (`LossTerms::ohem_quota_full`).
+    pub ohem_quota_full: bool,
     /// One gradient store per part; the batch's gradient is their sum.
     pub grads: Vec<GradStore>,
     /// Forward (targets, model, loss) and backward time of the slowest part.
@@ -103,6 +105,7 @@ impl Stepper {
                 loss_cls,
                 loss_box,
                 split: terms.split,
+                ohem_quota_full: terms.ohem_quota_full,
                 grads,
                 forward: t1 - t0,
                 backward: t1.elapsed(),
@@ -140,6 +143,7 @@ impl Stepper {
             loss_box: parts.iter().map(|p| p.loss_box).sum(),
             positives,
             split,
+            ohem_quota_full: parts.iter().any(|p| p.ohem_quota_full),
             forward: targets_time + parts.iter().map(|p| p.forward).max().unwrap_or_default(),
             backward: parts.iter().map(|p| p.backward).max().unwrap_or_default(),
             grads: parts.into_iter().map(|p| p.grads).collect(),
@@ -151,6 +155,7 @@ struct PartPass {
     loss_cls: f64,
     loss_box: f64,
     split: LossSplit,
+    ohem_quota_full: bool,
     grads: GradStore,
     forward: Duration,
     backward: Duration,

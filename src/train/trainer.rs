@@ -23,7 +23,7 @@ use super::schedule::lr_at;
 use super::sgd::{Sgd, STATE_PREFIX};
 use super::step::Stepper;
 use super::targets::{GtBoxes, TargetBuilder};
-use crate::config::Config;
+use crate::config::{Config, LossKind};
 use crate::model::RetinaNet;
 use anyhow::{bail, Context, Result};
 use candle_core::{Device, Tensor};
@@ -128,6 +128,12 @@ pub struct Summary {
     /// Median wall time of one training step (forward, loss, backward, update; not data loading)
     /// in this session.
     pub median_step_seconds: f64,
+    /// OHEM with a positive fraction ("OHEM 1:3"): whether any image's positives that survive NMS
+    /// ever reached the fraction's quota. `false` means every step selected the same anchors as it
+    /// would have with any larger `loss.ohem_batch` (`ohem::Selection`). Absent for other losses
+    /// and for runs begun before it was recorded.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ohem_positive_quota_filled: Option<bool>,
 }
 
 /// Loop state saved beside the weights.
@@ -139,6 +145,9 @@ struct CheckpointMeta {
     weights: String,
     normalizer: f64,
     seconds: f64,
+    /// `Summary::ohem_positive_quota_filled` so far; absent where not tracked.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    ohem_positive_quota_filled: Option<bool>,
 }
 
 pub struct RunPaths {
@@ -209,6 +218,8 @@ pub fn train(
     let mut rows: Vec<MetricsRow> = Vec::new();
     let mut start = 0usize;
     let mut seconds = 0.0f64;
+    let mut quota_filled =
+        (cfg.loss.kind == LossKind::Ohem && cfg.loss.ohem_ratio > 0).then_some(false);
 
     if opts.resume {
         let meta = read_meta(&paths)?;
@@ -238,6 +249,8 @@ pub fn train(
         normalizer.value = meta.normalizer;
         start = meta.iteration;
         seconds = meta.seconds;
+        // A run begun before the flag was recorded stays unknown.
+        quota_filled = quota_filled.and(meta.ohem_positive_quota_filled);
         rows = read_metrics(&paths.metrics())?
             .into_iter()
             .filter(|r| r.iteration < start)
@@ -288,6 +301,7 @@ pub fn train(
             break;
         }
         sgd.step_summed(&pass.grads, lr)?;
+        quota_filled = quota_filled.map(|q| q || pass.ohem_quota_full);
         seconds += t0.elapsed().as_secs_f64();
         step_times.push(t_step.elapsed().as_secs_f64());
         last = (loss_cls, loss_box);
@@ -305,7 +319,13 @@ pub fn train(
         // `stop_after` imitates an interruption: no extra checkpoint at the stop.
         if (ckpt > 0 && done % ckpt == 0) || done == s.iterations {
             write_metrics(&paths.metrics(), &rows)?;
-            save_checkpoint(&paths, &model, &sgd, done, &hash, normalizer.value, seconds)?;
+            let state = LoopState {
+                iteration: done,
+                normalizer: normalizer.value,
+                seconds,
+                ohem_positive_quota_filled: quota_filled,
+            };
+            save_checkpoint(&paths, &model, &sgd, &hash, &state)?;
         }
     }
     bar.finish_and_clear();
@@ -346,6 +366,7 @@ pub fn train(
         final_loss_box: final_box,
         seconds,
         median_step_seconds,
+        ohem_positive_quota_filled: quota_filled,
     };
     crate::util::write_atomic(
         &paths.summary(),
@@ -417,15 +438,23 @@ fn read_meta(paths: &RunPaths) -> Result<CheckpointMeta> {
     Ok(meta)
 }
 
+/// What a checkpoint records of the loop besides the weights.
+struct LoopState {
+    /// The next iteration to run.
+    iteration: usize,
+    normalizer: f64,
+    seconds: f64,
+    ohem_positive_quota_filled: Option<bool>,
+}
+
 fn save_checkpoint(
     paths: &RunPaths,
     model: &RetinaNet,
     sgd: &Sgd,
-    iteration: usize,
     hash: &str,
-    normalizer: f64,
-    seconds: f64,
+    state: &LoopState,
 ) -> Result<()> {
+    let iteration = state.iteration;
     let previous = read_meta(paths).ok();
     let mut tensors = model.store.all_tensors();
     for (k, v) in sgd.state() {
@@ -438,8 +467,9 @@ fn save_checkpoint(
         iteration,
         config_hash: hash.to_string(),
         weights: weights.clone(),
-        normalizer,
-        seconds,
+        normalizer: state.normalizer,
+        seconds: state.seconds,
+        ohem_positive_quota_filled: state.ohem_positive_quota_filled,
     };
     crate::util::write_atomic(
         &paths.checkpoint(),

@@ -127,6 +127,7 @@ mod tests {
             device: "cpu".into(),
             version: "t".into(),
             git_revision: "t".into(),
+            same_as: None,
         };
         std::fs::write(
             dir.path().join("result.json"),

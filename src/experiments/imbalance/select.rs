@@ -274,6 +274,7 @@ mod tests {
                 device: "cpu".into(),
                 version: "t".into(),
                 git_revision: "t".into(),
+                same_as: None,
             },
             holdout: HoldoutRecord {
                 ap: holdout,
