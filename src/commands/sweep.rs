@@ -262,6 +262,7 @@ mod tests {
                 device: "cpu".into(),
                 version: "test".into(),
                 git_revision: "test".into(),
+                threads: None,
                 same_as: None,
             })
         }

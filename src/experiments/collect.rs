@@ -271,11 +271,17 @@ pub fn earlier_rows(path: &Path, extra: &[&str]) -> Result<HashMap<RunKey, (RunR
             .ok_or_else(|| anyhow!("no column '{name}'"))
             .with_context(what)
     };
-    // Tables written before runs could repeat others have no `same_as` column.
-    let same_as_col = header.iter().position(|h| h == SAME_AS_COLUMN);
+    // Tables written before threads were recorded, or before runs could repeat others, lack
+    // those columns.
+    let optional = |name: &str| header.iter().position(|h| h == name);
+    let (threads_col, same_as_col) = (optional(THREADS_COLUMN), optional(SAME_AS_COLUMN));
     let names: Vec<&str> = ["config_hash", "seed"]
         .into_iter()
-        .chain(RECORD_COLUMNS.into_iter().filter(|&c| c != SAME_AS_COLUMN))
+        .chain(
+            RECORD_COLUMNS
+                .into_iter()
+                .filter(|c| !OPTIONAL_COLUMNS.contains(c)),
+        )
         .chain(extra.iter().copied())
         .collect();
     let cols: Vec<usize> = names.iter().map(|c| column(c)).collect::<Result<_>>()?;
@@ -297,28 +303,38 @@ pub fn earlier_rows(path: &Path, extra: &[&str]) -> Result<HashMap<RunKey, (RunR
         };
         let parsed = (|| -> Result<(RunKey, (RunRecord, Vec<f64>))> {
             let key = (field(0).to_string(), parse_f(1)? as u64);
-            let record = RunRecord {
-                ap: parse_f(2)?,
-                ap50: parse_f(3)?,
-                ap75: parse_f(4)?,
-                aps: parse_f(5)?,
-                apm: parse_f(6)?,
-                apl: parse_f(7)?,
-                final_loss_cls: parse_nullable(8)?,
-                final_loss_box: parse_nullable(9)?,
-                positives_per_image: parse_nullable(10)?,
-                iterations: parse_f(11)? as usize,
-                wall_seconds: parse_f(12)?,
-                device: field(13).to_string(),
-                diverged: field(14) == "true",
-                version: field(15).to_string(),
-                git_revision: field(16).to_string(),
-                same_as: same_as_col
-                    .and_then(|c| rec.get(c))
-                    .filter(|v| !v.is_empty())
-                    .map(String::from),
-            };
-            let extras = (2 + RECORD_COLUMNS.len() - 1..names.len())
+            let record =
+                RunRecord {
+                    ap: parse_f(2)?,
+                    ap50: parse_f(3)?,
+                    ap75: parse_f(4)?,
+                    aps: parse_f(5)?,
+                    apm: parse_f(6)?,
+                    apl: parse_f(7)?,
+                    final_loss_cls: parse_nullable(8)?,
+                    final_loss_box: parse_nullable(9)?,
+                    positives_per_image: parse_nullable(10)?,
+                    iterations: parse_f(11)? as usize,
+                    wall_seconds: parse_f(12)?,
+                    device: field(13).to_string(),
+                    diverged: field(14) == "true",
+                    version: field(15).to_string(),
+                    git_revision: field(16).to_string(),
+                    threads: match threads_col
+                        .and_then(|c| rec.get(c))
+                        .filter(|v| !v.is_empty())
+                    {
+                        Some(v) => Some(v.parse().with_context(|| {
+                            format!("row {}: {THREADS_COLUMN} = '{v}'", line + 2)
+                        })?),
+                        None => None,
+                    },
+                    same_as: same_as_col
+                        .and_then(|c| rec.get(c))
+                        .filter(|v| !v.is_empty())
+                        .map(String::from),
+                };
+            let extras = (2 + RECORD_COLUMNS.len() - OPTIONAL_COLUMNS.len()..names.len())
                 .map(parse_f)
                 .collect::<Result<Vec<f64>>>()?;
             Ok((key, (record, extras)))
@@ -355,15 +371,20 @@ pub fn record_fields(r: &RunRecord) -> Vec<String> {
         r.diverged.to_string(),
         r.version.clone(),
         r.git_revision.clone(),
+        r.threads.map(|t| t.to_string()).unwrap_or_default(),
         r.same_as.clone().unwrap_or_default(),
     ]
 }
 
-/// The last record column: the run a run repeats step for step, empty for trained runs.
+/// The threads a run trained on (empty for runs recorded before it was).
+const THREADS_COLUMN: &str = "threads";
+/// The run a run repeats step for step, empty for trained runs.
 const SAME_AS_COLUMN: &str = "same_as";
+/// Record columns that older tables lack.
+const OPTIONAL_COLUMNS: [&str; 2] = [THREADS_COLUMN, SAME_AS_COLUMN];
 
 /// The columns of a run record in `results.csv`, after the label, seed, hash and varying knobs.
-pub const RECORD_COLUMNS: [&str; 16] = [
+pub const RECORD_COLUMNS: [&str; 17] = [
     "ap",
     "ap50",
     "ap75",
@@ -379,6 +400,7 @@ pub const RECORD_COLUMNS: [&str; 16] = [
     "diverged",
     "version",
     "git_revision",
+    THREADS_COLUMN,
     SAME_AS_COLUMN,
 ];
 
@@ -655,7 +677,11 @@ mod tests {
         // A table written before the `same_as` column.
         let header = ["config_hash", "seed", "holdout_ap"]
             .into_iter()
-            .chain(RECORD_COLUMNS.into_iter().filter(|&c| c != SAME_AS_COLUMN))
+            .chain(
+                RECORD_COLUMNS
+                    .into_iter()
+                    .filter(|c| !OPTIONAL_COLUMNS.contains(c)),
+            )
             .collect::<Vec<_>>()
             .join(",");
         let ok_row =
@@ -670,19 +696,21 @@ mod tests {
         );
         let (d, _) = &rows[&("def".to_string(), 0)];
         assert!(d.diverged && d.final_loss_cls.is_nan() && d.positives_per_image.is_nan());
-        assert!(r.same_as.is_none());
+        assert!(r.same_as.is_none() && r.threads.is_none());
         // With it: empty for a trained run, the repeated run's folder otherwise.
         let current = ["config_hash", "seed"]
             .into_iter()
             .chain(RECORD_COLUMNS)
             .collect::<Vec<_>>()
             .join(",");
-        let trained = "abc,2,0.4,0.6,0.45,0.1,0.4,0.5,0.3,0.2,12.5,1200,99.5,cpu,false,0.1.0,dead,";
+        let trained =
+            "abc,2,0.4,0.6,0.45,0.1,0.4,0.5,0.3,0.2,12.5,1200,99.5,cpu,false,0.1.0,dead,1,";
         let repeat =
-            "fed,2,0.4,0.6,0.45,0.1,0.4,0.5,0.3,0.2,12.5,1200,0.0,cpu,false,0.1.0,dead,abc";
+            "fed,2,0.4,0.6,0.45,0.1,0.4,0.5,0.3,0.2,12.5,1200,0.0,cpu,false,0.1.0,dead,1,abc";
         std::fs::write(&path, format!("{current}\n{trained}\n{repeat}\n")).unwrap();
         let rows = earlier_records(&path).unwrap();
         assert_eq!(rows[&("abc".to_string(), 2)].same_as, None);
+        assert_eq!(rows[&("abc".to_string(), 2)].threads, Some(1));
         assert_eq!(
             rows[&("fed".to_string(), 2)].same_as.as_deref(),
             Some("abc")

@@ -82,6 +82,7 @@ pub fn train_job(
         device: summary.device.clone(),
         version: env!("CARGO_PKG_VERSION").to_string(),
         git_revision: crate::util::git_revision(),
+        threads: Some(rayon::current_num_threads()),
         same_as: None,
     };
     if summary.diverged {

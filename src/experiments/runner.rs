@@ -46,6 +46,11 @@ pub struct RunRecord {
     pub device: String,
     pub version: String,
     pub git_revision: String,
+    /// Threads the run trained on: all of rayon's (the cores) one run at a time, a share with
+    /// `--jobs`. A run's numbers depend on it only through float rounding. Absent in records
+    /// written before it was recorded.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub threads: Option<usize>,
     /// The run folder (config hash) whose training this run repeats step for step, where it took
     /// that run's record instead of training (`same_run`).
     #[serde(default, skip_serializing_if = "Option::is_none")]

@@ -127,6 +127,7 @@ mod tests {
             device: "cpu".into(),
             version: "t".into(),
             git_revision: "t".into(),
+            threads: None,
             same_as: None,
         };
         std::fs::write(

@@ -274,6 +274,7 @@ mod tests {
                 device: "cpu".into(),
                 version: "t".into(),
                 git_revision: "t".into(),
+                threads: None,
                 same_as: None,
             },
             holdout: HoldoutRecord {
