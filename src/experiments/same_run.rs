@@ -19,7 +19,6 @@ use std::path::Path;
 /// Whether a run of `cfg` is a run of `other` when `other`'s positive quota never fills: both
 /// OHEM with a positive fraction, equal but for `other`'s smaller `loss.ohem_batch`.
 pub fn could_repeat(cfg: &Config, other: &Config) -> Result<bool> {
-    let ohem_with_ratio = |c: &Config| c.loss.kind == LossKind::Ohem && c.loss.ohem_ratio > 0;
     if !ohem_with_ratio(cfg)
         || !ohem_with_ratio(other)
         || other.loss.ohem_batch >= cfg.loss.ohem_batch
@@ -31,6 +30,11 @@ pub fn could_repeat(cfg: &Config, other: &Config) -> Result<bool> {
     Ok(same.hash()? == cfg.hash()?)
 }
 
+/// OHEM with a positive fraction ("OHEM 1:3"): the only runs that can repeat another.
+fn ohem_with_ratio(c: &Config) -> bool {
+    c.loss.kind == LossKind::Ohem && c.loss.ohem_ratio > 0
+}
+
 /// The record of a finished run beside `run_dir` (in the same `runs` folder) that a run of `cfg`
 /// would repeat step for step, marked `same_as` its folder, with no training time of its own;
 /// `None` where there is none, or where `run_dir` holds a checkpoint of its own.
@@ -38,7 +42,7 @@ pub fn finished_twin(cfg: &Config, run_dir: &Path) -> Result<Option<RunRecord>> 
     let Some(runs) = run_dir.parent() else {
         return Ok(None);
     };
-    if run_dir.join("checkpoint.json").exists() || !runs.is_dir() {
+    if !ohem_with_ratio(cfg) || run_dir.join("checkpoint.json").exists() || !runs.is_dir() {
         return Ok(None);
     }
     let mut dirs: Vec<_> = std::fs::read_dir(runs)?
