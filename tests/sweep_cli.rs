@@ -417,7 +417,10 @@ fn a_one_to_three_run_that_would_repeat_a_finished_one_is_not_trained_again() {
     assert_eq!(small["same_as"], "");
     assert_eq!(large["wall_seconds"], "0.0");
     // The thread count the numbers were trained with, the repeated run's for the repeat.
-    assert!(small["threads"].parse::<usize>().is_ok_and(|t| t >= 1), "{small:?}");
+    assert!(
+        small["threads"].parse::<usize>().is_ok_and(|t| t >= 1),
+        "{small:?}"
+    );
     assert_eq!(large["threads"], small["threads"]);
     // The larger batch trained on its own gives the same numbers, bit for bit as written.
     let alone = t.path().join("alone");
