@@ -13,6 +13,22 @@ fn without_time(rows: Vec<MetricsRow>) -> Vec<(usize, f64, f64, f64, usize)> {
         .collect()
 }
 
+/// Resumes the interrupted run `cut` and trains it to the end: its summary and the options used.
+fn resume_to_the_end(
+    cfg: &fl_lab::config::Config,
+    batch: &fl_lab::train::TrainBatch,
+    cut: &TrainOptions,
+) -> (fl_lab::train::trainer::Summary, TrainOptions) {
+    let resumed = TrainOptions {
+        resume: true,
+        stop_after: None,
+        ..cut.clone()
+    };
+    let summary = train(cfg, &mut FixedSource(batch.clone()), &Device::Cpu, &resumed).unwrap();
+    assert!(summary.finished);
+    (summary, resumed)
+}
+
 #[test]
 fn resume_after_interruption_reproduces_metrics() {
     // BatchNorm and the EMA normalizer put state outside the weights into the checkpoint too.
@@ -53,19 +69,7 @@ fn resume_after_interruption_reproduces_metrics() {
     // A second start without --resume refuses to overwrite the run.
     let again = train(&cfg, &mut FixedSource(batch.clone()), &Device::Cpu, &cut);
     assert!(format!("{:#}", again.unwrap_err()).contains("--resume"));
-    let resumed = TrainOptions {
-        resume: true,
-        stop_after: None,
-        ..cut.clone()
-    };
-    let c = train(
-        &cfg,
-        &mut FixedSource(batch.clone()),
-        &Device::Cpu,
-        &resumed,
-    )
-    .unwrap();
-    assert!(c.finished);
+    let (c, resumed) = resume_to_the_end(&cfg, &batch, &cut);
 
     let ma = without_time(read_metrics(&full.run_dir.join("metrics.csv")).unwrap());
     let mc = without_time(read_metrics(&cut.run_dir.join("metrics.csv")).unwrap());
@@ -170,19 +174,7 @@ fn the_ohem_quota_record_survives_a_resume() {
             ..whole.clone()
         };
         train(&cfg, &mut FixedSource(batch.clone()), &Device::Cpu, &cut).unwrap();
-        let resumed = TrainOptions {
-            resume: true,
-            stop_after: None,
-            ..cut.clone()
-        };
-        let c = train(
-            &cfg,
-            &mut FixedSource(batch.clone()),
-            &Device::Cpu,
-            &resumed,
-        )
-        .unwrap();
-        assert!(c.finished);
+        let (c, _) = resume_to_the_end(&cfg, &batch, &cut);
         assert_eq!(
             c.ohem_positive_quota_filled,
             Some(filled),
