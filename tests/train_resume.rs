@@ -69,7 +69,7 @@ fn resume_after_interruption_reproduces_metrics() {
     // A second start without --resume refuses to overwrite the run.
     let again = train(&cfg, &mut FixedSource(batch.clone()), &Device::Cpu, &cut);
     assert!(format!("{:#}", again.unwrap_err()).contains("--resume"));
-    let (c, resumed) = resume_to_the_end(&cfg, &batch, &cut);
+    let (_, resumed) = resume_to_the_end(&cfg, &batch, &cut);
 
     let ma = without_time(read_metrics(&full.run_dir.join("metrics.csv")).unwrap());
     let mc = without_time(read_metrics(&cut.run_dir.join("metrics.csv")).unwrap());
