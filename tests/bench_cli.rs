@@ -80,6 +80,7 @@ fn names_the_kernels_it_timed_and_rejects_two_choices() {
     for (flag, kernels) in [
         (None, "fl-lab"),
         (Some("--gemm-convs"), "fl-lab (gemm convs)"),
+        (Some("--no-winograd"), "fl-lab (no Winograd)"),
         (Some("--candle-kernels"), "candle"),
     ] {
         let mut args = vec!["bench", "train", "--config", "smoke"];

@@ -46,6 +46,10 @@ pub enum What {
         /// Only layers whose name contains this text.
         #[arg(long)]
         only: Option<String>,
+        /// Run the 3x3 stride-1 convolutions by the shifted products instead of Winograd's
+        /// F(2x2, 3x3) (to measure what it gains).
+        #[arg(long)]
+        no_winograd: bool,
     },
     /// A training step of a config, part by part (forward, backward, optimizer), with its
     /// convolution GFLOP/s as a fraction of the measured sgemm peak. Random images and boxes.
@@ -72,6 +76,10 @@ pub enum What {
         /// kernel (to measure what the kernel gains; the same without AVX-512).
         #[arg(long, conflicts_with = "candle_kernels")]
         gemm_convs: bool,
+        /// Run the 3x3 stride-1 convolutions by the shifted products instead of Winograd's
+        /// F(2x2, 3x3) (to measure what it gains).
+        #[arg(long, conflicts_with = "candle_kernels")]
+        no_winograd: bool,
         /// Skip the sgemm peak measurement.
         #[arg(long)]
         no_peak: bool,
@@ -154,7 +162,11 @@ pub fn run(args: Args, _quiet: bool) -> Result<()> {
             threads,
             reps,
             only,
-        } => with_pool(threads, || conv_table(batch, reps, only.as_deref())),
+            no_winograd,
+        } => {
+            crate::ops::conv::skip_winograd_convs(no_winograd);
+            with_pool(threads, || conv_table(batch, reps, only.as_deref()))
+        }
         What::Train {
             config,
             set,
@@ -163,6 +175,7 @@ pub fn run(args: Args, _quiet: bool) -> Result<()> {
             threads,
             candle_kernels,
             gemm_convs,
+            no_winograd,
             no_peak,
             json,
         } => {
@@ -173,12 +186,13 @@ pub fn run(args: Args, _quiet: bool) -> Result<()> {
             let device = crate::device::parse_device(&cfg.device)?;
             crate::ops::use_candle_kernels_only(candle_kernels);
             crate::ops::conv::use_gemm_for_shifted_convs(gemm_convs);
-            let kernels = if candle_kernels {
-                "candle"
-            } else if gemm_convs {
-                "fl-lab (gemm convs)"
-            } else {
-                "fl-lab"
+            crate::ops::conv::skip_winograd_convs(no_winograd);
+            let kernels = match (candle_kernels, gemm_convs, no_winograd) {
+                (true, ..) => "candle",
+                (_, true, true) => "fl-lab (gemm convs, no Winograd)",
+                (_, true, false) => "fl-lab (gemm convs)",
+                (_, false, true) => "fl-lab (no Winograd)",
+                _ => "fl-lab",
             };
             let t = with_pool(threads, || {
                 crate::train::step_timing::time_steps(&cfg, &device, steps, warmup)

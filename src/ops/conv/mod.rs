@@ -28,8 +28,10 @@ use rayon::prelude::*;
 mod direct;
 mod grouped;
 mod shifted;
+mod winograd;
 
 pub use direct::set_switched_off as use_gemm_for_shifted_convs;
+pub use winograd::set_switched_off as skip_winograd_convs;
 
 /// The geometry of one convolution; everything else is derived from it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -387,6 +389,29 @@ pub fn forward(
         return Ok(y);
     }
     let (per, par) = plan(g.n);
+    let bias_act = |v: f32, co: usize| {
+        let v = v + b.map_or(0.0, |b| b[co]);
+        if relu {
+            v.max(0.0)
+        } else {
+            v
+        }
+    };
+    if winograd::applies(g) {
+        let per = winograd::task_images(g, per);
+        let u = winograd::transform_weights(w, g);
+        let lens = winograd::scratch_lens(g, per);
+        y.par_chunks_mut(per * g.out_len())
+            .enumerate()
+            .for_each(|(t, ys)| {
+                let x0 = t * per * g.in_len();
+                let xs = &x[x0..x0 + ys.len() / g.out_len() * g.in_len()];
+                with_scratch(lens, |v, m| {
+                    winograd::forward_task(xs, &u, g, ys, (v, m), par, b, relu)
+                })
+            });
+        return Ok(y);
+    }
     let group = grouped::group_len(g, per);
     let table = image_table(g, group);
     let direct = shifted::applies(g) && direct::enabled();
@@ -398,14 +423,6 @@ pub fn forward(
         [0; 2]
     } else {
         [k * p, 0]
-    };
-    let bias_act = |v: f32, co: usize| {
-        let v = v + b.map_or(0.0, |b| b[co]);
-        if relu {
-            v.max(0.0)
-        } else {
-            v
-        }
     };
     y.par_chunks_mut(per * g.out_len())
         .enumerate()
@@ -539,18 +556,31 @@ struct BackwardPlan {
     /// The shifted scheme's weight gradient through the direct kernel (needs the transposed phase
     /// planes; sums tap-major partial gradients).
     direct_dw: bool,
+    /// The Winograd scheme, with the transformed weights (empty unless the input gradient is
+    /// needed); its tasks sum transformed partial weight gradients.
+    winograd: Option<Vec<f32>>,
     /// Lengths of the two per-thread scratch buffers.
     lens: [usize; 2],
 }
 
 impl BackwardPlan {
-    fn new(g: &ConvGeom, needs: Needs, masked: bool) -> Self {
+    fn new(g: &ConvGeom, w: &[f32], needs: Needs, masked: bool) -> Self {
         let (per, par) = plan(g.n);
+        let winograd = winograd::applies(g).then(|| match needs.input {
+            true => winograd::transform_weights(w, g),
+            false => Vec::new(),
+        });
+        let per = match winograd {
+            Some(_) => winograd::task_images(g, per),
+            None => per,
+        };
         let group = grouped::group_len(g, per);
-        let shifted = shifted::applies(g);
+        let shifted = shifted::applies(g) && winograd.is_none();
         let direct_dx = shifted && needs.input && direct::enabled();
         let direct_dw = shifted && needs.weight && direct::enabled();
-        let lens = if shifted {
+        let lens = if winograd.is_some() {
+            winograd::scratch_lens(g, per)
+        } else if shifted {
             let xt_len = if direct_dw { shifted::padded_len(g) } else { 0 };
             let grad_len = shifted::GradLayout::new(g, direct_dx).len(g);
             [shifted::padded_len(g), grad_len + xt_len]
@@ -570,6 +600,7 @@ impl BackwardPlan {
             shifted,
             direct_dx,
             direct_dw,
+            winograd,
             lens,
         }
     }
@@ -605,7 +636,7 @@ pub fn backward(
     if g.n == 0 || !(needs.input || needs.weight || needs.bias) {
         return Ok(grads);
     }
-    let plan = BackwardPlan::new(g, needs, relu_out.is_some());
+    let plan = BackwardPlan::new(g, w, needs, relu_out.is_some());
     let inputs = BackwardInputs { x, w, dy, relu_out };
     if needs.input {
         grads.input = vec![0f32; g.n * g.in_len()];
@@ -633,6 +664,8 @@ pub fn backward(
         let dw = sum_partials(dws);
         grads.weight = if plan.direct_dw {
             shifted::from_tap_major(&dw, g)
+        } else if plan.winograd.is_some() {
+            winograd::weights_from_transformed(&dw, g)
         } else {
             dw
         };
@@ -664,8 +697,28 @@ fn task_grads(
 ) -> (Vec<f32>, Vec<f64>) {
     let needs = plan.needs;
     let (il, ol) = (g.in_len(), g.out_len());
-    let mut dw = vec![0f32; if needs.weight { g.c_out * g.k() } else { 0 }];
+    let dw_len = match &plan.winograd {
+        Some(_) => winograd::transformed_weight_len(g),
+        None => g.c_out * g.k(),
+    };
+    let mut dw = vec![0f32; if needs.weight { dw_len } else { 0 }];
     let mut db = vec![0f64; if needs.bias { g.c_out } else { 0 }];
+    if let Some(u) = &plan.winograd {
+        let out = winograd::TaskGrads {
+            du: needs.weight.then_some(&mut dw[..]),
+            db: needs.bias.then_some(&mut db[..]),
+            dx: dxs,
+        };
+        let (x, dy) = (
+            &inp.x[imgs.start * il..imgs.end * il],
+            &inp.dy[imgs.start * ol..imgs.end * ol],
+        );
+        let relu_out = inp.relu_out.map(|r| &r[imgs.start * ol..imgs.end * ol]);
+        with_scratch(plan.lens, |v, dm| {
+            winograd::backward_task(x, u, dy, relu_out, g, (v, dm), plan.par, out)
+        });
+        return (dw, db);
+    }
     with_scratch(plan.lens, |col, scratch| {
         // Images of one product: a group, or a single image.
         let step = plan.group.max(1);
@@ -1139,6 +1192,47 @@ mod tests {
     }
 
     #[test]
+    fn winograd_matches_candle_and_the_direct_sums() {
+        // 3x3 stride-1 "same" convolutions: odd sides (a last tile half outside the map), two
+        // blocks of images in one task (one thread: 5 images of 8x8 tiles), the model's widths,
+        // output channels padded to whole vectors (36, 72); each also through the other schemes.
+        // Without AVX-512 the other schemes run both times.
+        #[rustfmt::skip]
+        let cases = [
+            // n, c_in, h, w, c_out, k, stride, pad
+            (2, 16, 17, 19, 32, 3, 1, 1), (5, 16, 16, 16, 16, 3, 1, 1), (1, 32, 18, 16, 48, 3, 1, 1),
+            (2, 64, 16, 16, 64, 3, 1, 1), (2, 16, 9, 11, 36, 3, 1, 1), (1, 64, 8, 8, 72, 3, 1, 1),
+        ];
+        on_one_and_two_threads(|pool, _| {
+            for (i, &shape) in cases.iter().enumerate() {
+                let applies = winograd::applies(&geom(shape));
+                assert_eq!(applies, direct::available(), "case {i}");
+                for (bias, relu) in [(true, true), (false, false), (true, false)] {
+                    let case = Case::new(shape, bias, relu);
+                    let seed = 9000 + 10 * i as u64 + 2 * bias as u64 + relu as u64;
+                    pool.install(|| check(&case, seed));
+                    pool.install(|| winograd::without(|| check(&case, seed)));
+                }
+            }
+        });
+    }
+
+    /// Runs `f(pool, threads)` with a rayon pool of one thread, then of two.
+    fn on_one_and_two_threads(f: impl Fn(&rayon::ThreadPool, usize)) {
+        for threads in [1, 2] {
+            let pool = rayon::ThreadPoolBuilder::new()
+                .num_threads(threads)
+                .build()
+                .unwrap();
+            f(&pool, threads);
+        }
+    }
+
+    fn geom((n, c_in, h, w, c_out, k, stride, pad): Shape8) -> ConvGeom {
+        ConvGeom::new(&[n, c_in, h, w], &[c_out, c_in, k, k], stride, pad).unwrap()
+    }
+
+    #[test]
     fn small_maps_grouped_across_images_match_candle() {
         // Maps under 8x8 run as one product over several images (`grouped`); with one thread a
         // task holds the whole batch, with two about half. 7x7 maps (49 pixels) fit 5 images to a
@@ -1149,22 +1243,16 @@ mod tests {
             (5, 9, 4, 4, 7, 3, 1, 1), (7, 6, 7, 7, 5, 3, 1, 1), (4, 10, 1, 1, 6, 3, 1, 1),
             (6, 12, 2, 3, 9, 1, 1, 0), (5, 8, 4, 4, 11, 3, 2, 1), (3, 5, 3, 2, 4, 1, 2, 0),
         ];
-        for threads in [1, 2] {
-            let pool = rayon::ThreadPoolBuilder::new()
-                .num_threads(threads)
-                .build()
-                .unwrap();
+        on_one_and_two_threads(|pool, threads| {
             for (i, &shape) in cases.iter().enumerate() {
                 for (bias, relu) in [(true, true), (false, false)] {
                     let case = Case::new(shape, bias, relu);
-                    let (n, c_in, h, w, c_out, k, stride, pad) = shape;
-                    let g = ConvGeom::new(&[n, c_in, h, w], &[c_out, c_in, k, k], stride, pad);
-                    let per = n.div_ceil(threads);
-                    assert!(grouped::group_len(&g.unwrap(), per) > 1, "case {i}");
+                    let per = shape.0.div_ceil(threads);
+                    assert!(grouped::group_len(&geom(shape), per) > 1, "case {i}");
                     pool.install(|| check(&case, 7000 + 10 * i as u64 + relu as u64));
                 }
             }
-        }
+        });
     }
 
     #[test]

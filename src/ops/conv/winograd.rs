@@ -1,0 +1,739 @@
+//! 3x3 stride-1 "same" convolutions by Winograd's minimal filtering F(2x2, 3x3) (Lavin and Gray,
+//! "Fast Algorithms for Convolutional Neural Networks", 2016).
+//!
+//! The output is cut into 2x2 tiles; tile `t` reads a 4x4 patch `d` of the zero-padded input.
+//! With `V = Bᵀ d B` (the input transform), `U = G g Gᵀ` (the weight transform) and `Y = Aᵀ M A`
+//! (the output transform), the tile is `Y = Aᵀ (Σ_ci U ⊙ V) A`: for each of the 16 positions `k`
+//! of the 4x4 transformed tile, one matrix product `M_k [T, C_out] = V_k [T, C_in] · U_kᵀ` over all
+//! tiles `T`. That is 16 multiply-adds per 2x2 outputs and input channel where the direct sum
+//! needs 36, so the products do 4/9 of the convolution's arithmetic; the transforms are additions
+//! (and halvings).
+//!
+//! Every step is linear, so the backward pass is the same steps' adjoints in reverse order: `dM =
+//! A dY Aᵀ` per tile, `dU_k = dM_kᵀ · V_k` (summed over tiles) and `dV_k = dM_k · U_k` (16 products
+//! each), then `dW = Gᵀ dU G` and `dX` the sum of `B dV Bᵀ` over the overlapping patches. The
+//! gradients are exact for the transformed computation, which equals the convolution up to float
+//! rounding (the transforms only add, subtract and halve).
+//!
+//! The transformed tiles are stored channels last, so that the tile transforms run on whole
+//! AVX-512 vectors of 16 channels (`simd`); the images are turned channels last a few rows at a
+//! time, in strips that stay in L1. The scheme runs on CPUs with AVX-512, for input channels in
+//! multiples of 16 (output channels are padded to whole vectors). Images are processed in blocks
+//! of about `BLOCK_TILES` tiles, so that one block's transformed input and output (`16 x C x T`
+//! values each) stay in the core's L2 cache.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use super::{matmul, matmul_into, ConvGeom, Mat, MatMut};
+use gemm::Parallelism;
+
+/// Positions of a transformed 4x4 tile.
+const POSITIONS: usize = 16;
+
+/// Tiles per block of images (at least one image per block): one 16x16 map or four 8x8 ones.
+/// Against 128 and 256 the training step ran 1-3% faster (`bench/ab.sh`, one and two threads),
+/// the transformed blocks then staying in L2.
+const BLOCK_TILES: usize = 64;
+
+thread_local! {
+    /// Set by tests on the calling thread to run the other schemes instead.
+    static OFF_HERE: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+static SWITCHED_OFF: AtomicBool = AtomicBool::new(false);
+
+/// Switches the scheme off (or back on) process-wide, for benchmarks against the direct kernel.
+pub fn set_switched_off(off: bool) {
+    SWITCHED_OFF.store(off, Ordering::Relaxed);
+}
+
+/// Runs `f` with the scheme switched off on this thread.
+#[cfg(test)]
+pub(super) fn without<R>(f: impl FnOnce() -> R) -> R {
+    OFF_HERE.with(|c| c.set(true));
+    let r = f();
+    OFF_HERE.with(|c| c.set(false));
+    r
+}
+
+/// 3x3, stride 1, padding 1, on maps at least `MIN_SIDE` wide and high, with input channels that
+/// fill the transforms' 16-lane vectors and at least 16 output channels (padded to a multiple of
+/// 16 in the transformed output: the class and box predictors' 72 and 36), on CPUs with AVX-512.
+pub(super) fn applies(g: &ConvGeom) -> bool {
+    const MIN_SIDE: usize = 8;
+    let shape = g.kh == 3 && g.kw == 3 && g.stride == 1 && g.pad == 1;
+    let size = g.h_out >= MIN_SIDE && g.w_out >= MIN_SIDE;
+    let lanes = g.c_in.is_multiple_of(simd::LANES) && g.c_out >= simd::LANES;
+    shape
+        && size
+        && lanes
+        && simd::available()
+        && !SWITCHED_OFF.load(Ordering::Relaxed)
+        && !OFF_HERE.with(|c| c.get())
+}
+
+/// Tile rows and columns of one image (a last odd row or column is a tile half outside).
+fn tiles(g: &ConvGeom) -> (usize, usize) {
+    (g.h_out.div_ceil(2), g.w_out.div_ceil(2))
+}
+
+/// Distance between the 16 position planes of a block's transformed input or output of `len`
+/// values each. The transforms write all 16 planes at once; planes a multiple of 4 KiB apart map
+/// to the same L1 cache sets and evict each other, so each is padded by one cache line.
+fn plane_stride(len: usize) -> usize {
+    len.next_multiple_of(16) + 16
+}
+
+/// Output channels of the transformed output and weights: `C_out` rounded up to whole vectors
+/// (the extra channels' weights are zero, and their outputs are dropped).
+fn out_lanes(g: &ConvGeom) -> usize {
+    g.c_out.next_multiple_of(simd::LANES)
+}
+
+/// Images per block.
+fn block_images(g: &ConvGeom) -> usize {
+    let (th, tw) = tiles(g);
+    (BLOCK_TILES / (th * tw)).max(1)
+}
+
+/// Images per rayon task: at least `per` (the even split over the threads), and enough for
+/// `MIN_TASK_TILES` tiles where the batch has them. On 8x8 maps four images hold only 64 tiles,
+/// and products that short ran slower than one task over the images left to a thread by the
+/// training step's own split.
+pub(super) fn task_images(g: &ConvGeom, per: usize) -> usize {
+    const MIN_TASK_TILES: usize = 128;
+    let (th, tw) = tiles(g);
+    per.max(MIN_TASK_TILES.div_ceil(th * tw).min(g.n))
+}
+
+/// Lengths of the two per-thread scratch buffers: the transformed input (later its gradient) and
+/// the transformed output (or its gradient) of one block of `per` images at most.
+pub(super) fn scratch_lens(g: &ConvGeom, per: usize) -> [usize; 2] {
+    let (th, tw) = tiles(g);
+    let t = th * tw * block_images(g).min(per.max(1));
+    [
+        POSITIONS * plane_stride(g.c_in * t),
+        POSITIONS * plane_stride(out_lanes(g) * t),
+    ]
+}
+
+/// Length of the transformed weights `[16, out_lanes, C_in]` (also of the weight gradient's
+/// transformed partial sums).
+pub(super) fn transformed_weight_len(g: &ConvGeom) -> usize {
+    POSITIONS * out_lanes(g) * g.c_in
+}
+
+// The 1-D transforms and their adjoints (transposes), on scalars; `simd` has the same on vectors.
+
+/// `G v` for a 3-tap filter: `G = [1 0 0; ½ ½ ½; ½ -½ ½; 0 0 1]`.
+fn g_fwd([a, b, c]: [f32; 3]) -> [f32; 4] {
+    [a, 0.5 * (a + b + c), 0.5 * (a - b + c), c]
+}
+
+/// `Gᵀ v`.
+fn g_adj([v0, v1, v2, v3]: [f32; 4]) -> [f32; 3] {
+    [v0 + 0.5 * (v1 + v2), 0.5 * (v1 - v2), 0.5 * (v1 + v2) + v3]
+}
+
+/// `U = G g Gᵀ` of every filter: `[16, out_lanes, C_in]`, position `(i, j)` at `4 j + i`.
+pub(super) fn transform_weights(w: &[f32], g: &ConvGeom) -> Vec<f32> {
+    let plane = out_lanes(g) * g.c_in;
+    let mut u = vec![0f32; POSITIONS * plane];
+    for (pair, f) in w.chunks_exact(9).enumerate() {
+        // Columns first (G applied to each column of the 3x3 filter), then rows.
+        let cols: [[f32; 4]; 3] = std::array::from_fn(|j| g_fwd([f[j], f[3 + j], f[6 + j]]));
+        for i in 0..4 {
+            let row = g_fwd([cols[0][i], cols[1][i], cols[2][i]]);
+            for (j, v) in row.into_iter().enumerate() {
+                u[(4 * j + i) * plane + pair] = v;
+            }
+        }
+    }
+    u
+}
+
+/// The weight gradient `dW = Gᵀ dU G` from the transformed one `dU [16, out_lanes, C_in]`.
+pub(super) fn weights_from_transformed(du: &[f32], g: &ConvGeom) -> Vec<f32> {
+    let plane = out_lanes(g) * g.c_in;
+    let mut dw = vec![0f32; g.c_out * g.c_in * 9];
+    for (pair, f) in dw.chunks_exact_mut(9).enumerate() {
+        let at = |i: usize, j: usize| du[(4 * j + i) * plane + pair];
+        // Rows first (Gᵀ over j), then columns (Gᵀ over i).
+        let rows: [[f32; 3]; 4] =
+            std::array::from_fn(|i| g_adj([at(i, 0), at(i, 1), at(i, 2), at(i, 3)]));
+        for b in 0..3 {
+            let col = g_adj([rows[0][b], rows[1][b], rows[2][b], rows[3][b]]);
+            for (a, v) in col.into_iter().enumerate() {
+                f[3 * a + b] = v;
+            }
+        }
+    }
+    dw
+}
+
+/// The per-tile transforms on 16-channel AVX-512 vectors. A tile's values of one position are
+/// `C` consecutive floats (channels last); `t` counts tiles within the block.
+mod simd {
+    #[cfg(target_arch = "x86_64")]
+    use std::arch::x86_64::*;
+
+    /// Channels per vector.
+    pub const LANES: usize = 16;
+
+    /// Whether the CPU has the instructions (the scheme is not used without them).
+    pub fn available() -> bool {
+        super::super::direct::available()
+    }
+
+    /// Where the tile transforms read and write: `C` channels per tile, the planes `stride`
+    /// apart, the strip's rows `row` values apart (pixels of `C` channels).
+    #[derive(Clone, Copy)]
+    pub struct Layout {
+        pub c: usize,
+        pub stride: usize,
+        pub row: usize,
+    }
+
+    #[cfg(target_arch = "x86_64")]
+    mod ops {
+        use super::*;
+        pub type V = __m512;
+
+        #[inline]
+        #[target_feature(enable = "avx512f")]
+        pub fn ld(s: &[f32]) -> V {
+            let s = &s[..LANES];
+            // SAFETY: `s` holds 16 floats (checked by the slicing above).
+            unsafe { _mm512_loadu_ps(s.as_ptr()) }
+        }
+
+        #[inline]
+        #[target_feature(enable = "avx512f")]
+        pub fn st(s: &mut [f32], v: V) {
+            let s = &mut s[..LANES];
+            // SAFETY: `s` holds 16 floats (checked by the slicing above).
+            unsafe { _mm512_storeu_ps(s.as_mut_ptr(), v) }
+        }
+
+        #[inline]
+        #[target_feature(enable = "avx512f")]
+        fn add(a: V, b: V) -> V {
+            _mm512_add_ps(a, b)
+        }
+
+        #[inline]
+        #[target_feature(enable = "avx512f")]
+        fn sub(a: V, b: V) -> V {
+            _mm512_sub_ps(a, b)
+        }
+
+        #[inline]
+        #[target_feature(enable = "avx512f")]
+        fn neg(a: V) -> V {
+            _mm512_sub_ps(_mm512_setzero_ps(), a)
+        }
+
+        /// `Bᵀ d`: `Bᵀ = [1 0 -1 0; 0 1 1 0; 0 -1 1 0; 0 1 0 -1]`.
+        #[inline]
+        #[target_feature(enable = "avx512f")]
+        pub fn bt_fwd([d0, d1, d2, d3]: [V; 4]) -> [V; 4] {
+            [sub(d0, d2), add(d1, d2), sub(d2, d1), sub(d1, d3)]
+        }
+
+        /// `B v`, the adjoint of `bt_fwd`.
+        #[inline]
+        #[target_feature(enable = "avx512f")]
+        pub fn bt_adj([v0, v1, v2, v3]: [V; 4]) -> [V; 4] {
+            [v0, add(sub(v1, v2), v3), sub(add(v1, v2), v0), neg(v3)]
+        }
+
+        /// `Aᵀ m`: `Aᵀ = [1 1 1 0; 0 1 -1 -1]`.
+        #[inline]
+        #[target_feature(enable = "avx512f")]
+        pub fn at_fwd([m0, m1, m2, m3]: [V; 4]) -> [V; 2] {
+            [add(add(m0, m1), m2), sub(sub(m1, m2), m3)]
+        }
+
+        /// `A y`, the adjoint of `at_fwd`.
+        #[inline]
+        #[target_feature(enable = "avx512f")]
+        pub fn at_adj([a, b]: [V; 2]) -> [V; 4] {
+            [a, add(a, b), sub(a, b), neg(b)]
+        }
+
+        /// The four positions `(0..4, j)` of one tile's 16 channels at `at` in the planes.
+        #[inline]
+        #[target_feature(enable = "avx512f")]
+        pub fn column(planes: &[f32], l: Layout, at: usize, j: usize) -> [V; 4] {
+            std::array::from_fn(|i| ld(&planes[(4 * j + i) * l.stride + at..]))
+        }
+
+        #[inline]
+        #[target_feature(enable = "avx512f")]
+        pub fn put_column(planes: &mut [f32], l: Layout, at: usize, j: usize, col: [V; 4]) {
+            for (i, x) in col.into_iter().enumerate() {
+                st(&mut planes[(4 * j + i) * l.stride + at..], x);
+            }
+        }
+
+        #[inline]
+        #[target_feature(enable = "avx512f")]
+        pub fn add_to(s: &mut [f32], v: V) {
+            let sum = add(ld(s), v);
+            st(s, sum);
+        }
+    }
+
+    /// Calls `f(base, at)` for every 16-channel block of the tiles `t0..t0 + tw` of a tile row:
+    /// `base` is the block's offset in its strip at the tile's first pixel, `at` in the planes.
+    #[cfg(target_arch = "x86_64")]
+    #[inline]
+    #[target_feature(enable = "avx512f")]
+    fn each_block(l: Layout, tw: usize, t0: usize, mut f: impl FnMut(usize, usize)) {
+        for tx in 0..tw {
+            for cb in (0..l.c).step_by(LANES) {
+                f(2 * tx * l.c + cb, (t0 + tx) * l.c + cb);
+            }
+        }
+    }
+
+    /// The first `N` pixels of strip row `r` from `base`.
+    #[cfg(target_arch = "x86_64")]
+    #[inline]
+    #[target_feature(enable = "avx512f")]
+    fn pixels<const N: usize>(strip: &[f32], l: Layout, base: usize, r: usize) -> [ops::V; N] {
+        std::array::from_fn(|q| ops::ld(&strip[base + r * l.row + q * l.c..]))
+    }
+
+    /// Rows of a small matrix of vectors as its columns.
+    #[cfg(target_arch = "x86_64")]
+    #[inline]
+    fn transpose<const R: usize, const C: usize>(a: [[ops::V; C]; R]) -> [[ops::V; R]; C] {
+        std::array::from_fn(|j| std::array::from_fn(|i| a[i][j]))
+    }
+
+    /// `V = Bᵀ d B` of the `tw` tiles of one tile row, from its four padded rows (`strip`,
+    /// channels last), into the planes `v` at tiles `t0..t0 + tw`.
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx512f")]
+    pub fn input_row(strip: &[f32], l: Layout, tw: usize, v: &mut [f32], t0: usize) {
+        use ops::*;
+        each_block(l, tw, t0, |base, at| {
+            let across: [[V; 4]; 4] = std::array::from_fn(|r| bt_fwd(pixels(strip, l, base, r)));
+            for (j, col) in transpose(across).into_iter().enumerate() {
+                put_column(v, l, at, j, bt_fwd(col));
+            }
+        });
+    }
+
+    /// `B dV Bᵀ` of the tiles `t0..t0 + tw` of `dv`, added into their patches of the four padded
+    /// rows `strip` (channels last).
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx512f")]
+    pub fn input_grad_row(dv: &[f32], l: Layout, tw: usize, t0: usize, strip: &mut [f32]) {
+        use ops::*;
+        each_block(l, tw, t0, |base, at| {
+            let down: [[V; 4]; 4] = std::array::from_fn(|j| bt_adj(column(dv, l, at, j)));
+            for (r, row) in transpose(down).into_iter().enumerate() {
+                for (q, x) in bt_adj(row).into_iter().enumerate() {
+                    add_to(&mut strip[base + r * l.row + q * l.c..], x);
+                }
+            }
+        });
+    }
+
+    /// `Y = Aᵀ M A` of the tiles `t0..t0 + tw` of `m` into the tile row's two output rows
+    /// (`strip`, channels last).
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx512f")]
+    pub fn output_row(m: &[f32], l: Layout, tw: usize, t0: usize, strip: &mut [f32]) {
+        use ops::*;
+        each_block(l, tw, t0, |base, at| {
+            let down: [[V; 2]; 4] = std::array::from_fn(|j| at_fwd(column(m, l, at, j)));
+            for (dr, row) in transpose(down).into_iter().enumerate() {
+                for (dc, x) in at_fwd(row).into_iter().enumerate() {
+                    st(&mut strip[base + dr * l.row + dc * l.c..], x);
+                }
+            }
+        });
+    }
+
+    /// `dM = A dY Aᵀ` of the tile row's two output-gradient rows (`strip`, channels last) into
+    /// the planes `dm` at tiles `t0..t0 + tw`.
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx512f")]
+    pub fn output_grad_row(strip: &[f32], l: Layout, tw: usize, dm: &mut [f32], t0: usize) {
+        use ops::*;
+        each_block(l, tw, t0, |base, at| {
+            let across: [[V; 4]; 2] = std::array::from_fn(|dr| at_adj(pixels(strip, l, base, dr)));
+            for (j, col) in transpose(across).into_iter().enumerate() {
+                put_column(dm, l, at, j, at_adj(col));
+            }
+        });
+    }
+
+    #[cfg(not(target_arch = "x86_64"))]
+    pub fn input_row(_: &[f32], _: Layout, _: usize, _: &mut [f32], _: usize) {
+        unreachable!("Winograd convolutions need AVX-512")
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    pub fn input_grad_row(_: &[f32], _: Layout, _: usize, _: usize, _: &mut [f32]) {
+        unreachable!("Winograd convolutions need AVX-512")
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    pub fn output_row(_: &[f32], _: Layout, _: usize, _: usize, _: &mut [f32]) {
+        unreachable!("Winograd convolutions need AVX-512")
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    pub fn output_grad_row(_: &[f32], _: Layout, _: usize, _: &mut [f32], _: usize) {
+        unreachable!("Winograd convolutions need AVX-512")
+    }
+}
+
+/// Calls one of `simd`'s row transforms, which only runs where `applies` found AVX-512.
+macro_rules! tile_row {
+    ($f:ident($($arg:expr),* $(,)?)) => {{
+        debug_assert!(simd::available());
+        // SAFETY: `applies` chose this scheme only on a CPU with AVX-512F.
+        #[allow(unused_unsafe)]
+        unsafe {
+            simd::$f($($arg),*)
+        }
+    }};
+}
+
+/// Padded rows `r0 + from..r0 + 4` of one image `[C, H, W]`, channels last, into rows `from..4` of
+/// `strip [4, 2 tw + 2, C]` (padded pixel `(r, q)` is image pixel `(r - 1, q - 1)`). Transposed in
+/// blocks of 16 channels: each block's image rows are read along x, and the writes of one x (16
+/// channels) are contiguous.
+fn padded_rows(img: &[f32], g: &ConvGeom, r0: usize, from: usize, strip: &mut [f32]) {
+    const B: usize = simd::LANES;
+    let c = g.c_in;
+    let pw = 2 * tiles(g).1 + 2;
+    let hw = g.h * g.w;
+    for (dr, row) in strip.chunks_exact_mut(pw * c).enumerate().skip(from) {
+        row.fill(0.0);
+        let Some(y) = (r0 + dr).checked_sub(1).filter(|y| *y < g.h) else {
+            continue;
+        };
+        let row = &mut row[c..(g.w + 1) * c];
+        for c0 in (0..c).step_by(B) {
+            let src: [&[f32]; B] = std::array::from_fn(|k| &img[(c0 + k) * hw + y * g.w..][..g.w]);
+            for (x, px) in row.chunks_exact_mut(c).enumerate() {
+                for (k, d) in px[c0..c0 + B].iter_mut().enumerate() {
+                    *d = src[k][x];
+                }
+            }
+        }
+    }
+}
+
+/// `V = Bᵀ d B` of every tile of the images `x` (a block) into the position planes `v`.
+fn transform_input(x: &[f32], g: &ConvGeom, v: &mut [f32], stride: usize, strip: &mut [f32]) {
+    let (th, tw) = tiles(g);
+    let (c, pw) = (g.c_in, 2 * tw + 2);
+    let strip = &mut strip[..4 * pw * c];
+    let l = simd::Layout {
+        c,
+        stride,
+        row: pw * c,
+    };
+    for (b, img) in x.chunks_exact(g.in_len()).enumerate() {
+        for ty in 0..th {
+            if ty == 0 {
+                padded_rows(img, g, 0, 0, strip);
+            } else {
+                // Padded rows 2 ty and 2 ty + 1 were the last tile row's bottom two.
+                strip.copy_within(2 * pw * c.., 0);
+                padded_rows(img, g, 2 * ty, 2, strip);
+            }
+            tile_row!(input_row(strip, l, tw, v, (b * th + ty) * tw));
+        }
+    }
+}
+
+/// The images' input gradient `dx [n, C_in, H, W]` from `dv` (the position planes): each tile's
+/// `B dV Bᵀ` added into its patch of the padded rows, which are copied out (transposed back to
+/// channel planes) once no later tile row adds to them.
+fn input_grad_from_transformed(
+    dv: &[f32],
+    g: &ConvGeom,
+    stride: usize,
+    strip: &mut [f32],
+    dx: &mut [f32],
+) {
+    let (th, tw) = tiles(g);
+    let (c, pw) = (g.c_in, 2 * tw + 2);
+    let strip = &mut strip[..4 * pw * c];
+    let l = simd::Layout {
+        c,
+        stride,
+        row: pw * c,
+    };
+    for (b, img) in dx.chunks_exact_mut(g.in_len()).enumerate() {
+        strip.fill(0.0);
+        for ty in 0..th {
+            tile_row!(input_grad_row(dv, l, tw, (b * th + ty) * tw, strip));
+            // Padded rows 2 ty and 2 ty + 1 are complete; rows 2 and 3 carry over as the next
+            // tile row's 0 and 1.
+            finished_rows(strip, g, 2 * ty, img);
+            strip.copy_within(2 * pw * c.., 0);
+            strip[2 * pw * c..].fill(0.0);
+        }
+        finished_rows(strip, g, 2 * th, img);
+    }
+}
+
+/// The strip's first two rows (padded rows `r0` and `r0 + 1`, channels last) into the image's
+/// channel planes `img [C, H, W]`, where they are image rows.
+fn finished_rows(strip: &[f32], g: &ConvGeom, r0: usize, img: &mut [f32]) {
+    let c = g.c_in;
+    let pw = 2 * tiles(g).1 + 2;
+    let hw = g.h * g.w;
+    for dr in 0..2 {
+        let Some(y) = (r0 + dr).checked_sub(1).filter(|y| *y < g.h) else {
+            continue;
+        };
+        let row = &strip[dr * pw * c + c..][..g.w * c];
+        for ch in 0..c {
+            let dst = &mut img[ch * hw + y * g.w..][..g.w];
+            for (x, d) in dst.iter_mut().enumerate() {
+                *d = row[x * c + ch];
+            }
+        }
+    }
+}
+
+/// Values of a strip: four padded rows, channels last, for the widest channel count.
+fn strip_len(g: &ConvGeom) -> usize {
+    4 * (2 * tiles(g).1 + 2) * g.c_in.max(out_lanes(g))
+}
+
+/// Forward pass of one rayon task's images `x` into `y`, with `u` the transformed weights, then
+/// the bias and ReLU. Scratch: `v` and `m` as `scratch_lens` sizes them.
+#[allow(clippy::too_many_arguments)]
+pub(super) fn forward_task(
+    x: &[f32],
+    u: &[f32],
+    g: &ConvGeom,
+    y: &mut [f32],
+    (v, m): (&mut [f32], &mut [f32]),
+    par: Parallelism,
+    bias: Option<&[f32]>,
+    relu: bool,
+) {
+    let (th, tw) = tiles(g);
+    let per_block = block_images(g);
+    let mut strip = vec![0f32; strip_len(g)];
+    let blocks = x
+        .chunks(per_block * g.in_len())
+        .zip(y.chunks_mut(per_block * g.out_len()));
+    for (xb, yb) in blocks {
+        let t_len = xb.len() / g.in_len() * th * tw;
+        let cp = out_lanes(g);
+        let (cu, cv, cm) = (cp * g.c_in, g.c_in * t_len, cp * t_len);
+        let (sv, sm) = (plane_stride(cv), plane_stride(cm));
+        transform_input(xb, g, v, sv, &mut strip);
+        for k in 0..POSITIONS {
+            // M_k [T, out_lanes] = V_k [T, C_in] · U_kᵀ.
+            let dims = (t_len, cp, g.c_in);
+            let (uk, vk) = (&u[k * cu..(k + 1) * cu], &v[k * sv..][..cv]);
+            let mk = &mut m[k * sm..][..cm];
+            matmul(
+                mk,
+                dims,
+                Mat::rm(vk, g.c_in),
+                Mat::tr(uk, g.c_in),
+                false,
+                par,
+            );
+        }
+        transform_output(m, g, sm, yb, &mut strip, bias, relu);
+    }
+}
+
+/// `Y = Aᵀ M A` of every tile, plus the bias and ReLU, written into the images `y [n, C_out,
+/// H_out, W_out]` through `strip` (one tile row's two output rows, channels last).
+fn transform_output(
+    m: &[f32],
+    g: &ConvGeom,
+    stride: usize,
+    y: &mut [f32],
+    strip: &mut [f32],
+    bias: Option<&[f32]>,
+    relu: bool,
+) {
+    let (th, tw) = tiles(g);
+    let c = out_lanes(g);
+    let (hw, sw) = (g.h_out * g.w_out, 2 * tw);
+    let strip = &mut strip[..2 * sw * c];
+    let l = simd::Layout {
+        c,
+        stride,
+        row: sw * c,
+    };
+    for (b, img) in y.chunks_exact_mut(g.out_len()).enumerate() {
+        for ty in 0..th {
+            tile_row!(output_row(m, l, tw, (b * th + ty) * tw, strip));
+            // The strip into the channel planes, row by row, with the bias and ReLU.
+            for dr in 0..2.min(g.h_out - 2 * ty) {
+                let row = &strip[dr * sw * c..(dr + 1) * sw * c];
+                let oy = 2 * ty + dr;
+                for ch in 0..g.c_out {
+                    let shift = bias.map_or(0.0, |b| b[ch]);
+                    let dst = &mut img[ch * hw + oy * g.w_out..][..g.w_out];
+                    for (x, d) in dst.iter_mut().enumerate() {
+                        let v = row[x * c + ch] + shift;
+                        *d = if relu { v.max(0.0) } else { v };
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Where one task's backward pass writes: its partial transformed weight gradient `du [16, C_out,
+/// C_in]` (overwritten, not added to), its partial bias gradient (added to), and its images' input
+/// gradients.
+pub(super) struct TaskGrads<'a> {
+    pub du: Option<&'a mut [f32]>,
+    pub db: Option<&'a mut [f64]>,
+    pub dx: Option<&'a mut [f32]>,
+}
+
+/// `dM = A dY Aᵀ` of every tile of the block's output gradient `dy` (masked where a fused ReLU's
+/// output `relu_out` was clamped) into the position planes `dm`, adding each channel's gradient
+/// sum to `db`. Each tile row's two gradient rows are first copied channels last into `strip`.
+fn transform_output_grad(
+    (dy, relu_out): (&[f32], Option<&[f32]>),
+    g: &ConvGeom,
+    dm: &mut [f32],
+    stride: usize,
+    strip: &mut [f32],
+    db: Option<&mut [f64]>,
+) {
+    let (th, tw) = tiles(g);
+    let (c, hw, ol) = (out_lanes(g), g.h_out * g.w_out, g.out_len());
+    let sw = 2 * tw;
+    let strip = &mut strip[..2 * sw * c];
+    let l = simd::Layout {
+        c,
+        stride,
+        row: sw * c,
+    };
+    let mut total = vec![0f64; g.c_out];
+    // Channels past C_out (and pixels past an odd side) stay zero.
+    strip.fill(0.0);
+    for (b, img) in dy.chunks_exact(ol).enumerate() {
+        let live = relu_out.map(|r| &r[b * ol..(b + 1) * ol]);
+        for ty in 0..th {
+            if g.h_out - 2 * ty < 2 {
+                strip.fill(0.0);
+            }
+            for dr in 0..2.min(g.h_out - 2 * ty) {
+                let oy = 2 * ty + dr;
+                let row = &mut strip[dr * sw * c..(dr + 1) * sw * c];
+                for ch in 0..g.c_out {
+                    let at = ch * hw + oy * g.w_out;
+                    let src = &img[at..at + g.w_out];
+                    let mut sum = 0f32;
+                    match live {
+                        Some(l) => {
+                            let l = &l[at..at + g.w_out];
+                            for (x, (d, l)) in src.iter().zip(l).enumerate() {
+                                let d = if *l > 0.0 { *d } else { 0.0 };
+                                row[x * c + ch] = d;
+                                sum += d;
+                            }
+                        }
+                        None => {
+                            for (x, d) in src.iter().enumerate() {
+                                row[x * c + ch] = *d;
+                                sum += d;
+                            }
+                        }
+                    }
+                    total[ch] += f64::from(sum);
+                }
+            }
+            tile_row!(output_grad_row(strip, l, tw, dm, (b * th + ty) * tw));
+        }
+    }
+    if let Some(db) = db {
+        db.iter_mut().zip(&total).for_each(|(d, t)| *d += t);
+    }
+}
+
+/// Backward pass of one rayon task's images: `x` and `dy` (masked where a fused ReLU's output
+/// `relu_out` was clamped), `u` the transformed weights (needed for the input gradient).
+#[allow(clippy::too_many_arguments)]
+pub(super) fn backward_task(
+    x: &[f32],
+    u: &[f32],
+    dy: &[f32],
+    relu_out: Option<&[f32]>,
+    g: &ConvGeom,
+    (v, dm): (&mut [f32], &mut [f32]),
+    par: Parallelism,
+    mut out: TaskGrads,
+) {
+    let (th, tw) = tiles(g);
+    let per_block = block_images(g);
+    let (il, ol) = (g.in_len(), g.out_len());
+    let n = x.len() / il;
+    let mut strip = vec![0f32; strip_len(g)];
+    for (bi, a) in (0..n).step_by(per_block).enumerate() {
+        let b_end = (a + per_block).min(n);
+        let t_len = (b_end - a) * th * tw;
+        let cp = out_lanes(g);
+        let (cu, cv, cm) = (cp * g.c_in, g.c_in * t_len, cp * t_len);
+        let (sv, sm) = (plane_stride(cv), plane_stride(cm));
+        let dyb = (
+            &dy[a * ol..b_end * ol],
+            relu_out.map(|r| &r[a * ol..b_end * ol]),
+        );
+        transform_output_grad(dyb, g, dm, sm, &mut strip, out.db.as_deref_mut());
+        if let Some(du) = out.du.as_deref_mut() {
+            transform_input(&x[a * il..b_end * il], g, v, sv, &mut strip);
+            for k in 0..POSITIONS {
+                // dU_k [out_lanes, C_in] += dM_kᵀ · V_k.
+                let dims = (cp, g.c_in, t_len);
+                let (dmk, vk) = (&dm[k * sm..][..cm], &v[k * sv..][..cv]);
+                let duk = MatMut::rm(&mut du[k * cu..(k + 1) * cu], g.c_in);
+                matmul_into(
+                    duk,
+                    dims,
+                    Mat::tr(dmk, cp),
+                    Mat::rm(vk, g.c_in),
+                    bi > 0,
+                    par,
+                );
+            }
+        }
+        if let Some(dx) = out.dx.as_deref_mut() {
+            // dV_k [T, C_in] = dM_k · U_k, into the transformed input's buffer (no longer needed).
+            for k in 0..POSITIONS {
+                let dims = (t_len, g.c_in, cp);
+                let (uk, dmk) = (&u[k * cu..(k + 1) * cu], &dm[k * sm..][..cm]);
+                let dvk = &mut v[k * sv..][..cv];
+                matmul(dvk, dims, Mat::rm(dmk, cp), Mat::rm(uk, g.c_in), false, par);
+            }
+            let dxb = &mut dx[a * il..b_end * il];
+            input_grad_from_transformed(v, g, sv, &mut strip, dxb);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The weight gradient's transform is the transpose of the weights' one: `<G a, b> = <a, Gᵀ
+    /// b>` (the tile transforms are checked end to end against candle and the direct sums).
+    #[test]
+    fn g_adj_is_the_transpose_of_g_fwd() {
+        let dot = |a: &[f32], b: &[f32]| a.iter().zip(b).map(|(x, y)| x * y).sum::<f32>();
+        let (a, b) = ([0.3, -1.2, 0.7], [-0.8, 0.25, 1.1, -0.35]);
+        assert!((dot(&g_fwd(a), &b) - dot(&a, &g_adj(b))).abs() < 1e-6);
+    }
+}
