@@ -16,11 +16,11 @@
 //! rounding (the transforms only add, subtract and halve).
 //!
 //! The transformed tiles are stored channels last, so that the tile transforms run on whole
-//! AVX-512 vectors of 16 channels (`simd`); the images are turned channels last a few rows at a
-//! time, in strips that stay in L1. The scheme runs on CPUs with AVX-512, for input channels in
-//! multiples of 16 (output channels are padded to whole vectors). Images are processed in blocks
-//! of about `BLOCK_TILES` tiles, so that one block's transformed input and output (`16 x C x T`
-//! values each) stay in the core's L2 cache.
+//! AVX-512 vectors of 16 channels (`simd`); the images are turned channels last (and back) a few
+//! rows at a time by strided gathers, in strips that stay in L1. The scheme runs on CPUs with
+//! AVX-512, for input channels in multiples of 16 (output channels are padded to whole vectors).
+//! Images are processed in blocks of about `BLOCK_TILES` tiles, so that one block's transformed
+//! input and output (`16 x C x T` values each) stay in the core's L2 cache.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 
@@ -135,18 +135,31 @@ fn g_adj([v0, v1, v2, v3]: [f32; 4]) -> [f32; 3] {
     [v0 + 0.5 * (v1 + v2), 0.5 * (v1 - v2), 0.5 * (v1 + v2) + v3]
 }
 
+/// Filters per pass of the weight transforms: the 16 position planes are read or written in runs
+/// of this many values rather than one value per plane and filter (planes 16 KiB apart evict
+/// each other from L1).
+const FILTER_BLOCK: usize = 16;
+
 /// `U = G g Gᵀ` of every filter: `[16, out_lanes, C_in]`, position `(i, j)` at `4 j + i`.
 pub(super) fn transform_weights(w: &[f32], g: &ConvGeom) -> Vec<f32> {
     let plane = out_lanes(g) * g.c_in;
     let mut u = vec![0f32; POSITIONS * plane];
-    for (pair, f) in w.chunks_exact(9).enumerate() {
-        // Columns first (G applied to each column of the 3x3 filter), then rows.
-        let cols: [[f32; 4]; 3] = std::array::from_fn(|j| g_fwd([f[j], f[3 + j], f[6 + j]]));
-        for i in 0..4 {
-            let row = g_fwd([cols[0][i], cols[1][i], cols[2][i]]);
-            for (j, v) in row.into_iter().enumerate() {
-                u[(4 * j + i) * plane + pair] = v;
+    let mut block = [[0f32; FILTER_BLOCK]; POSITIONS];
+    for (b, filters) in w.chunks(9 * FILTER_BLOCK).enumerate() {
+        for (p, f) in filters.chunks_exact(9).enumerate() {
+            // Columns first (G applied to each column of the 3x3 filter), then rows.
+            let cols: [[f32; 4]; 3] = std::array::from_fn(|j| g_fwd([f[j], f[3 + j], f[6 + j]]));
+            for i in 0..4 {
+                let row = g_fwd([cols[0][i], cols[1][i], cols[2][i]]);
+                for (j, v) in row.into_iter().enumerate() {
+                    block[4 * j + i][p] = v;
+                }
             }
+        }
+        let n = filters.len() / 9;
+        for (k, vals) in block.iter().enumerate() {
+            let at = k * plane + b * FILTER_BLOCK;
+            u[at..at + n].copy_from_slice(&vals[..n]);
         }
     }
     u
@@ -156,15 +169,23 @@ pub(super) fn transform_weights(w: &[f32], g: &ConvGeom) -> Vec<f32> {
 pub(super) fn weights_from_transformed(du: &[f32], g: &ConvGeom) -> Vec<f32> {
     let plane = out_lanes(g) * g.c_in;
     let mut dw = vec![0f32; g.c_out * g.c_in * 9];
-    for (pair, f) in dw.chunks_exact_mut(9).enumerate() {
-        let at = |i: usize, j: usize| du[(4 * j + i) * plane + pair];
-        // Rows first (Gᵀ over j), then columns (Gᵀ over i).
-        let rows: [[f32; 3]; 4] =
-            std::array::from_fn(|i| g_adj([at(i, 0), at(i, 1), at(i, 2), at(i, 3)]));
-        for b in 0..3 {
-            let col = g_adj([rows[0][b], rows[1][b], rows[2][b], rows[3][b]]);
-            for (a, v) in col.into_iter().enumerate() {
-                f[3 * a + b] = v;
+    let mut block = [[0f32; FILTER_BLOCK]; POSITIONS];
+    for (b, filters) in dw.chunks_mut(9 * FILTER_BLOCK).enumerate() {
+        let n = filters.len() / 9;
+        for (k, vals) in block.iter_mut().enumerate() {
+            let at = k * plane + b * FILTER_BLOCK;
+            vals[..n].copy_from_slice(&du[at..at + n]);
+        }
+        for (p, f) in filters.chunks_exact_mut(9).enumerate() {
+            let at = |i: usize, j: usize| block[4 * j + i][p];
+            // Rows first (Gᵀ over j), then columns (Gᵀ over i).
+            let rows: [[f32; 3]; 4] =
+                std::array::from_fn(|i| g_adj([at(i, 0), at(i, 1), at(i, 2), at(i, 3)]));
+            for b in 0..3 {
+                let col = g_adj([rows[0][b], rows[1][b], rows[2][b], rows[3][b]]);
+                for (a, v) in col.into_iter().enumerate() {
+                    f[3 * a + b] = v;
+                }
             }
         }
     }
@@ -284,6 +305,82 @@ mod simd {
         }
     }
 
+    /// Lane `k < n` of `src[k * stride]`, the other lanes zero: one strided gather.
+    #[cfg(target_arch = "x86_64")]
+    #[inline]
+    #[target_feature(enable = "avx512f")]
+    fn gather(src: &[f32], stride: usize, n: usize) -> ops::V {
+        assert!(n <= LANES && (n == 0 || (n - 1) * stride < src.len()));
+        let offsets = _mm512_mullo_epi32(
+            _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15),
+            _mm512_set1_epi32(stride as i32),
+        );
+        let mask = ((1u32 << n) - 1) as __mmask16;
+        // SAFETY: the lanes under `mask` read `src[k * stride]`, `k < n`, inside `src` (asserted).
+        unsafe { _mm512_mask_i32gather_ps::<4>(_mm512_setzero_ps(), mask, offsets, src.as_ptr()) }
+    }
+
+    /// One image row of `n_ch` channel planes (`img[ch * hw + at + x]`, `x < w`) channels last
+    /// into `row [w, c]`. With `live` (a fused ReLU's output, laid out as `img`) the values
+    /// where it is not positive are zero; with `sums` each channel's values are added to it.
+    #[cfg(target_arch = "x86_64")]
+    #[allow(clippy::too_many_arguments)]
+    #[target_feature(enable = "avx512f")]
+    pub fn row_to_channels_last(
+        (img, live): (&[f32], Option<&[f32]>),
+        (at, hw, n_ch, w): (usize, usize, usize, usize),
+        row: &mut [f32],
+        c: usize,
+        mut sums: Option<&mut [f32]>,
+    ) {
+        let zero = _mm512_setzero_ps();
+        for x in 0..w {
+            for c0 in (0..n_ch).step_by(LANES) {
+                let n = LANES.min(n_ch - c0);
+                let from = c0 * hw + at + x;
+                let mut v = gather(&img[from..], hw, n);
+                if let Some(l) = live {
+                    let keep = _mm512_cmp_ps_mask::<_CMP_GT_OQ>(gather(&l[from..], hw, n), zero);
+                    v = _mm512_maskz_mov_ps(keep, v);
+                }
+                ops::st(&mut row[x * c + c0..], v);
+                if let Some(s) = sums.as_deref_mut() {
+                    let sum = _mm512_add_ps(ops::ld(&s[c0..]), v);
+                    ops::st(&mut s[c0..], sum);
+                }
+            }
+        }
+    }
+
+    /// The reverse: `row [w, c]` (channels last) into the first `n_ch` channel planes at
+    /// `img[ch * hw + at + x]`, plus `bias[ch]` and clamped at zero when `relu`.
+    #[cfg(target_arch = "x86_64")]
+    #[allow(clippy::too_many_arguments)]
+    #[target_feature(enable = "avx512f")]
+    pub fn row_to_planes(
+        (row, c): (&[f32], usize),
+        img: &mut [f32],
+        (at, hw, n_ch, w): (usize, usize, usize, usize),
+        bias: Option<&[f32]>,
+        relu: bool,
+    ) {
+        for ch in 0..n_ch {
+            let shift = _mm512_set1_ps(bias.map_or(0.0, |b| b[ch]));
+            for x0 in (0..w).step_by(LANES) {
+                let n = LANES.min(w - x0);
+                let mut v = _mm512_add_ps(gather(&row[x0 * c + ch..], c, n), shift);
+                if relu {
+                    v = _mm512_max_ps(v, _mm512_setzero_ps());
+                }
+                let dst = &mut img[ch * hw + at + x0..][..n];
+                // SAFETY: the lanes under the mask write `dst[k]`, `k < n = dst.len()`.
+                unsafe {
+                    _mm512_mask_storeu_ps(dst.as_mut_ptr(), ((1u32 << n) - 1) as __mmask16, v)
+                }
+            }
+        }
+    }
+
     /// Calls `f(base, at)` for every 16-channel block of the tiles `t0..t0 + tw` of a tile row:
     /// `base` is the block's offset in its strip at the tile's first pixel, `at` in the planes.
     #[cfg(target_arch = "x86_64")]
@@ -373,6 +470,26 @@ mod simd {
     }
 
     #[cfg(not(target_arch = "x86_64"))]
+    pub fn row_to_channels_last(
+        _: (&[f32], Option<&[f32]>),
+        _: (usize, usize, usize, usize),
+        _: &mut [f32],
+        _: usize,
+        _: Option<&mut [f32]>,
+    ) {
+        unreachable!("Winograd convolutions need AVX-512")
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    pub fn row_to_planes(
+        _: (&[f32], usize),
+        _: &mut [f32],
+        _: (usize, usize, usize, usize),
+        _: Option<&[f32]>,
+        _: bool,
+    ) {
+        unreachable!("Winograd convolutions need AVX-512")
+    }
+    #[cfg(not(target_arch = "x86_64"))]
     pub fn input_row(_: &[f32], _: Layout, _: usize, _: &mut [f32], _: usize) {
         unreachable!("Winograd convolutions need AVX-512")
     }
@@ -403,11 +520,9 @@ macro_rules! tile_row {
 }
 
 /// Padded rows `r0 + from..r0 + 4` of one image `[C, H, W]`, channels last, into rows `from..4` of
-/// `strip [4, 2 tw + 2, C]` (padded pixel `(r, q)` is image pixel `(r - 1, q - 1)`). Transposed in
-/// blocks of 16 channels: each block's image rows are read along x, and the writes of one x (16
-/// channels) are contiguous.
+/// `strip [4, 2 tw + 2, C]` (padded pixel `(r, q)` is image pixel `(r - 1, q - 1)`), 16 channels
+/// of one pixel per gather.
 fn padded_rows(img: &[f32], g: &ConvGeom, r0: usize, from: usize, strip: &mut [f32]) {
-    const B: usize = simd::LANES;
     let c = g.c_in;
     let pw = 2 * tiles(g).1 + 2;
     let hw = g.h * g.w;
@@ -417,14 +532,8 @@ fn padded_rows(img: &[f32], g: &ConvGeom, r0: usize, from: usize, strip: &mut [f
             continue;
         };
         let row = &mut row[c..(g.w + 1) * c];
-        for c0 in (0..c).step_by(B) {
-            let src: [&[f32]; B] = std::array::from_fn(|k| &img[(c0 + k) * hw + y * g.w..][..g.w]);
-            for (x, px) in row.chunks_exact_mut(c).enumerate() {
-                for (k, d) in px[c0..c0 + B].iter_mut().enumerate() {
-                    *d = src[k][x];
-                }
-            }
-        }
+        let dims = (y * g.w, hw, c, g.w);
+        tile_row!(row_to_channels_last((img, None), dims, row, c, None));
     }
 }
 
@@ -495,12 +604,8 @@ fn finished_rows(strip: &[f32], g: &ConvGeom, r0: usize, img: &mut [f32]) {
             continue;
         };
         let row = &strip[dr * pw * c + c..][..g.w * c];
-        for ch in 0..c {
-            let dst = &mut img[ch * hw + y * g.w..][..g.w];
-            for (x, d) in dst.iter_mut().enumerate() {
-                *d = row[x * c + ch];
-            }
-        }
+        let dims = (y * g.w, hw, c, g.w);
+        tile_row!(row_to_planes((row, c), img, dims, None, false));
     }
 }
 
@@ -579,14 +684,8 @@ fn transform_output(
             for dr in 0..2.min(g.h_out - 2 * ty) {
                 let row = &strip[dr * sw * c..(dr + 1) * sw * c];
                 let oy = 2 * ty + dr;
-                for ch in 0..g.c_out {
-                    let shift = bias.map_or(0.0, |b| b[ch]);
-                    let dst = &mut img[ch * hw + oy * g.w_out..][..g.w_out];
-                    for (x, d) in dst.iter_mut().enumerate() {
-                        let v = row[x * c + ch] + shift;
-                        *d = if relu { v.max(0.0) } else { v };
-                    }
-                }
+                let dims = (oy * g.w_out, hw, g.c_out, g.w_out);
+                tile_row!(row_to_planes((row, c), img, dims, bias, relu));
             }
         }
     }
@@ -622,6 +721,8 @@ fn transform_output_grad(
         row: sw * c,
     };
     let mut total = vec![0f64; g.c_out];
+    // One tile row's gradient sums per channel, in f32 (then added to `total`).
+    let mut sums = vec![0f32; c];
     // Channels past C_out (and pixels past an odd side) stay zero.
     strip.fill(0.0);
     for (b, img) in dy.chunks_exact(ol).enumerate() {
@@ -633,30 +734,14 @@ fn transform_output_grad(
             for dr in 0..2.min(g.h_out - 2 * ty) {
                 let oy = 2 * ty + dr;
                 let row = &mut strip[dr * sw * c..(dr + 1) * sw * c];
-                for ch in 0..g.c_out {
-                    let at = ch * hw + oy * g.w_out;
-                    let src = &img[at..at + g.w_out];
-                    let mut sum = 0f32;
-                    match live {
-                        Some(l) => {
-                            let l = &l[at..at + g.w_out];
-                            for (x, (d, l)) in src.iter().zip(l).enumerate() {
-                                let d = if *l > 0.0 { *d } else { 0.0 };
-                                row[x * c + ch] = d;
-                                sum += d;
-                            }
-                        }
-                        None => {
-                            for (x, d) in src.iter().enumerate() {
-                                row[x * c + ch] = *d;
-                                sum += d;
-                            }
-                        }
-                    }
-                    total[ch] += f64::from(sum);
-                }
+                let dims = (oy * g.w_out, hw, g.c_out, g.w_out);
+                let sums = Some(&mut sums[..]);
+                tile_row!(row_to_channels_last((img, live), dims, row, c, sums));
             }
             tile_row!(output_grad_row(strip, l, tw, dm, (b * th + ty) * tw));
+            for (t, s) in total.iter_mut().zip(&mut sums) {
+                *t += f64::from(std::mem::take(s));
+            }
         }
     }
     if let Some(db) = db {
