@@ -324,7 +324,6 @@ mod simd {
     /// into `row [w, c]`. With `live` (a fused ReLU's output, laid out as `img`) the values
     /// where it is not positive are zero; with `sums` each channel's values are added to it.
     #[cfg(target_arch = "x86_64")]
-    #[allow(clippy::too_many_arguments)]
     #[target_feature(enable = "avx512f")]
     pub fn row_to_channels_last(
         (img, live): (&[f32], Option<&[f32]>),
@@ -355,7 +354,6 @@ mod simd {
     /// The reverse: `row [w, c]` (channels last) into the first `n_ch` channel planes at
     /// `img[ch * hw + at + x]`, plus `bias[ch]` and clamped at zero when `relu`.
     #[cfg(target_arch = "x86_64")]
-    #[allow(clippy::too_many_arguments)]
     #[target_feature(enable = "avx512f")]
     pub fn row_to_planes(
         (row, c): (&[f32], usize),
@@ -511,7 +509,8 @@ mod simd {
 macro_rules! tile_row {
     ($f:ident($($arg:expr),* $(,)?)) => {{
         debug_assert!(simd::available());
-        // SAFETY: `applies` chose this scheme only on a CPU with AVX-512F.
+        // SAFETY: `applies` chose this scheme only on a CPU with AVX-512F. (Off x86-64 the
+        // functions are safe stubs, hence the allowance.)
         #[allow(unused_unsafe)]
         unsafe {
             simd::$f($($arg),*)
