@@ -22,10 +22,24 @@
 //! Images are processed in blocks of about `BLOCK_TILES` tiles, so that one block's transformed
 //! input and output (`16 x C x T` values each) stay in the core's L2 cache.
 
+use std::mem::MaybeUninit;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use super::{matmul, matmul_into, ConvGeom, Mat, MatMut};
 use gemm::Parallelism;
+
+/// Calls one of `simd`'s functions, which only run where `applies` found AVX-512.
+macro_rules! simd_call {
+    ($f:ident($($arg:expr),* $(,)?)) => {{
+        debug_assert!(simd::available());
+        // SAFETY: `applies` chose this scheme only on a CPU with AVX-512F. (Off x86-64 the
+        // functions are safe stubs, hence the allowance.)
+        #[allow(unused_unsafe)]
+        unsafe {
+            simd::$f($($arg),*)
+        }
+    }};
+}
 
 /// Positions of a transformed 4x4 tile.
 const POSITIONS: usize = 16;
@@ -123,45 +137,49 @@ pub(super) fn transformed_weight_len(g: &ConvGeom) -> usize {
     POSITIONS * out_lanes(g) * g.c_in
 }
 
-// The 1-D transforms and their adjoints (transposes), on scalars; `simd` has the same on vectors.
+// The 1-D transforms of the filters and their adjoints (transposes), on scalars: the reference
+// that `simd`'s vector versions are tested against.
 
 /// `G v` for a 3-tap filter: `G = [1 0 0; ½ ½ ½; ½ -½ ½; 0 0 1]`.
+#[cfg(test)]
 fn g_fwd([a, b, c]: [f32; 3]) -> [f32; 4] {
     [a, 0.5 * (a + b + c), 0.5 * (a - b + c), c]
 }
 
 /// `Gᵀ v`.
+#[cfg(test)]
 fn g_adj([v0, v1, v2, v3]: [f32; 4]) -> [f32; 3] {
     [v0 + 0.5 * (v1 + v2), 0.5 * (v1 - v2), 0.5 * (v1 + v2) + v3]
 }
 
-/// Filters per pass of the weight transforms: the 16 position planes are read or written in runs
-/// of this many values rather than one value per plane and filter (planes 16 KiB apart evict
-/// each other from L1).
-const FILTER_BLOCK: usize = 16;
+/// Filters per call of the vector weight transforms: one lane each.
+const FILTER_BLOCK: usize = simd::LANES;
 
-/// `U = G g Gᵀ` of every filter: `[16, out_lanes, C_in]`, position `(i, j)` at `4 j + i`.
+/// `U = G g Gᵀ` of every filter: `[16, out_lanes, C_in]`, position `(i, j)` at `4 j + i`; the
+/// padded output channels' weights are zero. (Written without a zero fill first: for the heads'
+/// layers, called four times per step each, the fill cost as much as the transform.)
 pub(super) fn transform_weights(w: &[f32], g: &ConvGeom) -> Vec<f32> {
     let plane = out_lanes(g) * g.c_in;
-    let mut u = vec![0f32; POSITIONS * plane];
-    let mut block = [[0f32; FILTER_BLOCK]; POSITIONS];
-    for (b, filters) in w.chunks(9 * FILTER_BLOCK).enumerate() {
-        for (p, f) in filters.chunks_exact(9).enumerate() {
-            // Columns first (G applied to each column of the 3x3 filter), then rows.
-            let cols: [[f32; 4]; 3] = std::array::from_fn(|j| g_fwd([f[j], f[3 + j], f[6 + j]]));
-            for i in 0..4 {
-                let row = g_fwd([cols[0][i], cols[1][i], cols[2][i]]);
-                for (j, v) in row.into_iter().enumerate() {
-                    block[4 * j + i][p] = v;
-                }
+    let len = POSITIONS * plane;
+    // Plane positions `o * C_in + i` that hold a filter; C_in is a multiple of FILTER_BLOCK, so
+    // a block holds filters or padding, never both.
+    let filters = g.c_out * g.c_in;
+    let mut u = Vec::with_capacity(len);
+    let spare = &mut u.spare_capacity_mut()[..len];
+    for p0 in (0..plane).step_by(FILTER_BLOCK) {
+        let out = &mut spare[p0..];
+        if p0 < filters {
+            let f = &w[9 * p0..9 * (p0 + FILTER_BLOCK)];
+            simd_call!(weight_block(f, out, plane));
+        } else {
+            for k in 0..POSITIONS {
+                out[k * plane..][..FILTER_BLOCK].fill(MaybeUninit::new(0.0));
             }
         }
-        let n = filters.len() / 9;
-        for (k, vals) in block.iter().enumerate() {
-            let at = k * plane + b * FILTER_BLOCK;
-            u[at..at + n].copy_from_slice(&vals[..n]);
-        }
     }
+    // SAFETY: the blocks above wrote `FILTER_BLOCK` values at `k * plane + p0` for every
+    // position `k` and every block start `p0` of the plane: all `len` values.
+    unsafe { u.set_len(len) };
     u
 }
 
@@ -169,25 +187,8 @@ pub(super) fn transform_weights(w: &[f32], g: &ConvGeom) -> Vec<f32> {
 pub(super) fn weights_from_transformed(du: &[f32], g: &ConvGeom) -> Vec<f32> {
     let plane = out_lanes(g) * g.c_in;
     let mut dw = vec![0f32; g.c_out * g.c_in * 9];
-    let mut block = [[0f32; FILTER_BLOCK]; POSITIONS];
-    for (b, filters) in dw.chunks_mut(9 * FILTER_BLOCK).enumerate() {
-        let n = filters.len() / 9;
-        for (k, vals) in block.iter_mut().enumerate() {
-            let at = k * plane + b * FILTER_BLOCK;
-            vals[..n].copy_from_slice(&du[at..at + n]);
-        }
-        for (p, f) in filters.chunks_exact_mut(9).enumerate() {
-            let at = |i: usize, j: usize| block[4 * j + i][p];
-            // Rows first (Gᵀ over j), then columns (Gᵀ over i).
-            let rows: [[f32; 3]; 4] =
-                std::array::from_fn(|i| g_adj([at(i, 0), at(i, 1), at(i, 2), at(i, 3)]));
-            for b in 0..3 {
-                let col = g_adj([rows[0][b], rows[1][b], rows[2][b], rows[3][b]]);
-                for (a, v) in col.into_iter().enumerate() {
-                    f[3 * a + b] = v;
-                }
-            }
-        }
+    for (b, filters) in dw.chunks_exact_mut(9 * FILTER_BLOCK).enumerate() {
+        simd_call!(weight_grad_block(&du[b * FILTER_BLOCK..], plane, filters));
     }
     dw
 }
@@ -197,6 +198,8 @@ pub(super) fn weights_from_transformed(du: &[f32], g: &ConvGeom) -> Vec<f32> {
 mod simd {
     #[cfg(target_arch = "x86_64")]
     use std::arch::x86_64::*;
+    #[cfg(target_arch = "x86_64")]
+    use std::mem::MaybeUninit;
 
     /// Channels per vector.
     pub const LANES: usize = 16;
@@ -318,6 +321,82 @@ mod simd {
         let mask = ((1u32 << n) - 1) as __mmask16;
         // SAFETY: the lanes under `mask` read `src[k * stride]`, `k < n`, inside `src` (asserted).
         unsafe { _mm512_mask_i32gather_ps::<4>(_mm512_setzero_ps(), mask, offsets, src.as_ptr()) }
+    }
+
+    /// `src[k * stride] = v[k]` for the 16 lanes: one strided scatter.
+    #[cfg(target_arch = "x86_64")]
+    #[inline]
+    #[target_feature(enable = "avx512f")]
+    fn scatter(dst: &mut [f32], stride: usize, v: ops::V) {
+        assert!((LANES - 1) * stride < dst.len());
+        let offsets = _mm512_mullo_epi32(
+            _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15),
+            _mm512_set1_epi32(stride as i32),
+        );
+        // SAFETY: lane `k` writes `dst[k * stride]`, `k < 16`, inside `dst` (asserted).
+        unsafe { _mm512_i32scatter_ps::<4>(dst.as_mut_ptr(), offsets, v) }
+    }
+
+    /// `G v` for 3-tap filters, one per lane (the scalar `g_fwd`).
+    #[cfg(target_arch = "x86_64")]
+    #[inline]
+    #[target_feature(enable = "avx512f")]
+    fn g_fwd([a, b, c]: [ops::V; 3]) -> [ops::V; 4] {
+        let half = _mm512_set1_ps(0.5);
+        let s = _mm512_add_ps(a, c);
+        let (p, m) = (_mm512_add_ps(s, b), _mm512_sub_ps(s, b));
+        [a, _mm512_mul_ps(half, p), _mm512_mul_ps(half, m), c]
+    }
+
+    /// `Gᵀ v`, one filter per lane (the scalar `g_adj`).
+    #[cfg(target_arch = "x86_64")]
+    #[inline]
+    #[target_feature(enable = "avx512f")]
+    fn g_adj([v0, v1, v2, v3]: [ops::V; 4]) -> [ops::V; 3] {
+        let half = _mm512_set1_ps(0.5);
+        let (p, m) = (_mm512_add_ps(v1, v2), _mm512_sub_ps(v1, v2));
+        [
+            _mm512_fmadd_ps(half, p, v0),
+            _mm512_mul_ps(half, m),
+            _mm512_fmadd_ps(half, p, v3),
+        ]
+    }
+
+    /// `U = G g Gᵀ` of 16 consecutive 3x3 filters `f [16, 9]`, one per lane: position `(i, j)`
+    /// of filter `p` into `u[(4 j + i) * plane + p]`.
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx512f")]
+    pub fn weight_block(f: &[f32], u: &mut [MaybeUninit<f32>], plane: usize) {
+        let tap = |t: usize| gather(&f[t..], 9, LANES);
+        // Columns first (G applied to each column of the filter), then rows.
+        let cols: [[ops::V; 4]; 3] =
+            std::array::from_fn(|j| g_fwd([tap(j), tap(3 + j), tap(6 + j)]));
+        for i in 0..4 {
+            let row = g_fwd([cols[0][i], cols[1][i], cols[2][i]]);
+            for (j, v) in row.into_iter().enumerate() {
+                let s = &mut u[(4 * j + i) * plane..][..LANES];
+                // SAFETY: `s` holds 16 floats (checked by the slicing above); writing
+                // initializes them.
+                unsafe { _mm512_storeu_ps(s.as_mut_ptr().cast(), v) }
+            }
+        }
+    }
+
+    /// `dW = Gᵀ dU G` of 16 consecutive filters, one per lane, from `du[(4 j + i) * plane + p]`
+    /// into `dw [16, 9]`.
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx512f")]
+    pub fn weight_grad_block(du: &[f32], plane: usize, dw: &mut [f32]) {
+        let at = |i: usize, j: usize| ops::ld(&du[(4 * j + i) * plane..]);
+        // Rows first (Gᵀ over j), then columns (Gᵀ over i).
+        let rows: [[ops::V; 3]; 4] =
+            std::array::from_fn(|i| g_adj([at(i, 0), at(i, 1), at(i, 2), at(i, 3)]));
+        for b in 0..3 {
+            let col = g_adj([rows[0][b], rows[1][b], rows[2][b], rows[3][b]]);
+            for (a, v) in col.into_iter().enumerate() {
+                scatter(&mut dw[3 * a + b..], 9, v);
+            }
+        }
     }
 
     /// One image row of `n_ch` channel planes (`img[ch * hw + at + x]`, `x < w`) channels last
@@ -503,19 +582,14 @@ mod simd {
     pub fn output_grad_row(_: &[f32], _: Layout, _: usize, _: &mut [f32], _: usize) {
         unreachable!("Winograd convolutions need AVX-512")
     }
-}
-
-/// Calls one of `simd`'s row transforms, which only runs where `applies` found AVX-512.
-macro_rules! tile_row {
-    ($f:ident($($arg:expr),* $(,)?)) => {{
-        debug_assert!(simd::available());
-        // SAFETY: `applies` chose this scheme only on a CPU with AVX-512F. (Off x86-64 the
-        // functions are safe stubs, hence the allowance.)
-        #[allow(unused_unsafe)]
-        unsafe {
-            simd::$f($($arg),*)
-        }
-    }};
+    #[cfg(not(target_arch = "x86_64"))]
+    pub fn weight_block(_: &[f32], _: &mut [std::mem::MaybeUninit<f32>], _: usize) {
+        unreachable!("Winograd convolutions need AVX-512")
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    pub fn weight_grad_block(_: &[f32], _: usize, _: &mut [f32]) {
+        unreachable!("Winograd convolutions need AVX-512")
+    }
 }
 
 /// Padded rows `r0 + from..r0 + 4` of one image `[C, H, W]`, channels last, into rows `from..4` of
@@ -532,7 +606,7 @@ fn padded_rows(img: &[f32], g: &ConvGeom, r0: usize, from: usize, strip: &mut [f
         };
         let row = &mut row[c..(g.w + 1) * c];
         let dims = (y * g.w, hw, c, g.w);
-        tile_row!(row_to_channels_last((img, None), dims, row, c, None));
+        simd_call!(row_to_channels_last((img, None), dims, row, c, None));
     }
 }
 
@@ -555,7 +629,7 @@ fn transform_input(x: &[f32], g: &ConvGeom, v: &mut [f32], stride: usize, strip:
                 strip.copy_within(2 * pw * c.., 0);
                 padded_rows(img, g, 2 * ty, 2, strip);
             }
-            tile_row!(input_row(strip, l, tw, v, (b * th + ty) * tw));
+            simd_call!(input_row(strip, l, tw, v, (b * th + ty) * tw));
         }
     }
 }
@@ -581,7 +655,7 @@ fn input_grad_from_transformed(
     for (b, img) in dx.chunks_exact_mut(g.in_len()).enumerate() {
         strip.fill(0.0);
         for ty in 0..th {
-            tile_row!(input_grad_row(dv, l, tw, (b * th + ty) * tw, strip));
+            simd_call!(input_grad_row(dv, l, tw, (b * th + ty) * tw, strip));
             // Padded rows 2 ty and 2 ty + 1 are complete; rows 2 and 3 carry over as the next
             // tile row's 0 and 1.
             finished_rows(strip, g, 2 * ty, img);
@@ -604,7 +678,7 @@ fn finished_rows(strip: &[f32], g: &ConvGeom, r0: usize, img: &mut [f32]) {
         };
         let row = &strip[dr * pw * c + c..][..g.w * c];
         let dims = (y * g.w, hw, c, g.w);
-        tile_row!(row_to_planes((row, c), img, dims, None, false));
+        simd_call!(row_to_planes((row, c), img, dims, None, false));
     }
 }
 
@@ -678,13 +752,13 @@ fn transform_output(
     };
     for (b, img) in y.chunks_exact_mut(g.out_len()).enumerate() {
         for ty in 0..th {
-            tile_row!(output_row(m, l, tw, (b * th + ty) * tw, strip));
+            simd_call!(output_row(m, l, tw, (b * th + ty) * tw, strip));
             // The strip into the channel planes, row by row, with the bias and ReLU.
             for dr in 0..2.min(g.h_out - 2 * ty) {
                 let row = &strip[dr * sw * c..(dr + 1) * sw * c];
                 let oy = 2 * ty + dr;
                 let dims = (oy * g.w_out, hw, g.c_out, g.w_out);
-                tile_row!(row_to_planes((row, c), img, dims, bias, relu));
+                simd_call!(row_to_planes((row, c), img, dims, bias, relu));
             }
         }
     }
@@ -735,9 +809,9 @@ fn transform_output_grad(
                 let row = &mut strip[dr * sw * c..(dr + 1) * sw * c];
                 let dims = (oy * g.w_out, hw, g.c_out, g.w_out);
                 let sums = Some(&mut sums[..]);
-                tile_row!(row_to_channels_last((img, live), dims, row, c, sums));
+                simd_call!(row_to_channels_last((img, live), dims, row, c, sums));
             }
-            tile_row!(output_grad_row(strip, l, tw, dm, (b * th + ty) * tw));
+            simd_call!(output_grad_row(strip, l, tw, dm, (b * th + ty) * tw));
             for (t, s) in total.iter_mut().zip(&mut sums) {
                 *t += f64::from(std::mem::take(s));
             }
@@ -819,5 +893,56 @@ mod tests {
         let dot = |a: &[f32], b: &[f32]| a.iter().zip(b).map(|(x, y)| x * y).sum::<f32>();
         let (a, b) = ([0.3, -1.2, 0.7], [-0.8, 0.25, 1.1, -0.35]);
         assert!((dot(&g_fwd(a), &b) - dot(&a, &g_adj(b))).abs() < 1e-6);
+    }
+
+    /// The vector weight transforms (16 filters per call, padded output channels) against the
+    /// scalar 1-D transforms applied filter by filter.
+    #[test]
+    fn weight_transforms_match_the_scalar_ones() {
+        if !simd::available() {
+            return;
+        }
+        // 20 output channels: out_lanes 32, so 12 padded rows of zeros.
+        let g = ConvGeom::new(&[1, 32, 8, 8], &[20, 32, 3, 3], 1, 1).unwrap();
+        let val = |i: usize, s: usize| ((i * 2654435761 + s) % 1000) as f32 / 500.0 - 1.0;
+        let w: Vec<f32> = (0..20 * 32 * 9).map(|i| val(i, 7)).collect();
+        let plane = 32 * 32;
+        let u = transform_weights(&w, &g);
+        let du: Vec<f32> = (0..16 * plane).map(|i| val(i, 3)).collect();
+        let dw = weights_from_transformed(&du, &g);
+        assert_eq!((u.len(), dw.len()), (16 * plane, w.len()));
+        for o in 0..32 {
+            for ci in 0..32 {
+                let p = o * 32 + ci;
+                let (mut want_u, mut want_dw) = ([0f32; 16], [0f32; 9]);
+                if o < 20 {
+                    let f = &w[p * 9..][..9];
+                    let cols: [[f32; 4]; 3] =
+                        std::array::from_fn(|j| g_fwd([f[j], f[3 + j], f[6 + j]]));
+                    for i in 0..4 {
+                        let row = g_fwd([cols[0][i], cols[1][i], cols[2][i]]);
+                        (0..4).for_each(|j| want_u[4 * j + i] = row[j]);
+                    }
+                    let at = |i: usize, j: usize| du[(4 * j + i) * plane + p];
+                    let rows: [[f32; 3]; 4] =
+                        std::array::from_fn(|i| g_adj([at(i, 0), at(i, 1), at(i, 2), at(i, 3)]));
+                    for b in 0..3 {
+                        let col = g_adj([rows[0][b], rows[1][b], rows[2][b], rows[3][b]]);
+                        (0..3).for_each(|a| want_dw[3 * a + b] = col[a]);
+                    }
+                    let got = &dw[p * 9..][..9];
+                    for (t, (x, y)) in got.iter().zip(&want_dw).enumerate() {
+                        assert!((x - y).abs() <= 1e-6 * (1.0 + y.abs()), "dw {o} {ci} {t}");
+                    }
+                }
+                for (k, want) in want_u.iter().enumerate() {
+                    let got = u[k * plane + p];
+                    assert!(
+                        (got - want).abs() <= 1e-6 * (1.0 + want.abs()),
+                        "u {o} {ci} {k}"
+                    );
+                }
+            }
+        }
     }
 }
