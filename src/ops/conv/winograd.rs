@@ -111,11 +111,13 @@ fn block_images(g: &ConvGeom) -> usize {
 }
 
 /// Images per rayon task: at least `per` (the even split over the threads), and enough for
-/// `MIN_TASK_TILES` tiles where the batch has them. On 8x8 maps four images hold only 64 tiles,
-/// and products that short ran slower than one task over the images left to a thread by the
-/// training step's own split.
+/// `MIN_TASK_TILES` tiles where the batch has them: tasks of two 8x8 maps (32 tiles) ran slower
+/// than one task over all of a thread's images, while four (64 tiles) split a batch of 8 over two
+/// threads profitably (`fl-lab bench conv`, 2 threads: the 8x8 layers 1.2-1.6x faster per call
+/// than with 128, when all eight went to one task). The training step's parts run on one thread
+/// each, so this only matters where one call is split over threads.
 pub(super) fn task_images(g: &ConvGeom, per: usize) -> usize {
-    const MIN_TASK_TILES: usize = 128;
+    const MIN_TASK_TILES: usize = 64;
     let (th, tw) = tiles(g);
     per.max(MIN_TASK_TILES.div_ceil(th * tw).min(g.n))
 }
