@@ -310,16 +310,24 @@ mod simd {
         }
     }
 
+    /// `k * stride` in lane `k`: the element offsets of a strided gather or scatter.
+    #[cfg(target_arch = "x86_64")]
+    #[inline]
+    #[target_feature(enable = "avx512f")]
+    fn lane_offsets(stride: usize) -> __m512i {
+        _mm512_mullo_epi32(
+            _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15),
+            _mm512_set1_epi32(stride as i32),
+        )
+    }
+
     /// Lane `k < n` of `src[k * stride]`, the other lanes zero: one strided gather.
     #[cfg(target_arch = "x86_64")]
     #[inline]
     #[target_feature(enable = "avx512f")]
     fn gather(src: &[f32], stride: usize, n: usize) -> ops::V {
         assert!(n <= LANES && (n == 0 || (n - 1) * stride < src.len()));
-        let offsets = _mm512_mullo_epi32(
-            _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15),
-            _mm512_set1_epi32(stride as i32),
-        );
+        let offsets = lane_offsets(stride);
         let mask = ((1u32 << n) - 1) as __mmask16;
         // SAFETY: the lanes under `mask` read `src[k * stride]`, `k < n`, inside `src` (asserted).
         unsafe { _mm512_mask_i32gather_ps::<4>(_mm512_setzero_ps(), mask, offsets, src.as_ptr()) }
@@ -331,10 +339,7 @@ mod simd {
     #[target_feature(enable = "avx512f")]
     fn scatter(dst: &mut [f32], stride: usize, v: ops::V) {
         assert!((LANES - 1) * stride < dst.len());
-        let offsets = _mm512_mullo_epi32(
-            _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15),
-            _mm512_set1_epi32(stride as i32),
-        );
+        let offsets = lane_offsets(stride);
         // SAFETY: lane `k` writes `dst[k * stride]`, `k < 16`, inside `dst` (asserted).
         unsafe { _mm512_i32scatter_ps::<4>(dst.as_mut_ptr(), offsets, v) }
     }
