@@ -47,7 +47,7 @@ pub enum What {
         #[arg(long)]
         only: Option<String>,
         /// Run the 3x3 stride-1 convolutions by the shifted products instead of Winograd's
-        /// F(2x2, 3x3) (to measure what it gains).
+        /// F(4x4, 3x3) (to measure what it gains).
         #[arg(long)]
         no_winograd: bool,
     },
@@ -77,7 +77,7 @@ pub enum What {
         #[arg(long, conflicts_with = "candle_kernels")]
         gemm_convs: bool,
         /// Run the 3x3 stride-1 convolutions by the shifted products instead of Winograd's
-        /// F(2x2, 3x3) (to measure what it gains).
+        /// F(4x4, 3x3) (to measure what it gains).
         #[arg(long, conflicts_with = "candle_kernels")]
         no_winograd: bool,
         /// Skip the sgemm peak measurement.

@@ -1,19 +1,20 @@
-//! 3x3 stride-1 "same" convolutions by Winograd's minimal filtering F(2x2, 3x3) (Lavin and Gray,
-//! "Fast Algorithms for Convolutional Neural Networks", 2016).
+//! 3x3 stride-1 "same" convolutions by Winograd's minimal filtering F(4x4, 3x3) (Lavin and Gray,
+//! "Fast Algorithms for Convolutional Neural Networks", 2016; interpolation points 0, ±1, ±2).
 //!
-//! The output is cut into 2x2 tiles; tile `t` reads a 4x4 patch `d` of the zero-padded input.
+//! The output is cut into 4x4 tiles; tile `t` reads a 6x6 patch `d` of the zero-padded input.
 //! With `V = Bᵀ d B` (the input transform), `U = G g Gᵀ` (the weight transform) and `Y = Aᵀ M A`
-//! (the output transform), the tile is `Y = Aᵀ (Σ_ci U ⊙ V) A`: for each of the 16 positions `k`
-//! of the 4x4 transformed tile, one matrix product `M_k [T, C_out] = V_k [T, C_in] · U_kᵀ` over all
-//! tiles `T`. That is 16 multiply-adds per 2x2 outputs and input channel where the direct sum
-//! needs 36, so the products do 4/9 of the convolution's arithmetic; the transforms are additions
-//! (and halvings).
+//! (the output transform), the tile is `Y = Aᵀ (Σ_ci U ⊙ V) A`: for each of the 36 positions `k`
+//! of the 6x6 transformed tile, one matrix product `M_k [T, C_out] = V_k [T, C_in] · U_kᵀ` over all
+//! tiles `T`. That is 36 multiply-adds per 4x4 outputs and input channel where the direct sum
+//! needs 144, so the products do 1/4 of the convolution's arithmetic (F(2x2, 3x3), which this
+//! replaced, did 4/9); the transforms are small fixed sums.
 //!
 //! Every step is linear, so the backward pass is the same steps' adjoints in reverse order: `dM =
-//! A dY Aᵀ` per tile, `dU_k = dM_kᵀ · V_k` (summed over tiles) and `dV_k = dM_k · U_k` (16 products
+//! A dY Aᵀ` per tile, `dU_k = dM_kᵀ · V_k` (summed over tiles) and `dV_k = dM_k · U_k` (36 products
 //! each), then `dW = Gᵀ dU G` and `dX` the sum of `B dV Bᵀ` over the overlapping patches. The
 //! gradients are exact for the transformed computation, which equals the convolution up to float
-//! rounding (the transforms only add, subtract and halve).
+//! rounding (larger than F(2x2, 3x3)'s: the transforms scale by up to 5 and 1/24; the kernel tests
+//! hold it to 1e-4 of the largest value, as every other scheme).
 //!
 //! The transformed tiles are stored channels last, so that the tile transforms run on whole
 //! AVX-512 vectors of 16 channels (`simd`); the images are turned channels last (and back) a few
@@ -41,12 +42,18 @@ macro_rules! simd_call {
     }};
 }
 
-/// Positions of a transformed 4x4 tile.
-const POSITIONS: usize = 16;
+/// Output rows and columns of a tile.
+const TILE: usize = 4;
 
-/// Tiles per block of images (at least one image per block): one 16x16 map or four 8x8 ones.
-/// Against 128 and 256 the training step ran 1-3% faster (`bench/ab.sh`, one and two threads),
-/// the transformed blocks then staying in L2.
+/// Input rows and columns a tile reads (and of its transform): the tile and the filter's reach.
+const PATCH: usize = TILE + 2;
+
+/// Positions of a transformed tile.
+const POSITIONS: usize = PATCH * PATCH;
+
+/// Tiles per block of images (at least one image per block): four 16x16 maps or sixteen 8x8 ones.
+/// Against 32 and 128 the training step ran 2% and 1% faster on one thread (`bench/ab.sh`; with
+/// F(2x2, 3x3)'s 16 positions 64 had also beaten 128 and 256 by 1-3%).
 const BLOCK_TILES: usize = 64;
 
 thread_local! {
@@ -86,13 +93,13 @@ pub(super) fn applies(g: &ConvGeom) -> bool {
         && !OFF_HERE.with(|c| c.get())
 }
 
-/// Tile rows and columns of one image (a last odd row or column is a tile half outside).
+/// Tile rows and columns of one image (a last tile may reach past the map's side).
 fn tiles(g: &ConvGeom) -> (usize, usize) {
-    (g.h_out.div_ceil(2), g.w_out.div_ceil(2))
+    (g.h_out.div_ceil(TILE), g.w_out.div_ceil(TILE))
 }
 
-/// Distance between the 16 position planes of a block's transformed input or output of `len`
-/// values each. The transforms write all 16 planes at once; planes a multiple of 4 KiB apart map
+/// Distance between the 36 position planes of a block's transformed input or output of `len`
+/// values each. The transforms write all 36 planes at once; planes a multiple of 4 KiB apart map
 /// to the same L1 cache sets and evict each other, so each is padded by one cache line.
 fn plane_stride(len: usize) -> usize {
     len.next_multiple_of(16) + 16
@@ -111,13 +118,14 @@ fn block_images(g: &ConvGeom) -> usize {
 }
 
 /// Images per rayon task: at least `per` (the even split over the threads), and enough for
-/// `MIN_TASK_TILES` tiles where the batch has them: tasks of two 8x8 maps (32 tiles) ran slower
-/// than one task over all of a thread's images, while four (64 tiles) split a batch of 8 over two
-/// threads profitably (`fl-lab bench conv`, 2 threads: the 8x8 layers 1.2-1.6x faster per call
-/// than with 128, when all eight went to one task). The training step's parts run on one thread
-/// each, so this only matters where one call is split over threads.
+/// `MIN_TASK_TILES` tiles where the batch has them: tasks of two 8x8 maps ran slower than one task
+/// over all of a thread's images, while four split a batch of 8 over two threads profitably
+/// (`fl-lab bench conv`, 2 threads: the 8x8 layers 1.2-1.6x faster per call than with all eight
+/// in one task). The training step's parts run on one thread each, so this only matters where one
+/// call is split over threads.
 pub(super) fn task_images(g: &ConvGeom, per: usize) -> usize {
-    const MIN_TASK_TILES: usize = 64;
+    // Four 8x8 maps.
+    const MIN_TASK_TILES: usize = 16;
     let (th, tw) = tiles(g);
     per.max(MIN_TASK_TILES.div_ceil(th * tw).min(g.n))
 }
@@ -133,7 +141,7 @@ pub(super) fn scratch_lens(g: &ConvGeom, per: usize) -> [usize; 2] {
     ]
 }
 
-/// Length of the transformed weights `[16, out_lanes, C_in]` (also of the weight gradient's
+/// Length of the transformed weights `[36, out_lanes, C_in]` (also of the weight gradient's
 /// transformed partial sums).
 pub(super) fn transformed_weight_len(g: &ConvGeom) -> usize {
     POSITIONS * out_lanes(g) * g.c_in
@@ -142,22 +150,34 @@ pub(super) fn transformed_weight_len(g: &ConvGeom) -> usize {
 // The 1-D transforms of the filters and their adjoints (transposes), on scalars: the reference
 // that `simd`'s vector versions are tested against.
 
-/// `G v` for a 3-tap filter: `G = [1 0 0; ½ ½ ½; ½ -½ ½; 0 0 1]`.
+/// The rows of `G` (6x3): `G g` is the filter's values at the interpolation points 0, 1, -1, 2,
+/// -2 and its leading coefficient, each scaled by the Lagrange denominators.
 #[cfg(test)]
-fn g_fwd([a, b, c]: [f32; 3]) -> [f32; 4] {
-    [a, 0.5 * (a + b + c), 0.5 * (a - b + c), c]
+const G: [[f32; 3]; PATCH] = [
+    [1.0 / 4.0, 0.0, 0.0],
+    [-1.0 / 6.0, -1.0 / 6.0, -1.0 / 6.0],
+    [-1.0 / 6.0, 1.0 / 6.0, -1.0 / 6.0],
+    [1.0 / 24.0, 1.0 / 12.0, 1.0 / 6.0],
+    [1.0 / 24.0, -1.0 / 12.0, 1.0 / 6.0],
+    [0.0, 0.0, 1.0],
+];
+
+/// `G v` for a 3-tap filter.
+#[cfg(test)]
+fn g_fwd(v: [f32; 3]) -> [f32; PATCH] {
+    G.map(|row| row.iter().zip(&v).map(|(a, b)| a * b).sum())
 }
 
 /// `Gᵀ v`.
 #[cfg(test)]
-fn g_adj([v0, v1, v2, v3]: [f32; 4]) -> [f32; 3] {
-    [v0 + 0.5 * (v1 + v2), 0.5 * (v1 - v2), 0.5 * (v1 + v2) + v3]
+fn g_adj(v: [f32; PATCH]) -> [f32; 3] {
+    std::array::from_fn(|j| G.iter().zip(&v).map(|(row, x)| row[j] * x).sum())
 }
 
 /// Filters per call of the vector weight transforms: one lane each.
 const FILTER_BLOCK: usize = simd::LANES;
 
-/// `U = G g Gᵀ` of every filter: `[16, out_lanes, C_in]`, position `(i, j)` at `4 j + i`; the
+/// `U = G g Gᵀ` of every filter: `[36, out_lanes, C_in]`, position `(i, j)` at `6 j + i`; the
 /// padded output channels' weights are zero. (Written without a zero fill first: for the heads'
 /// layers, called four times per step each, the fill cost as much as the transform.)
 pub(super) fn transform_weights(w: &[f32], g: &ConvGeom) -> Vec<f32> {
@@ -185,7 +205,7 @@ pub(super) fn transform_weights(w: &[f32], g: &ConvGeom) -> Vec<f32> {
     u
 }
 
-/// The weight gradient `dW = Gᵀ dU G` from the transformed one `dU [16, out_lanes, C_in]`.
+/// The weight gradient `dW = Gᵀ dU G` from the transformed one `dU [36, out_lanes, C_in]`.
 pub(super) fn weights_from_transformed(du: &[f32], g: &ConvGeom) -> Vec<f32> {
     let plane = out_lanes(g) * g.c_in;
     let mut dw = vec![0f32; g.c_out * g.c_in * 9];
@@ -198,6 +218,8 @@ pub(super) fn weights_from_transformed(du: &[f32], g: &ConvGeom) -> Vec<f32> {
 /// The per-tile transforms on 16-channel AVX-512 vectors. A tile's values of one position are
 /// `C` consecutive floats (channels last); `t` counts tiles within the block.
 mod simd {
+    #[cfg(target_arch = "x86_64")]
+    use super::{PATCH, TILE};
     #[cfg(target_arch = "x86_64")]
     use std::arch::x86_64::*;
     #[cfg(target_arch = "x86_64")]
@@ -221,7 +243,7 @@ mod simd {
     }
 
     #[cfg(target_arch = "x86_64")]
-    mod ops {
+    pub(super) mod ops {
         use super::*;
         pub type V = __m512;
 
@@ -253,52 +275,89 @@ mod simd {
             _mm512_sub_ps(a, b)
         }
 
+        /// `k a + c`.
         #[inline]
         #[target_feature(enable = "avx512f")]
-        fn neg(a: V) -> V {
-            _mm512_sub_ps(_mm512_setzero_ps(), a)
+        pub fn mul_add(k: f32, a: V, c: V) -> V {
+            _mm512_fmadd_ps(_mm512_set1_ps(k), a, c)
         }
 
-        /// `Bᵀ d`: `Bᵀ = [1 0 -1 0; 0 1 1 0; 0 -1 1 0; 0 1 0 -1]`.
+        /// `k a`.
         #[inline]
         #[target_feature(enable = "avx512f")]
-        pub fn bt_fwd([d0, d1, d2, d3]: [V; 4]) -> [V; 4] {
-            [sub(d0, d2), add(d1, d2), sub(d2, d1), sub(d1, d3)]
+        pub fn scale(k: f32, a: V) -> V {
+            _mm512_mul_ps(_mm512_set1_ps(k), a)
+        }
+
+        /// `Bᵀ d`, with `Bᵀ` (rows)
+        /// `[4 0 -5 0 1 0; 0 -4 -4 1 1 0; 0 4 -4 -1 1 0; 0 -2 -1 2 1 0; 0 2 -1 -2 1 0;
+        /// 0 4 0 -5 0 1]`.
+        #[inline]
+        #[target_feature(enable = "avx512f")]
+        pub fn bt_fwd([d0, d1, d2, d3, d4, d5]: [V; 6]) -> [V; 6] {
+            let (t1, t2) = (mul_add(-4.0, d2, d4), mul_add(-4.0, d1, d3));
+            let (t3, t4) = (sub(d4, d2), scale(2.0, sub(d3, d1)));
+            [
+                mul_add(4.0, d0, mul_add(-5.0, d2, d4)),
+                add(t1, t2),
+                sub(t1, t2),
+                add(t3, t4),
+                sub(t3, t4),
+                mul_add(4.0, d1, mul_add(-5.0, d3, d5)),
+            ]
         }
 
         /// `B v`, the adjoint of `bt_fwd`.
         #[inline]
         #[target_feature(enable = "avx512f")]
-        pub fn bt_adj([v0, v1, v2, v3]: [V; 4]) -> [V; 4] {
-            [v0, add(sub(v1, v2), v3), sub(add(v1, v2), v0), neg(v3)]
+        pub fn bt_adj([v0, v1, v2, v3, v4, v5]: [V; 6]) -> [V; 6] {
+            let (a, s) = (sub(v1, v2), add(v1, v2));
+            let (b, t) = (sub(v3, v4), add(v3, v4));
+            [
+                scale(4.0, v0),
+                mul_add(-2.0, b, scale(4.0, sub(v5, a))),
+                sub(mul_add(-5.0, v0, scale(-4.0, s)), t),
+                mul_add(-5.0, v5, mul_add(2.0, b, a)),
+                add(add(v0, s), t),
+                v5,
+            ]
         }
 
-        /// `Aᵀ m`: `Aᵀ = [1 1 1 0; 0 1 -1 -1]`.
+        /// `Aᵀ m`, with `Aᵀ` (rows) `[1 1 1 1 1 0; 0 1 -1 2 -2 0; 0 1 1 4 4 0; 0 1 -1 8 -8 1]`.
         #[inline]
         #[target_feature(enable = "avx512f")]
-        pub fn at_fwd([m0, m1, m2, m3]: [V; 4]) -> [V; 2] {
-            [add(add(m0, m1), m2), sub(sub(m1, m2), m3)]
+        pub fn at_fwd([m0, m1, m2, m3, m4, m5]: [V; 6]) -> [V; 4] {
+            let (s12, d12) = (add(m1, m2), sub(m1, m2));
+            let (s34, d34) = (add(m3, m4), sub(m3, m4));
+            [
+                add(add(m0, s12), s34),
+                mul_add(2.0, d34, d12),
+                mul_add(4.0, s34, s12),
+                add(mul_add(8.0, d34, d12), m5),
+            ]
         }
 
         /// `A y`, the adjoint of `at_fwd`.
         #[inline]
         #[target_feature(enable = "avx512f")]
-        pub fn at_adj([a, b]: [V; 2]) -> [V; 4] {
-            [a, add(a, b), sub(a, b), neg(b)]
+        pub fn at_adj([y0, y1, y2, y3]: [V; 4]) -> [V; 6] {
+            let (e, o) = (add(y0, y2), add(y1, y3));
+            let (e2, o2) = (mul_add(4.0, y2, y0), mul_add(8.0, y3, scale(2.0, y1)));
+            [y0, add(e, o), sub(e, o), add(e2, o2), sub(e2, o2), y3]
         }
 
-        /// The four positions `(0..4, j)` of one tile's 16 channels at `at` in the planes.
+        /// The positions `(0..6, j)` of one tile's 16 channels at `at` in the planes.
         #[inline]
         #[target_feature(enable = "avx512f")]
-        pub fn column(planes: &[f32], l: Layout, at: usize, j: usize) -> [V; 4] {
-            std::array::from_fn(|i| ld(&planes[(4 * j + i) * l.stride + at..]))
+        pub fn column(planes: &[f32], l: Layout, at: usize, j: usize) -> [V; PATCH] {
+            std::array::from_fn(|i| ld(&planes[(PATCH * j + i) * l.stride + at..]))
         }
 
         #[inline]
         #[target_feature(enable = "avx512f")]
-        pub fn put_column(planes: &mut [f32], l: Layout, at: usize, j: usize, col: [V; 4]) {
+        pub fn put_column(planes: &mut [f32], l: Layout, at: usize, j: usize, col: [V; PATCH]) {
             for (i, x) in col.into_iter().enumerate() {
-                st(&mut planes[(4 * j + i) * l.stride + at..], x);
+                st(&mut planes[(PATCH * j + i) * l.stride + at..], x);
             }
         }
 
@@ -348,40 +407,49 @@ mod simd {
     #[cfg(target_arch = "x86_64")]
     #[inline]
     #[target_feature(enable = "avx512f")]
-    fn g_fwd([a, b, c]: [ops::V; 3]) -> [ops::V; 4] {
-        let half = _mm512_set1_ps(0.5);
-        let s = _mm512_add_ps(a, c);
-        let (p, m) = (_mm512_add_ps(s, b), _mm512_sub_ps(s, b));
-        [a, _mm512_mul_ps(half, p), _mm512_mul_ps(half, m), c]
+    fn g_fwd([g0, g1, g2]: [ops::V; 3]) -> [ops::V; PATCH] {
+        use ops::{mul_add, scale};
+        let s = _mm512_add_ps(g0, g2);
+        let p = mul_add(1.0 / 24.0, g0, scale(1.0 / 6.0, g2));
+        let q = scale(1.0 / 12.0, g1);
+        [
+            scale(0.25, g0),
+            scale(-1.0 / 6.0, _mm512_add_ps(s, g1)),
+            scale(-1.0 / 6.0, _mm512_sub_ps(s, g1)),
+            _mm512_add_ps(p, q),
+            _mm512_sub_ps(p, q),
+            g2,
+        ]
     }
 
     /// `Gᵀ v`, one filter per lane (the scalar `g_adj`).
     #[cfg(target_arch = "x86_64")]
     #[inline]
     #[target_feature(enable = "avx512f")]
-    fn g_adj([v0, v1, v2, v3]: [ops::V; 4]) -> [ops::V; 3] {
-        let half = _mm512_set1_ps(0.5);
-        let (p, m) = (_mm512_add_ps(v1, v2), _mm512_sub_ps(v1, v2));
+    fn g_adj([v0, v1, v2, v3, v4, v5]: [ops::V; PATCH]) -> [ops::V; 3] {
+        use ops::{mul_add, scale};
+        let (a, b) = (_mm512_add_ps(v1, v2), _mm512_sub_ps(v1, v2));
+        let (c, d) = (_mm512_add_ps(v3, v4), _mm512_sub_ps(v3, v4));
         [
-            _mm512_fmadd_ps(half, p, v0),
-            _mm512_mul_ps(half, m),
-            _mm512_fmadd_ps(half, p, v3),
+            mul_add(0.25, v0, mul_add(-1.0 / 6.0, a, scale(1.0 / 24.0, c))),
+            mul_add(-1.0 / 6.0, b, scale(1.0 / 12.0, d)),
+            mul_add(1.0 / 6.0, _mm512_sub_ps(c, a), v5),
         ]
     }
 
     /// `U = G g Gᵀ` of 16 consecutive 3x3 filters `f [16, 9]`, one per lane: position `(i, j)`
-    /// of filter `p` into `u[(4 j + i) * plane + p]`.
+    /// of filter `p` into `u[(6 j + i) * plane + p]`.
     #[cfg(target_arch = "x86_64")]
     #[target_feature(enable = "avx512f")]
     pub fn weight_block(f: &[f32], u: &mut [MaybeUninit<f32>], plane: usize) {
         let tap = |t: usize| gather(&f[t..], 9, LANES);
         // Columns first (G applied to each column of the filter), then rows.
-        let cols: [[ops::V; 4]; 3] =
+        let cols: [[ops::V; PATCH]; 3] =
             std::array::from_fn(|j| g_fwd([tap(j), tap(3 + j), tap(6 + j)]));
-        for i in 0..4 {
+        for i in 0..PATCH {
             let row = g_fwd([cols[0][i], cols[1][i], cols[2][i]]);
             for (j, v) in row.into_iter().enumerate() {
-                let s = &mut u[(4 * j + i) * plane..][..LANES];
+                let s = &mut u[(PATCH * j + i) * plane..][..LANES];
                 // SAFETY: `s` holds 16 floats (checked by the slicing above); writing
                 // initializes them.
                 unsafe { _mm512_storeu_ps(s.as_mut_ptr().cast(), v) }
@@ -389,17 +457,17 @@ mod simd {
         }
     }
 
-    /// `dW = Gᵀ dU G` of 16 consecutive filters, one per lane, from `du[(4 j + i) * plane + p]`
+    /// `dW = Gᵀ dU G` of 16 consecutive filters, one per lane, from `du[(6 j + i) * plane + p]`
     /// into `dw [16, 9]`.
     #[cfg(target_arch = "x86_64")]
     #[target_feature(enable = "avx512f")]
     pub fn weight_grad_block(du: &[f32], plane: usize, dw: &mut [f32]) {
-        let at = |i: usize, j: usize| ops::ld(&du[(4 * j + i) * plane..]);
+        let at = |i: usize, j: usize| ops::ld(&du[(PATCH * j + i) * plane..]);
         // Rows first (Gᵀ over j), then columns (Gᵀ over i).
-        let rows: [[ops::V; 3]; 4] =
-            std::array::from_fn(|i| g_adj([at(i, 0), at(i, 1), at(i, 2), at(i, 3)]));
+        let rows: [[ops::V; 3]; PATCH] =
+            std::array::from_fn(|i| g_adj(std::array::from_fn(|j| at(i, j))));
         for b in 0..3 {
-            let col = g_adj([rows[0][b], rows[1][b], rows[2][b], rows[3][b]]);
+            let col = g_adj(std::array::from_fn(|i| rows[i][b]));
             for (a, v) in col.into_iter().enumerate() {
                 scatter(&mut dw[3 * a + b..], 9, v);
             }
@@ -473,7 +541,7 @@ mod simd {
     fn each_block(l: Layout, tw: usize, t0: usize, mut f: impl FnMut(usize, usize)) {
         for tx in 0..tw {
             for cb in (0..l.c).step_by(LANES) {
-                f(2 * tx * l.c + cb, (t0 + tx) * l.c + cb);
+                f(TILE * tx * l.c + cb, (t0 + tx) * l.c + cb);
             }
         }
     }
@@ -493,28 +561,29 @@ mod simd {
         std::array::from_fn(|j| std::array::from_fn(|i| a[i][j]))
     }
 
-    /// `V = Bᵀ d B` of the `tw` tiles of one tile row, from its four padded rows (`strip`,
+    /// `V = Bᵀ d B` of the `tw` tiles of one tile row, from its six padded rows (`strip`,
     /// channels last), into the planes `v` at tiles `t0..t0 + tw`.
     #[cfg(target_arch = "x86_64")]
     #[target_feature(enable = "avx512f")]
     pub fn input_row(strip: &[f32], l: Layout, tw: usize, v: &mut [f32], t0: usize) {
         use ops::*;
         each_block(l, tw, t0, |base, at| {
-            let across: [[V; 4]; 4] = std::array::from_fn(|r| bt_fwd(pixels(strip, l, base, r)));
+            let across: [[V; PATCH]; PATCH] =
+                std::array::from_fn(|r| bt_fwd(pixels(strip, l, base, r)));
             for (j, col) in transpose(across).into_iter().enumerate() {
                 put_column(v, l, at, j, bt_fwd(col));
             }
         });
     }
 
-    /// `B dV Bᵀ` of the tiles `t0..t0 + tw` of `dv`, added into their patches of the four padded
+    /// `B dV Bᵀ` of the tiles `t0..t0 + tw` of `dv`, added into their patches of the six padded
     /// rows `strip` (channels last).
     #[cfg(target_arch = "x86_64")]
     #[target_feature(enable = "avx512f")]
     pub fn input_grad_row(dv: &[f32], l: Layout, tw: usize, t0: usize, strip: &mut [f32]) {
         use ops::*;
         each_block(l, tw, t0, |base, at| {
-            let down: [[V; 4]; 4] = std::array::from_fn(|j| bt_adj(column(dv, l, at, j)));
+            let down: [[V; PATCH]; PATCH] = std::array::from_fn(|j| bt_adj(column(dv, l, at, j)));
             for (r, row) in transpose(down).into_iter().enumerate() {
                 for (q, x) in bt_adj(row).into_iter().enumerate() {
                     add_to(&mut strip[base + r * l.row + q * l.c..], x);
@@ -523,14 +592,14 @@ mod simd {
         });
     }
 
-    /// `Y = Aᵀ M A` of the tiles `t0..t0 + tw` of `m` into the tile row's two output rows
+    /// `Y = Aᵀ M A` of the tiles `t0..t0 + tw` of `m` into the tile row's four output rows
     /// (`strip`, channels last).
     #[cfg(target_arch = "x86_64")]
     #[target_feature(enable = "avx512f")]
     pub fn output_row(m: &[f32], l: Layout, tw: usize, t0: usize, strip: &mut [f32]) {
         use ops::*;
         each_block(l, tw, t0, |base, at| {
-            let down: [[V; 2]; 4] = std::array::from_fn(|j| at_fwd(column(m, l, at, j)));
+            let down: [[V; TILE]; PATCH] = std::array::from_fn(|j| at_fwd(column(m, l, at, j)));
             for (dr, row) in transpose(down).into_iter().enumerate() {
                 for (dc, x) in at_fwd(row).into_iter().enumerate() {
                     st(&mut strip[base + dr * l.row + dc * l.c..], x);
@@ -539,14 +608,15 @@ mod simd {
         });
     }
 
-    /// `dM = A dY Aᵀ` of the tile row's two output-gradient rows (`strip`, channels last) into
+    /// `dM = A dY Aᵀ` of the tile row's four output-gradient rows (`strip`, channels last) into
     /// the planes `dm` at tiles `t0..t0 + tw`.
     #[cfg(target_arch = "x86_64")]
     #[target_feature(enable = "avx512f")]
     pub fn output_grad_row(strip: &[f32], l: Layout, tw: usize, dm: &mut [f32], t0: usize) {
         use ops::*;
         each_block(l, tw, t0, |base, at| {
-            let across: [[V; 4]; 2] = std::array::from_fn(|dr| at_adj(pixels(strip, l, base, dr)));
+            let across: [[V; PATCH]; TILE] =
+                std::array::from_fn(|dr| at_adj(pixels(strip, l, base, dr)));
             for (j, col) in transpose(across).into_iter().enumerate() {
                 put_column(dm, l, at, j, at_adj(col));
             }
@@ -599,12 +669,17 @@ mod simd {
     }
 }
 
-/// Padded rows `r0 + from..r0 + 4` of one image `[C, H, W]`, channels last, into rows `from..4` of
-/// `strip [4, 2 tw + 2, C]` (padded pixel `(r, q)` is image pixel `(r - 1, q - 1)`), 16 channels
+/// Pixels of a padded strip row: the tiles' columns and the two their last patch reaches past.
+fn strip_width(g: &ConvGeom) -> usize {
+    TILE * tiles(g).1 + PATCH - TILE
+}
+
+/// Padded rows `r0 + from..r0 + 6` of one image `[C, H, W]`, channels last, into rows `from..6` of
+/// `strip [6, strip_width, C]` (padded pixel `(r, q)` is image pixel `(r - 1, q - 1)`), 16 channels
 /// of one pixel per gather.
 fn padded_rows(img: &[f32], g: &ConvGeom, r0: usize, from: usize, strip: &mut [f32]) {
     let c = g.c_in;
-    let pw = 2 * tiles(g).1 + 2;
+    let pw = strip_width(g);
     let hw = g.h * g.w;
     for (dr, row) in strip.chunks_exact_mut(pw * c).enumerate().skip(from) {
         row.fill(0.0);
@@ -620,8 +695,8 @@ fn padded_rows(img: &[f32], g: &ConvGeom, r0: usize, from: usize, strip: &mut [f
 /// `V = Bᵀ d B` of every tile of the images `x` (a block) into the position planes `v`.
 fn transform_input(x: &[f32], g: &ConvGeom, v: &mut [f32], stride: usize, strip: &mut [f32]) {
     let (th, tw) = tiles(g);
-    let (c, pw) = (g.c_in, 2 * tw + 2);
-    let strip = &mut strip[..4 * pw * c];
+    let (c, pw) = (g.c_in, strip_width(g));
+    let strip = &mut strip[..PATCH * pw * c];
     let l = simd::Layout {
         c,
         stride,
@@ -632,9 +707,9 @@ fn transform_input(x: &[f32], g: &ConvGeom, v: &mut [f32], stride: usize, strip:
             if ty == 0 {
                 padded_rows(img, g, 0, 0, strip);
             } else {
-                // Padded rows 2 ty and 2 ty + 1 were the last tile row's bottom two.
-                strip.copy_within(2 * pw * c.., 0);
-                padded_rows(img, g, 2 * ty, 2, strip);
+                // Padded rows 4 ty and 4 ty + 1 were the last tile row's bottom two.
+                strip.copy_within(TILE * pw * c.., 0);
+                padded_rows(img, g, TILE * ty, PATCH - TILE, strip);
             }
             simd_call!(input_row(strip, l, tw, v, (b * th + ty) * tw));
         }
@@ -652,34 +727,36 @@ fn input_grad_from_transformed(
     dx: &mut [f32],
 ) {
     let (th, tw) = tiles(g);
-    let (c, pw) = (g.c_in, 2 * tw + 2);
-    let strip = &mut strip[..4 * pw * c];
+    let (c, pw) = (g.c_in, strip_width(g));
+    let strip = &mut strip[..PATCH * pw * c];
     let l = simd::Layout {
         c,
         stride,
         row: pw * c,
     };
+    let carried = (PATCH - TILE) * pw * c;
     for (b, img) in dx.chunks_exact_mut(g.in_len()).enumerate() {
         strip.fill(0.0);
         for ty in 0..th {
             simd_call!(input_grad_row(dv, l, tw, (b * th + ty) * tw, strip));
-            // Padded rows 2 ty and 2 ty + 1 are complete; rows 2 and 3 carry over as the next
+            // Padded rows 4 ty to 4 ty + 3 are complete; rows 4 and 5 carry over as the next
             // tile row's 0 and 1.
-            finished_rows(strip, g, 2 * ty, img);
-            strip.copy_within(2 * pw * c.., 0);
-            strip[2 * pw * c..].fill(0.0);
+            finished_rows(strip, g, TILE * ty, img);
+            strip.copy_within(TILE * pw * c.., 0);
+            strip[carried..].fill(0.0);
         }
-        finished_rows(strip, g, 2 * th, img);
+        // The last two padded rows (zero rows past the map are skipped).
+        finished_rows(strip, g, TILE * th, img);
     }
 }
 
-/// The strip's first two rows (padded rows `r0` and `r0 + 1`, channels last) into the image's
-/// channel planes `img [C, H, W]`, where they are image rows.
+/// The strip's first four rows (padded rows `r0..r0 + 4`, channels last) into the image's channel
+/// planes `img [C, H, W]`, where they are image rows.
 fn finished_rows(strip: &[f32], g: &ConvGeom, r0: usize, img: &mut [f32]) {
     let c = g.c_in;
-    let pw = 2 * tiles(g).1 + 2;
+    let pw = strip_width(g);
     let hw = g.h * g.w;
-    for dr in 0..2 {
+    for dr in 0..TILE {
         let Some(y) = (r0 + dr).checked_sub(1).filter(|y| *y < g.h) else {
             continue;
         };
@@ -689,9 +766,9 @@ fn finished_rows(strip: &[f32], g: &ConvGeom, r0: usize, img: &mut [f32]) {
     }
 }
 
-/// Values of a strip: four padded rows, channels last, for the widest channel count.
+/// Values of a strip: six padded rows, channels last, for the widest channel count.
 fn strip_len(g: &ConvGeom) -> usize {
-    4 * (2 * tiles(g).1 + 2) * g.c_in.max(out_lanes(g))
+    PATCH * strip_width(g) * g.c_in.max(out_lanes(g))
 }
 
 /// Forward pass of one rayon task's images `x` into `y`, with `u` the transformed weights, then
@@ -738,7 +815,7 @@ pub(super) fn forward_task(
 }
 
 /// `Y = Aᵀ M A` of every tile, plus the bias and ReLU, written into the images `y [n, C_out,
-/// H_out, W_out]` through `strip` (one tile row's two output rows, channels last).
+/// H_out, W_out]` through `strip` (one tile row's four output rows, channels last).
 fn transform_output(
     m: &[f32],
     g: &ConvGeom,
@@ -750,8 +827,8 @@ fn transform_output(
 ) {
     let (th, tw) = tiles(g);
     let c = out_lanes(g);
-    let (hw, sw) = (g.h_out * g.w_out, 2 * tw);
-    let strip = &mut strip[..2 * sw * c];
+    let (hw, sw) = (g.h_out * g.w_out, TILE * tw);
+    let strip = &mut strip[..TILE * sw * c];
     let l = simd::Layout {
         c,
         stride,
@@ -761,9 +838,9 @@ fn transform_output(
         for ty in 0..th {
             simd_call!(output_row(m, l, tw, (b * th + ty) * tw, strip));
             // The strip into the channel planes, row by row, with the bias and ReLU.
-            for dr in 0..2.min(g.h_out - 2 * ty) {
+            for dr in 0..TILE.min(g.h_out - TILE * ty) {
                 let row = &strip[dr * sw * c..(dr + 1) * sw * c];
-                let oy = 2 * ty + dr;
+                let oy = TILE * ty + dr;
                 let dims = (oy * g.w_out, hw, g.c_out, g.w_out);
                 simd_call!(row_to_planes((row, c), img, dims, bias, relu));
             }
@@ -771,7 +848,7 @@ fn transform_output(
     }
 }
 
-/// Where one task's backward pass writes: its partial transformed weight gradient `du [16, C_out,
+/// Where one task's backward pass writes: its partial transformed weight gradient `du [36, C_out,
 /// C_in]` (overwritten, not added to), its partial bias gradient (added to), and its images' input
 /// gradients.
 pub(super) struct TaskGrads<'a> {
@@ -793,8 +870,8 @@ fn transform_output_grad(
 ) {
     let (th, tw) = tiles(g);
     let (c, hw, ol) = (out_lanes(g), g.h_out * g.w_out, g.out_len());
-    let sw = 2 * tw;
-    let strip = &mut strip[..2 * sw * c];
+    let sw = TILE * tw;
+    let strip = &mut strip[..TILE * sw * c];
     let l = simd::Layout {
         c,
         stride,
@@ -803,16 +880,17 @@ fn transform_output_grad(
     let mut total = vec![0f64; g.c_out];
     // One tile row's gradient sums per channel, in f32 (then added to `total`).
     let mut sums = vec![0f32; c];
-    // Channels past C_out (and pixels past an odd side) stay zero.
+    // Channels past C_out (and pixels past the map's side) stay zero.
     strip.fill(0.0);
     for (b, img) in dy.chunks_exact(ol).enumerate() {
         let live = relu_out.map(|r| &r[b * ol..(b + 1) * ol]);
         for ty in 0..th {
-            if g.h_out - 2 * ty < 2 {
+            if g.h_out - TILE * ty < TILE {
+                // A last tile row reaching past the map: its missing rows are zero.
                 strip.fill(0.0);
             }
-            for dr in 0..2.min(g.h_out - 2 * ty) {
-                let oy = 2 * ty + dr;
+            for dr in 0..TILE.min(g.h_out - TILE * ty) {
+                let oy = TILE * ty + dr;
                 let row = &mut strip[dr * sw * c..(dr + 1) * sw * c];
                 let dims = (oy * g.w_out, hw, g.c_out, g.w_out);
                 let sums = Some(&mut sums[..]);
@@ -893,13 +971,121 @@ pub(super) fn backward_task(
 mod tests {
     use super::*;
 
-    /// The weight gradient's transform is the transpose of the weights' one: `<G a, b> = <a, Gᵀ
-    /// b>` (the tile transforms are checked end to end against candle and the direct sums).
+    /// `Bᵀ` and `Aᵀ` of F(4x4, 3x3), as the vector transforms in `simd` apply them.
+    const BT: [[f64; PATCH]; PATCH] = [
+        [4.0, 0.0, -5.0, 0.0, 1.0, 0.0],
+        [0.0, -4.0, -4.0, 1.0, 1.0, 0.0],
+        [0.0, 4.0, -4.0, -1.0, 1.0, 0.0],
+        [0.0, -2.0, -1.0, 2.0, 1.0, 0.0],
+        [0.0, 2.0, -1.0, -2.0, 1.0, 0.0],
+        [0.0, 4.0, 0.0, -5.0, 0.0, 1.0],
+    ];
+    const AT: [[f64; PATCH]; TILE] = [
+        [1.0, 1.0, 1.0, 1.0, 1.0, 0.0],
+        [0.0, 1.0, -1.0, 2.0, -2.0, 0.0],
+        [0.0, 1.0, 1.0, 4.0, 4.0, 0.0],
+        [0.0, 1.0, -1.0, 8.0, -8.0, 1.0],
+    ];
+
+    /// `a b` of small f64 matrices given as rows.
+    fn mul<const R: usize, const K: usize, const C: usize>(
+        a: &[[f64; K]; R],
+        b: &[[f64; C]; K],
+    ) -> [[f64; C]; R] {
+        std::array::from_fn(|i| std::array::from_fn(|j| (0..K).map(|k| a[i][k] * b[k][j]).sum()))
+    }
+
+    fn tr<const R: usize, const C: usize>(a: &[[f64; C]; R]) -> [[f64; R]; C] {
+        std::array::from_fn(|j| std::array::from_fn(|i| a[i][j]))
+    }
+
+    /// The closed form the scheme rests on: `Aᵀ ((G g Gᵀ) ⊙ (Bᵀ d B)) A` is the 4x4 correlation of
+    /// a 6x6 patch `d` with a 3x3 filter `g`, in f64 (to rounding).
     #[test]
-    fn g_adj_is_the_transpose_of_g_fwd() {
-        let dot = |a: &[f32], b: &[f32]| a.iter().zip(b).map(|(x, y)| x * y).sum::<f32>();
-        let (a, b) = ([0.3, -1.2, 0.7], [-0.8, 0.25, 1.1, -0.35]);
-        assert!((dot(&g_fwd(a), &b) - dot(&a, &g_adj(b))).abs() < 1e-6);
+    fn the_matrices_compute_the_correlation_of_a_tile() {
+        // `G` in f64: the f32 constant's entries are n / 24 (n = 6, -4, 4, 1, 2, 24) to rounding.
+        let gm: [[f64; 3]; PATCH] = G.map(|r| r.map(|x| (f64::from(x) * 24.0).round() / 24.0));
+        let d: [[f64; PATCH]; PATCH] =
+            std::array::from_fn(|i| std::array::from_fn(|j| ((i * 7 + j * 3) % 11) as f64 - 5.0));
+        let f: [[f64; 3]; 3] =
+            std::array::from_fn(|i| std::array::from_fn(|j| ((i * 5 + j) % 7) as f64 * 0.3 - 0.8));
+        let u = mul(&mul(&gm, &f), &tr(&gm));
+        let v = mul(&mul(&BT, &d), &tr(&BT));
+        let m: [[f64; PATCH]; PATCH] =
+            std::array::from_fn(|i| std::array::from_fn(|j| u[i][j] * v[i][j]));
+        let y = mul(&mul(&AT, &m), &tr(&AT));
+        for r in 0..TILE {
+            for c in 0..TILE {
+                let want: f64 = (0..9)
+                    .map(|t| d[r + t / 3][c + t % 3] * f[t / 3][t % 3])
+                    .sum();
+                assert!(
+                    (y[r][c] - want).abs() < 1e-9,
+                    "({r}, {c}): {} vs {want}",
+                    y[r][c]
+                );
+            }
+        }
+    }
+
+    /// The vector 1-D transforms against the matrices: `bt_fwd` and `at_fwd` are `Bᵀ v` and `Aᵀ
+    /// v`, `bt_adj` and `at_adj` their transposes, lane by lane.
+    #[cfg(target_arch = "x86_64")]
+    #[test]
+    fn vector_transforms_apply_the_matrices() {
+        use std::arch::x86_64::{_mm512_loadu_ps, _mm512_storeu_ps};
+        if !simd::available() {
+            return;
+        }
+        type V = std::arch::x86_64::__m512;
+        let val = |i: usize| ((i * 2654435761) % 1000) as f32 / 250.0 - 2.0;
+        // Input `i`'s lanes: its values for 16 separate vectors.
+        let lanes = |n: usize| -> Vec<[f32; 16]> {
+            (0..n)
+                .map(|i| std::array::from_fn(|l| val(16 * i + l)))
+                .collect()
+        };
+        // SAFETY (both): AVX-512F is present (checked above); the arrays hold 16 floats.
+        let load = |x: &[f32; 16]| -> V { unsafe { _mm512_loadu_ps(x.as_ptr()) } };
+        let store = |v: V| -> [f32; 16] {
+            let mut x = [0f32; 16];
+            unsafe { _mm512_storeu_ps(x.as_mut_ptr(), v) };
+            x
+        };
+        fn check<const I: usize, const O: usize>(
+            name: &str,
+            m: &[[f64; I]; O],
+            inputs: &[[f32; 16]],
+            outputs: &[[f32; 16]],
+        ) {
+            for l in 0..16 {
+                for (o, row) in m.iter().enumerate() {
+                    let want: f64 = (0..I).map(|i| row[i] * inputs[i][l] as f64).sum();
+                    let got = outputs[o][l] as f64;
+                    assert!(
+                        (got - want).abs() <= 1e-5 * (1.0 + want.abs()),
+                        "{name} {o} {l}"
+                    );
+                }
+            }
+        }
+        let x6 = lanes(PATCH);
+        let x4 = lanes(TILE);
+        let v6: [V; PATCH] = std::array::from_fn(|i| load(&x6[i]));
+        let v4: [V; TILE] = std::array::from_fn(|i| load(&x4[i]));
+        // SAFETY: AVX-512F is present (checked above).
+        let (bf, ba, af, aa) = unsafe {
+            (
+                simd::ops::bt_fwd(v6),
+                simd::ops::bt_adj(v6),
+                simd::ops::at_fwd(v6),
+                simd::ops::at_adj(v4),
+            )
+        };
+        check("Bᵀ", &BT, &x6, &bf.map(store));
+        check("B", &tr(&BT), &x6, &ba.map(store));
+        check("Aᵀ", &AT, &x6, &af.map(store));
+        check("A", &tr(&AT), &x4, &aa.map(store));
     }
 
     /// The vector weight transforms (16 filters per call, padded output channels) against the
@@ -915,26 +1101,26 @@ mod tests {
         let w: Vec<f32> = (0..20 * 32 * 9).map(|i| val(i, 7)).collect();
         let plane = 32 * 32;
         let u = transform_weights(&w, &g);
-        let du: Vec<f32> = (0..16 * plane).map(|i| val(i, 3)).collect();
+        let du: Vec<f32> = (0..POSITIONS * plane).map(|i| val(i, 3)).collect();
         let dw = weights_from_transformed(&du, &g);
-        assert_eq!((u.len(), dw.len()), (16 * plane, w.len()));
+        assert_eq!((u.len(), dw.len()), (POSITIONS * plane, w.len()));
         for o in 0..32 {
             for ci in 0..32 {
                 let p = o * 32 + ci;
-                let (mut want_u, mut want_dw) = ([0f32; 16], [0f32; 9]);
+                let (mut want_u, mut want_dw) = ([0f32; POSITIONS], [0f32; 9]);
                 if o < 20 {
                     let f = &w[p * 9..][..9];
-                    let cols: [[f32; 4]; 3] =
+                    let cols: [[f32; PATCH]; 3] =
                         std::array::from_fn(|j| g_fwd([f[j], f[3 + j], f[6 + j]]));
-                    for i in 0..4 {
+                    for i in 0..PATCH {
                         let row = g_fwd([cols[0][i], cols[1][i], cols[2][i]]);
-                        (0..4).for_each(|j| want_u[4 * j + i] = row[j]);
+                        (0..PATCH).for_each(|j| want_u[PATCH * j + i] = row[j]);
                     }
-                    let at = |i: usize, j: usize| du[(4 * j + i) * plane + p];
-                    let rows: [[f32; 3]; 4] =
-                        std::array::from_fn(|i| g_adj([at(i, 0), at(i, 1), at(i, 2), at(i, 3)]));
+                    let at = |i: usize, j: usize| du[(PATCH * j + i) * plane + p];
+                    let rows: [[f32; 3]; PATCH] =
+                        std::array::from_fn(|i| g_adj(std::array::from_fn(|j| at(i, j))));
                     for b in 0..3 {
-                        let col = g_adj([rows[0][b], rows[1][b], rows[2][b], rows[3][b]]);
+                        let col = g_adj(std::array::from_fn(|i| rows[i][b]));
                         (0..3).for_each(|a| want_dw[3 * a + b] = col[a]);
                     }
                     let got = &dw[p * 9..][..9];
