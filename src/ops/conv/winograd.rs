@@ -141,10 +141,18 @@ pub(super) fn scratch_lens(g: &ConvGeom, per: usize) -> [usize; 2] {
     ]
 }
 
+/// Values of one position's plane of the transformed weights `[out_lanes, C_in]`, and the distance
+/// between the planes (padded as `plane_stride` pads: the planes are written and read all at once,
+/// and unpadded ones of 64 x 64 weights are 16 KiB apart).
+fn weight_plane(g: &ConvGeom) -> (usize, usize) {
+    let len = out_lanes(g) * g.c_in;
+    (len, plane_stride(len))
+}
+
 /// Length of the transformed weights `[36, out_lanes, C_in]` (also of the weight gradient's
-/// transformed partial sums).
+/// transformed partial sums), planes `weight_plane` apart.
 pub(super) fn transformed_weight_len(g: &ConvGeom) -> usize {
-    POSITIONS * out_lanes(g) * g.c_in
+    POSITIONS * weight_plane(g).1
 }
 
 // The 1-D transforms of the filters and their adjoints (transposes), on scalars: the reference
@@ -177,40 +185,43 @@ fn g_adj(v: [f32; PATCH]) -> [f32; 3] {
 /// Filters per call of the vector weight transforms: one lane each.
 const FILTER_BLOCK: usize = simd::LANES;
 
-/// `U = G g Gᵀ` of every filter: `[36, out_lanes, C_in]`, position `(i, j)` at `6 j + i`; the
-/// padded output channels' weights are zero. (Written without a zero fill first: for the heads'
-/// layers, called four times per step each, the fill cost as much as the transform.)
+/// `U = G g Gᵀ` of every filter: `[36, out_lanes, C_in]`, position `(i, j)` at `6 j + i`, the
+/// planes `weight_plane` apart; the padded output channels' weights are zero. (Written without a
+/// zero fill first: for the heads' layers, called four times per step each, the fill cost as much
+/// as the transform.)
 pub(super) fn transform_weights(w: &[f32], g: &ConvGeom) -> Vec<f32> {
-    let plane = out_lanes(g) * g.c_in;
-    let len = POSITIONS * plane;
+    let stride = weight_plane(g).1;
+    let len = transformed_weight_len(g);
     // Plane positions `o * C_in + i` that hold a filter; C_in is a multiple of FILTER_BLOCK, so
     // a block holds filters or padding, never both.
     let filters = g.c_out * g.c_in;
     let mut u = Vec::with_capacity(len);
     let spare = &mut u.spare_capacity_mut()[..len];
-    for p0 in (0..plane).step_by(FILTER_BLOCK) {
+    // Blocks past the filters are the padded output channels' and the padding between planes.
+    for p0 in (0..stride).step_by(FILTER_BLOCK) {
         let out = &mut spare[p0..];
         if p0 < filters {
             let f = &w[9 * p0..9 * (p0 + FILTER_BLOCK)];
-            simd_call!(weight_block(f, out, plane));
+            simd_call!(weight_block(f, out, stride));
         } else {
             for k in 0..POSITIONS {
-                out[k * plane..][..FILTER_BLOCK].fill(MaybeUninit::new(0.0));
+                out[k * stride..][..FILTER_BLOCK].fill(MaybeUninit::new(0.0));
             }
         }
     }
-    // SAFETY: the blocks above wrote `FILTER_BLOCK` values at `k * plane + p0` for every
-    // position `k` and every block start `p0` of the plane: all `len` values.
+    // SAFETY: the blocks above wrote `FILTER_BLOCK` values at `k * stride + p0` for every
+    // position `k` and every block start `p0 < stride` (both multiples of FILTER_BLOCK): all
+    // `len = POSITIONS * stride` values.
     unsafe { u.set_len(len) };
     u
 }
 
 /// The weight gradient `dW = Gᵀ dU G` from the transformed one `dU [36, out_lanes, C_in]`.
 pub(super) fn weights_from_transformed(du: &[f32], g: &ConvGeom) -> Vec<f32> {
-    let plane = out_lanes(g) * g.c_in;
+    let stride = weight_plane(g).1;
     let mut dw = vec![0f32; g.c_out * g.c_in * 9];
     for (b, filters) in dw.chunks_exact_mut(9 * FILTER_BLOCK).enumerate() {
-        simd_call!(weight_grad_block(&du[b * FILTER_BLOCK..], plane, filters));
+        simd_call!(weight_grad_block(&du[b * FILTER_BLOCK..], stride, filters));
     }
     dw
 }
@@ -438,10 +449,10 @@ mod simd {
     }
 
     /// `U = G g Gᵀ` of 16 consecutive 3x3 filters `f [16, 9]`, one per lane: position `(i, j)`
-    /// of filter `p` into `u[(6 j + i) * plane + p]`.
+    /// of filter `p` into `u[(6 j + i) * stride + p]`.
     #[cfg(target_arch = "x86_64")]
     #[target_feature(enable = "avx512f")]
-    pub fn weight_block(f: &[f32], u: &mut [MaybeUninit<f32>], plane: usize) {
+    pub fn weight_block(f: &[f32], u: &mut [MaybeUninit<f32>], stride: usize) {
         let tap = |t: usize| gather(&f[t..], 9, LANES);
         // Columns first (G applied to each column of the filter), then rows.
         let cols: [[ops::V; PATCH]; 3] =
@@ -449,7 +460,7 @@ mod simd {
         for i in 0..PATCH {
             let row = g_fwd([cols[0][i], cols[1][i], cols[2][i]]);
             for (j, v) in row.into_iter().enumerate() {
-                let s = &mut u[(PATCH * j + i) * plane..][..LANES];
+                let s = &mut u[(PATCH * j + i) * stride..][..LANES];
                 // SAFETY: `s` holds 16 floats (checked by the slicing above); writing
                 // initializes them.
                 unsafe { _mm512_storeu_ps(s.as_mut_ptr().cast(), v) }
@@ -457,12 +468,12 @@ mod simd {
         }
     }
 
-    /// `dW = Gᵀ dU G` of 16 consecutive filters, one per lane, from `du[(6 j + i) * plane + p]`
+    /// `dW = Gᵀ dU G` of 16 consecutive filters, one per lane, from `du[(6 j + i) * stride + p]`
     /// into `dw [16, 9]`.
     #[cfg(target_arch = "x86_64")]
     #[target_feature(enable = "avx512f")]
-    pub fn weight_grad_block(du: &[f32], plane: usize, dw: &mut [f32]) {
-        let at = |i: usize, j: usize| ops::ld(&du[(PATCH * j + i) * plane..]);
+    pub fn weight_grad_block(du: &[f32], stride: usize, dw: &mut [f32]) {
+        let at = |i: usize, j: usize| ops::ld(&du[(PATCH * j + i) * stride..]);
         // Rows first (Gᵀ over j), then columns (Gᵀ over i).
         let rows: [[ops::V; 3]; PATCH] =
             std::array::from_fn(|i| g_adj(std::array::from_fn(|j| at(i, j))));
@@ -793,13 +804,14 @@ pub(super) fn forward_task(
     for (xb, yb) in blocks {
         let t_len = xb.len() / g.in_len() * th * tw;
         let cp = out_lanes(g);
-        let (cu, cv, cm) = (cp * g.c_in, g.c_in * t_len, cp * t_len);
+        let (cv, cm) = (g.c_in * t_len, cp * t_len);
+        let (cu, su) = weight_plane(g);
         let (sv, sm) = (plane_stride(cv), plane_stride(cm));
         transform_input(xb, g, v, sv, &mut strip);
         for k in 0..POSITIONS {
             // M_k [T, out_lanes] = V_k [T, C_in] · U_kᵀ.
             let dims = (t_len, cp, g.c_in);
-            let (uk, vk) = (&u[k * cu..(k + 1) * cu], &v[k * sv..][..cv]);
+            let (uk, vk) = (&u[k * su..][..cu], &v[k * sv..][..cv]);
             let mk = &mut m[k * sm..][..cm];
             matmul(
                 mk,
@@ -929,7 +941,8 @@ pub(super) fn backward_task(
         let b_end = (a + per_block).min(n);
         let t_len = (b_end - a) * th * tw;
         let cp = out_lanes(g);
-        let (cu, cv, cm) = (cp * g.c_in, g.c_in * t_len, cp * t_len);
+        let (cv, cm) = (g.c_in * t_len, cp * t_len);
+        let (cu, su) = weight_plane(g);
         let (sv, sm) = (plane_stride(cv), plane_stride(cm));
         let dyb = (
             &dy[a * ol..b_end * ol],
@@ -942,7 +955,7 @@ pub(super) fn backward_task(
                 // dU_k [out_lanes, C_in] += dM_kᵀ · V_k.
                 let dims = (cp, g.c_in, t_len);
                 let (dmk, vk) = (&dm[k * sm..][..cm], &v[k * sv..][..cv]);
-                let duk = MatMut::rm(&mut du[k * cu..(k + 1) * cu], g.c_in);
+                let duk = MatMut::rm(&mut du[k * su..][..cu], g.c_in);
                 matmul_into(
                     duk,
                     dims,
@@ -957,7 +970,7 @@ pub(super) fn backward_task(
             // dV_k [T, C_in] = dM_k · U_k, into the transformed input's buffer (no longer needed).
             for k in 0..POSITIONS {
                 let dims = (t_len, g.c_in, cp);
-                let (uk, dmk) = (&u[k * cu..(k + 1) * cu], &dm[k * sm..][..cm]);
+                let (uk, dmk) = (&u[k * su..][..cu], &dm[k * sm..][..cm]);
                 let dvk = &mut v[k * sv..][..cv];
                 matmul(dvk, dims, Mat::rm(dmk, cp), Mat::rm(uk, g.c_in), false, par);
             }
@@ -1099,11 +1112,12 @@ mod tests {
         let g = ConvGeom::new(&[1, 32, 8, 8], &[20, 32, 3, 3], 1, 1).unwrap();
         let val = |i: usize, s: usize| ((i * 2654435761 + s) % 1000) as f32 / 500.0 - 1.0;
         let w: Vec<f32> = (0..20 * 32 * 9).map(|i| val(i, 7)).collect();
-        let plane = 32 * 32;
+        let (plane, stride) = weight_plane(&g);
+        assert_eq!(plane, 32 * 32);
         let u = transform_weights(&w, &g);
-        let du: Vec<f32> = (0..POSITIONS * plane).map(|i| val(i, 3)).collect();
+        let du: Vec<f32> = (0..POSITIONS * stride).map(|i| val(i, 3)).collect();
         let dw = weights_from_transformed(&du, &g);
-        assert_eq!((u.len(), dw.len()), (POSITIONS * plane, w.len()));
+        assert_eq!((u.len(), dw.len()), (POSITIONS * stride, w.len()));
         for o in 0..32 {
             for ci in 0..32 {
                 let p = o * 32 + ci;
@@ -1116,7 +1130,7 @@ mod tests {
                         let row = g_fwd([cols[0][i], cols[1][i], cols[2][i]]);
                         (0..PATCH).for_each(|j| want_u[PATCH * j + i] = row[j]);
                     }
-                    let at = |i: usize, j: usize| du[(PATCH * j + i) * plane + p];
+                    let at = |i: usize, j: usize| du[(PATCH * j + i) * stride + p];
                     let rows: [[f32; 3]; PATCH] =
                         std::array::from_fn(|i| g_adj(std::array::from_fn(|j| at(i, j))));
                     for b in 0..3 {
@@ -1129,7 +1143,7 @@ mod tests {
                     }
                 }
                 for (k, want) in want_u.iter().enumerate() {
-                    let got = u[k * plane + p];
+                    let got = u[k * stride + p];
                     assert!(
                         (got - want).abs() <= 1e-6 * (1.0 + want.abs()),
                         "u {o} {ci} {k}"
