@@ -871,7 +871,7 @@ pub(super) struct TaskGrads<'a> {
 
 /// `dM = A dY Aᵀ` of every tile of the block's output gradient `dy` (masked where a fused ReLU's
 /// output `relu_out` was clamped) into the position planes `dm`, adding each channel's gradient
-/// sum to `db`. Each tile row's two gradient rows are first copied channels last into `strip`.
+/// sum to `db`. Each tile row's four gradient rows are first copied channels last into `strip`.
 fn transform_output_grad(
     (dy, relu_out): (&[f32], Option<&[f32]>),
     g: &ConvGeom,
