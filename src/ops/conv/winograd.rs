@@ -1046,11 +1046,10 @@ mod tests {
     #[cfg(target_arch = "x86_64")]
     #[test]
     fn vector_transforms_apply_the_matrices() {
-        use std::arch::x86_64::{_mm512_loadu_ps, _mm512_storeu_ps};
+        use simd::ops::{ld, st, V};
         if !simd::available() {
             return;
         }
-        type V = std::arch::x86_64::__m512;
         let val = |i: usize| ((i * 2654435761) % 1000) as f32 / 250.0 - 2.0;
         // Input `i`'s lanes: its values for 16 separate vectors.
         let lanes = |n: usize| -> Vec<[f32; 16]> {
@@ -1058,11 +1057,11 @@ mod tests {
                 .map(|i| std::array::from_fn(|l| val(16 * i + l)))
                 .collect()
         };
-        // SAFETY (both): AVX-512F is present (checked above); the arrays hold 16 floats.
-        let load = |x: &[f32; 16]| -> V { unsafe { _mm512_loadu_ps(x.as_ptr()) } };
+        // SAFETY (both): AVX-512F is present (checked above).
+        let load = |x: &[f32; 16]| -> V { unsafe { ld(x) } };
         let store = |v: V| -> [f32; 16] {
             let mut x = [0f32; 16];
-            unsafe { _mm512_storeu_ps(x.as_mut_ptr(), v) };
+            unsafe { st(&mut x, v) };
             x
         };
         fn check<const I: usize, const O: usize>(
