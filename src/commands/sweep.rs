@@ -29,9 +29,9 @@ pub struct SweepFlags {
     /// Run only shard i of n (1-based), e.g. --shard 2/4; every shard writes into the same --out.
     #[arg(long)]
     pub shard: Option<String>,
-    /// Runs trained at once, each on its share of the cores; runs that do not fill a round train last, on more cores each. On 2 cores, 2 trains about 9% more steps per hour than 1, whose runs are each spread over both cores; a run's numbers differ between the two only by float rounding.
-    #[arg(long, default_value_t = 1)]
-    pub jobs: usize,
+    /// Runs trained at once, each on its share of the cores; runs that do not fill a round train last, on more cores each. Default: one per core on the CPU (one at a time on a GPU), which trains more steps per hour than fewer runs spread over the cores (README, Speed); a run's numbers differ between the two only by float rounding.
+    #[arg(long)]
+    pub jobs: Option<usize>,
     /// Build the tables and figures from whatever runs exist in --out, training nothing.
     #[arg(long)]
     pub collect: bool,
@@ -286,7 +286,7 @@ mod tests {
             shard: Shard::ALL,
             collect_only: false,
             out: out.to_path_buf(),
-            jobs: 1,
+            jobs: Some(1),
             reuse_recorded: false,
             reuse_from: vec![],
             reference: None,
@@ -605,7 +605,7 @@ mod tests {
         run_and_report("sweep-gamma", &opts(serial.path()), &fake(), true).unwrap();
         let side = tempfile::tempdir().unwrap();
         let o = SweepOptions {
-            jobs: 3,
+            jobs: Some(3),
             ..opts(side.path())
         };
         let f = fake();
@@ -632,7 +632,7 @@ mod tests {
         // then the seventh alone on all 4.
         let dir = tempfile::tempdir().unwrap();
         let o = SweepOptions {
-            jobs: 2,
+            jobs: Some(2),
             seeds: 1,
             ..opts(dir.path())
         };
@@ -656,7 +656,7 @@ mod tests {
     fn a_failing_run_side_by_side_stops_the_sweep_and_keeps_the_others() {
         let dir = tempfile::tempdir().unwrap();
         let o = SweepOptions {
-            jobs: 2,
+            jobs: Some(2),
             ..opts(dir.path())
         };
         let failing = Fake {

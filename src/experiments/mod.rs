@@ -25,8 +25,8 @@ pub struct SweepOptions {
     pub shard: Shard,
     pub collect_only: bool,
     pub out: PathBuf,
-    /// Runs trained at once (`--jobs`).
-    pub jobs: usize,
+    /// Runs trained at once (`--jobs`; without it, `Workers::for_jobs` chooses).
+    pub jobs: Option<usize>,
     /// Count the runs recorded in `<out>/results.csv` as finished (`--reuse-recorded`), for a
     /// sweep spread over several sessions whose run folders are gone.
     pub reuse_recorded: bool,
@@ -91,7 +91,7 @@ pub fn run_experiment(
             Default::default()
         };
         recorded.extend(borrowed.keys().cloned());
-        let workers = Workers::new(opts.jobs)?;
+        let workers = Workers::for_jobs(opts.jobs, &mine.iter().collect::<Vec<_>>())?;
         progress = run_jobs(&mine, &opts.out, &recorded, executor, workers, quiet)?;
     }
     let collected = if opts.collect_only || opts.shard.count == 1 {

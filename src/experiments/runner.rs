@@ -232,6 +232,21 @@ impl Workers {
         Ok(Workers { runs })
     }
 
+    /// `--jobs` as given, or without it one run per thread of the rayon budget when every run
+    /// trains on the CPU (one at a time on a GPU). Runs side by side on one thread each train
+    /// more steps per hour than one run spread over the threads: a run's step splits its batch
+    /// between its threads, and each part repeats the per-call work (weight transforms, `gemm`
+    /// set-up, autograd bookkeeping) on fewer images (README, Speed).
+    pub fn for_jobs(requested: Option<usize>, jobs: &[&Job]) -> Result<Workers> {
+        match requested {
+            Some(runs) => Workers::new(runs),
+            None if jobs.iter().all(|j| j.config.device == "cpu") => {
+                Workers::new(rayon::current_num_threads().max(1))
+            }
+            None => Workers::new(1),
+        }
+    }
+
     /// How `todo` runs train: rounds of (jobs, runs at once, threads per run), sharing the rayon
     /// thread budget (cores, or `RAYON_NUM_THREADS`). Runs that would not fill a round of
     /// `self.runs` come last, as fewer at once with more threads each: with `--jobs 2`, the
@@ -438,5 +453,28 @@ mod tests {
         assert_eq!(plan(5, 3), vec![(3, 3, 1)]);
         assert_eq!(plan(8, 9), vec![(8, 8, 1), (1, 1, 4)]);
         assert!(plan(2, 0).is_empty());
+    }
+
+    #[test]
+    fn without_jobs_cpu_sweeps_train_one_run_per_thread_and_gpu_sweeps_one_at_a_time() {
+        let spec = crate::experiments::ExperimentSpec::builtin("sweep-gamma").unwrap();
+        let (preset, _) = crate::experiments::spec::preset_text("smoke").unwrap();
+        let on = |device: &str| expand(&spec, &preset, &[format!("device={device:?}")], &[], 1);
+        let (cpu, gpu) = (on("cpu").unwrap(), on("cuda").unwrap());
+        let pool = rayon::ThreadPoolBuilder::new()
+            .num_threads(3)
+            .build()
+            .unwrap();
+        let runs = |requested, jobs: &[Job]| {
+            let jobs: Vec<&Job> = jobs.iter().collect();
+            pool.install(|| Workers::for_jobs(requested, &jobs).map(|w| w.runs))
+        };
+        assert_eq!(runs(None, &cpu).unwrap(), 3);
+        assert_eq!(runs(None, &gpu).unwrap(), 1);
+        // One GPU run among CPU runs keeps the sweep to one at a time.
+        let mixed = [cpu[0].clone(), gpu[0].clone()];
+        assert_eq!(runs(None, &mixed).unwrap(), 1);
+        assert_eq!(runs(Some(2), &gpu).unwrap(), 2);
+        assert!(runs(Some(0), &cpu).is_err());
     }
 }

@@ -367,8 +367,8 @@ pub struct ImbalanceOptions {
     pub shard: Shard,
     pub collect_only: bool,
     pub out: PathBuf,
-    /// Runs trained at once (`--jobs`).
-    pub jobs: usize,
+    /// Runs trained at once (`--jobs`; without it, `Workers::for_jobs` chooses).
+    pub jobs: Option<usize>,
     /// Count the runs recorded in `<out>/results.csv` as finished (`--reuse-recorded`).
     pub reuse_recorded: bool,
 }
@@ -535,7 +535,8 @@ pub fn run_ladder(
                 .collect(),
         )
     });
-    let workers = Workers::new(opts.jobs)?;
+    let all: Vec<&Job> = jobs.iter().map(|j| &j.job).collect();
+    let workers = Workers::for_jobs(opts.jobs, &all)?;
     let mut progress = SweepProgress::default();
     let mut run_phase = |phase: Vec<Job>| -> Result<()> {
         if let Some(executor) = &executor {
