@@ -3,12 +3,18 @@
 use anyhow::{bail, Result};
 use candle_core::Device;
 
+/// Whether a device flag names the CPU (as `parse_device` reads it: case and surrounding spaces
+/// aside).
+pub fn is_cpu(spec: &str) -> bool {
+    spec.trim().eq_ignore_ascii_case("cpu")
+}
+
 /// Parses a device flag. `cuda` needs the binary to be built with the `cuda` feature.
 pub fn parse_device(spec: &str) -> Result<Device> {
-    let s = spec.trim().to_ascii_lowercase();
-    if s == "cpu" {
+    if is_cpu(spec) {
         return Ok(Device::Cpu);
     }
+    let s = spec.trim().to_ascii_lowercase();
     let ordinal = if s == "cuda" {
         0
     } else if let Some(n) = s.strip_prefix("cuda:") {

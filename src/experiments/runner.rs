@@ -240,7 +240,7 @@ impl Workers {
     pub fn for_jobs(requested: Option<usize>, jobs: &[&Job]) -> Result<Workers> {
         match requested {
             Some(runs) => Workers::new(runs),
-            None if jobs.iter().all(|j| j.config.device == "cpu") => {
+            None if jobs.iter().all(|j| crate::device::is_cpu(&j.config.device)) => {
                 Workers::new(rayon::current_num_threads().max(1))
             }
             None => Workers::new(1),
@@ -460,7 +460,7 @@ mod tests {
         let spec = crate::experiments::ExperimentSpec::builtin("sweep-gamma").unwrap();
         let (preset, _) = crate::experiments::spec::preset_text("smoke").unwrap();
         let on = |device: &str| expand(&spec, &preset, &[format!("device={device:?}")], &[], 1);
-        let (cpu, gpu) = (on("cpu").unwrap(), on("cuda").unwrap());
+        let (cpu, gpu) = (on(" CPU").unwrap(), on("cuda").unwrap());
         let pool = rayon::ThreadPoolBuilder::new()
             .num_threads(3)
             .build()
