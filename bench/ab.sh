@@ -9,10 +9,7 @@ b=${2:?usage: bench/ab.sh BIN_A BIN_B [rounds] [steps] [flags...]}
 rounds=${3:-8}
 steps=${4:-10}
 shift $(( $# < 4 ? $# : 4 ))
-step_ms() {
-  "$1" bench train --json --no-peak --steps "$steps" --warmup 2 "${@:2}" |
-    python3 -c 'import json,sys; print(json.load(sys.stdin)["times"]["total_ms"])'
-}
+source "$(dirname "$0")/step_ms.sh"
 ta=() tb=()
 for r in $(seq "$rounds"); do
   ta+=("$(step_ms "$a" "$@")")

@@ -10,17 +10,14 @@ rounds=${2:-5}
 steps=${3:-20}
 threads=${4:-$(nproc)}
 shift $(( $# < 4 ? $# : 4 ))
-step_ms() {
-  "$bin" bench train --json --no-peak --steps "$steps" --warmup 2 "$@" |
-    python3 -c 'import json,sys; print(json.load(sys.stdin)["times"]["total_ms"])'
-}
+source "$(dirname "$0")/step_ms.sh"
 tmp=$(mktemp -d)
 trap 'rm -rf "$tmp"' EXIT
 one=() copies=()
 for r in $(seq "$rounds"); do
-  one+=("$(step_ms --threads "$threads" "$@")")
+  one+=("$(step_ms "$bin" --threads "$threads" "$@")")
   for c in $(seq "$threads"); do
-    step_ms --threads 1 "$@" > "$tmp/$c" &
+    step_ms "$bin" --threads 1 "$@" > "$tmp/$c" &
   done
   wait
   copies+=("$(cat "$tmp"/* | python3 -c 'import sys; v=[float(x) for x in sys.stdin]; print(sum(v)/len(v)/len(v))')")

@@ -91,7 +91,7 @@ pub fn run_experiment(
             Default::default()
         };
         recorded.extend(borrowed.keys().cloned());
-        let workers = Workers::for_jobs(opts.jobs, &mine.iter().collect::<Vec<_>>())?;
+        let workers = Workers::for_jobs(opts.jobs, &mine)?;
         progress = run_jobs(&mine, &opts.out, &recorded, executor, workers, quiet)?;
     }
     let collected = if opts.collect_only || opts.shard.count == 1 {

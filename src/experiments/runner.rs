@@ -237,10 +237,16 @@ impl Workers {
     /// more steps per hour than one run spread over the threads: a run's step splits its batch
     /// between its threads, and each part repeats the per-call work (weight transforms, `gemm`
     /// set-up, autograd bookkeeping) on fewer images (README, Speed).
-    pub fn for_jobs(requested: Option<usize>, jobs: &[&Job]) -> Result<Workers> {
+    pub fn for_jobs<'a>(
+        requested: Option<usize>,
+        jobs: impl IntoIterator<Item = &'a Job>,
+    ) -> Result<Workers> {
         match requested {
             Some(runs) => Workers::new(runs),
-            None if jobs.iter().all(|j| crate::device::is_cpu(&j.config.device)) => {
+            None if jobs
+                .into_iter()
+                .all(|j| crate::device::is_cpu(&j.config.device)) =>
+            {
                 Workers::new(rayon::current_num_threads().max(1))
             }
             None => Workers::new(1),
@@ -466,8 +472,7 @@ mod tests {
             .build()
             .unwrap();
         let runs = |requested, jobs: &[Job]| {
-            let jobs: Vec<&Job> = jobs.iter().collect();
-            pool.install(|| Workers::for_jobs(requested, &jobs).map(|w| w.runs))
+            pool.install(|| Workers::for_jobs(requested, jobs).map(|w| w.runs))
         };
         assert_eq!(runs(None, &cpu).unwrap(), 3);
         assert_eq!(runs(None, &gpu).unwrap(), 1);

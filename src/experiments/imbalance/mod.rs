@@ -535,8 +535,7 @@ pub fn run_ladder(
                 .collect(),
         )
     });
-    let all: Vec<&Job> = jobs.iter().map(|j| &j.job).collect();
-    let workers = Workers::for_jobs(opts.jobs, &all)?;
+    let workers = Workers::for_jobs(opts.jobs, jobs.iter().map(|j| &j.job))?;
     let mut progress = SweepProgress::default();
     let mut run_phase = |phase: Vec<Job>| -> Result<()> {
         if let Some(executor) = &executor {
