@@ -272,8 +272,7 @@ struct BackgroundSums {
 fn background_pass<L: ElemLoss>(l: &L, x: &[f32], g: &mut [f32]) -> BackgroundSums {
     #[cfg(target_arch = "x86_64")]
     {
-        if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma")
-        {
+        if crate::util::wide::has_avx2() {
             // SAFETY: the CPU supports the features the function is compiled for.
             return unsafe { background_pass_avx2(l, x, g) };
         }

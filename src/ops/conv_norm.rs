@@ -97,7 +97,7 @@ impl CustomOp3 for ConvNormOp {
         x: &Tensor,
         w: &Tensor,
         p: &Tensor,
-        res: &Tensor,
+        _res: &Tensor,
         grad: &Tensor,
     ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
         let g = ConvGeom::new(x.dims(), w.dims(), self.stride, self.pad)?;
@@ -119,22 +119,13 @@ impl CustomOp3 for ConvNormOp {
                             &*slot.insert((z, stats))
                         }
                     };
-                    let (_, gamma, _) = self.split(pv, c)?;
+                    let (_, gamma, beta) = self.split(pv, c)?;
                     let dims = [n, c, h, wd];
+                    let relu_beta = self.relu.then_some(beta);
                     let (dz, dgamma, dbeta) =
                         with_f32(grad, "conv + group norm output gradient", |dy| {
-                            let norm_grads = |relu_out: Option<&[f32]>| {
-                                let (groups, eps) = (self.groups, self.eps);
-                                let saved = Some(stats.as_slice());
-                                group_norm::backward(
-                                    z, &dims, groups, gamma, dy, relu_out, eps, saved,
-                                )
-                            };
-                            if self.relu {
-                                with_f32(res, "conv + group norm output", |r| norm_grads(Some(r)))
-                            } else {
-                                norm_grads(None)
-                            }
+                            let (groups, eps, saved) = (self.groups, self.eps, Some(&stats[..]));
+                            group_norm::backward(z, &dims, groups, gamma, relu_beta, dy, eps, saved)
                         })?;
                     let grads = conv::backward(xv, wv, &dz, None, &g, needs)?;
                     Ok((grads, dgamma, dbeta))

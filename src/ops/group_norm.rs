@@ -13,14 +13,18 @@ use candle_core::{bail, CpuStorage, CustomOp3, Device, Layout, Result, Shape, Te
 use rayon::prelude::*;
 
 use super::conv::{cpu_f32, with_f32};
+use std::mem::MaybeUninit;
 
 /// Values summed in f32 lanes before the partial sum moves to f64: long enough to vectorize,
 /// short enough that f32 rounding stays near 1e-6 relative.
 const BLOCK: usize = 256;
+/// Independent f32 accumulators per block: one AVX2 vector.
 const LANES: usize = 8;
 
 /// `Σ f(a_i, b_i, ...)` over equally long inputs (each term a pair of sums), in `LANES`
-/// independent f32 accumulators per `BLOCK`, totalled in f64.
+/// independent f32 accumulators per `BLOCK` (element `i` of a block into lane `i % LANES`, a
+/// tail past the last whole group of lanes into lane 0), totalled in f64 lane by lane. `avx2`
+/// computes the same sums in the same order.
 #[inline(always)]
 #[allow(clippy::needless_range_loop)] // one index into K parallel inputs
 fn lane_sums<const K: usize>(
@@ -48,10 +52,287 @@ fn lane_sums<const K: usize>(
             a0[0] += u;
             a1[0] += v;
         }
-        t0 += a0.iter().map(|&v| v as f64).sum::<f64>();
-        t1 += a1.iter().map(|&v| v as f64).sum::<f64>();
+        (t0, t1) = (t0 + total(&a0), t1 + total(&a1));
     }
     (t0, t1)
+}
+
+/// A block's lanes summed in f64, lane 0 first.
+fn total(lanes: &[f32; LANES]) -> f64 {
+    lanes.iter().map(|&v| v as f64).sum()
+}
+
+/// `d` when `keep`, else +0.0 (as `if keep { d } else { 0.0 }`), by the bit mask that the
+/// vector path uses too.
+#[inline(always)]
+fn kept(d: f32, keep: bool) -> f32 {
+    f32::from_bits(d.to_bits() & (keep as u32).wrapping_neg())
+}
+
+/// The passes of a block over memory: on AVX2 vectors where the CPU has them (the crate is built
+/// for baseline x86-64, where these loops ran 4 lanes wide with a branch per lane for the ReLU
+/// mask), else as plain loops. Both give the same bits: the same operations in the same order,
+/// no fused multiply-adds.
+mod pass {
+    use std::mem::MaybeUninit;
+
+    /// Whether the AVX2 versions run.
+    fn wide() -> bool {
+        crate::util::wide::has_avx2()
+    }
+
+    /// `(Σ (v - shift), Σ (v - shift)²)`.
+    pub fn shifted_sums(x: &[f32], shift: f32) -> (f64, f64) {
+        #[cfg(target_arch = "x86_64")]
+        if wide() {
+            // SAFETY: the CPU has AVX2.
+            return unsafe { super::avx2::shifted_sums(x, shift) };
+        }
+        plain::shifted_sums(x, shift)
+    }
+
+    /// `y = x * scale + shift`, then `max(y, 0)` when `relu`.
+    pub fn affine(x: &[f32], y: &mut [MaybeUninit<f32>], scale_shift: (f32, f32), relu: bool) {
+        assert_eq!(x.len(), y.len(), "group norm pass: lengths");
+        #[cfg(target_arch = "x86_64")]
+        if wide() {
+            // SAFETY: the CPU has AVX2; the lengths match.
+            return unsafe { super::avx2::affine(x, y, scale_shift, relu) };
+        }
+        plain::affine(x, y, scale_shift, relu)
+    }
+
+    /// `(Σ d, Σ d * (v - mean))` over `v` in `x` and `d` in `dy`, where `d` counts only where
+    /// `v * scale + shift > 0` when `mask` is `Some((scale, shift))` (a fused ReLU).
+    pub fn grad_sums(x: &[f32], dy: &[f32], mean: f32, mask: Option<(f32, f32)>) -> (f64, f64) {
+        assert_eq!(x.len(), dy.len(), "group norm pass: lengths");
+        #[cfg(target_arch = "x86_64")]
+        if wide() {
+            // SAFETY: the CPU has AVX2; the lengths match.
+            return unsafe { super::avx2::grad_sums(x, dy, mean, mask) };
+        }
+        plain::grad_sums(x, dy, mean, mask)
+    }
+
+    /// `dx = a * d + b * (v - mean) + c`, with `d` masked as in [`grad_sums`].
+    pub fn grad(
+        (x, dy, dx): (&[f32], &[f32], &mut [MaybeUninit<f32>]),
+        abc: (f32, f32, f32),
+        mean: f32,
+        mask: Option<(f32, f32)>,
+    ) {
+        assert!(
+            x.len() == dy.len() && x.len() == dx.len(),
+            "group norm pass: lengths"
+        );
+        #[cfg(target_arch = "x86_64")]
+        if wide() {
+            // SAFETY: the CPU has AVX2; the lengths match.
+            return unsafe { super::avx2::grad((x, dy, dx), abc, mean, mask) };
+        }
+        plain::grad((x, dy, dx), abc, mean, mask)
+    }
+
+    /// The passes as plain loops (the path without AVX2, and the reference for the vectors).
+    pub(super) mod plain {
+        use super::super::{kept, lane_sums};
+        use std::mem::MaybeUninit;
+
+        pub fn shifted_sums(x: &[f32], shift: f32) -> (f64, f64) {
+            lane_sums([x], |[v]| {
+                let d = v - shift;
+                (d, d * d)
+            })
+        }
+
+        pub fn affine(
+            x: &[f32],
+            y: &mut [MaybeUninit<f32>],
+            (scale, shift): (f32, f32),
+            relu: bool,
+        ) {
+            for (o, &v) in y.iter_mut().zip(x) {
+                let t = v * scale + shift;
+                o.write(if relu { t.max(0.0) } else { t });
+            }
+        }
+
+        pub fn grad_sums(x: &[f32], dy: &[f32], mean: f32, mask: Option<(f32, f32)>) -> (f64, f64) {
+            match mask {
+                Some((scale, shift)) => lane_sums([x, dy], |[v, d]| {
+                    let d = kept(d, v * scale + shift > 0.0);
+                    (d, d * (v - mean))
+                }),
+                None => lane_sums([x, dy], |[v, d]| (d, d * (v - mean))),
+            }
+        }
+
+        pub fn grad(
+            (x, dy, dx): (&[f32], &[f32], &mut [MaybeUninit<f32>]),
+            (a, b, c): (f32, f32, f32),
+            mean: f32,
+            mask: Option<(f32, f32)>,
+        ) {
+            for ((o, &v), &d) in dx.iter_mut().zip(x).zip(dy) {
+                let d = match mask {
+                    Some((scale, shift)) => kept(d, v * scale + shift > 0.0),
+                    None => d,
+                };
+                o.write(a * d + b * (v - mean) + c);
+            }
+        }
+    }
+}
+
+/// [`pass`] on AVX2 vectors of `LANES` floats. Callers check the CPU and the lengths.
+#[cfg(target_arch = "x86_64")]
+mod avx2 {
+    use super::{kept, total, BLOCK, LANES};
+    use std::arch::x86_64::*;
+    use std::mem::MaybeUninit;
+
+    /// [`super::lane_sums`] with the lanes as one vector: `f` gives a vector of terms from a
+    /// vector of each input, `tail` one term of the tail.
+    #[inline(always)]
+    unsafe fn lane_sums<const K: usize>(
+        inputs: [&[f32]; K],
+        f: impl Fn([__m256; K]) -> (__m256, __m256),
+        tail: impl Fn([f32; K]) -> (f32, f32),
+    ) -> (f64, f64) {
+        let len = inputs[0].len();
+        let (mut t0, mut t1) = (0f64, 0f64);
+        for start in (0..len).step_by(BLOCK) {
+            let end = (start + BLOCK).min(len);
+            let whole = start + (end - start) / LANES * LANES;
+            let (mut a0, mut a1) = (_mm256_setzero_ps(), _mm256_setzero_ps());
+            for i in (start..whole).step_by(LANES) {
+                let (u, v) = f(std::array::from_fn(|k| {
+                    _mm256_loadu_ps(inputs[k].as_ptr().add(i))
+                }));
+                a0 = _mm256_add_ps(a0, u);
+                a1 = _mm256_add_ps(a1, v);
+            }
+            let (mut l0, mut l1) = ([0f32; LANES], [0f32; LANES]);
+            _mm256_storeu_ps(l0.as_mut_ptr(), a0);
+            _mm256_storeu_ps(l1.as_mut_ptr(), a1);
+            #[allow(clippy::needless_range_loop)] // one index into K parallel inputs
+            for i in whole..end {
+                let (u, v) = tail(std::array::from_fn(|k| inputs[k][i]));
+                l0[0] += u;
+                l1[0] += v;
+            }
+            (t0, t1) = (t0 + total(&l0), t1 + total(&l1));
+        }
+        (t0, t1)
+    }
+
+    /// `v * scale + shift > 0` lane by lane, as an all-ones or all-zeros mask.
+    #[inline(always)]
+    unsafe fn positive(v: __m256, (scale, shift): (__m256, __m256)) -> __m256 {
+        let t = _mm256_add_ps(_mm256_mul_ps(v, scale), shift);
+        _mm256_cmp_ps::<_CMP_GT_OQ>(t, _mm256_setzero_ps())
+    }
+
+    #[target_feature(enable = "avx2")]
+    pub unsafe fn shifted_sums(x: &[f32], shift: f32) -> (f64, f64) {
+        let s = _mm256_set1_ps(shift);
+        lane_sums(
+            [x],
+            |[v]| {
+                let d = _mm256_sub_ps(v, s);
+                (d, _mm256_mul_ps(d, d))
+            },
+            |[v]| {
+                let d = v - shift;
+                (d, d * d)
+            },
+        )
+    }
+
+    #[target_feature(enable = "avx2")]
+    pub unsafe fn affine(
+        x: &[f32],
+        y: &mut [MaybeUninit<f32>],
+        (scale, shift): (f32, f32),
+        relu: bool,
+    ) {
+        let (sv, hv, zero) = (
+            _mm256_set1_ps(scale),
+            _mm256_set1_ps(shift),
+            _mm256_setzero_ps(),
+        );
+        let whole = x.len() / LANES * LANES;
+        let (xp, yp) = (x.as_ptr(), y.as_mut_ptr() as *mut f32);
+        for i in (0..whole).step_by(LANES) {
+            let mut t = _mm256_add_ps(_mm256_mul_ps(_mm256_loadu_ps(xp.add(i)), sv), hv);
+            if relu {
+                // NaN gives 0, as `f32::max` does.
+                t = _mm256_max_ps(t, zero);
+            }
+            _mm256_storeu_ps(yp.add(i), t);
+        }
+        super::pass::plain::affine(&x[whole..], &mut y[whole..], (scale, shift), relu);
+    }
+
+    #[target_feature(enable = "avx2")]
+    pub unsafe fn grad_sums(
+        x: &[f32],
+        dy: &[f32],
+        mean: f32,
+        mask: Option<(f32, f32)>,
+    ) -> (f64, f64) {
+        let m = _mm256_set1_ps(mean);
+        match mask {
+            Some((scale, shift)) => {
+                let affine = (_mm256_set1_ps(scale), _mm256_set1_ps(shift));
+                lane_sums(
+                    [x, dy],
+                    |[v, d]| {
+                        let d = _mm256_and_ps(positive(v, affine), d);
+                        (d, _mm256_mul_ps(d, _mm256_sub_ps(v, m)))
+                    },
+                    |[v, d]| {
+                        let d = kept(d, v * scale + shift > 0.0);
+                        (d, d * (v - mean))
+                    },
+                )
+            }
+            None => lane_sums(
+                [x, dy],
+                |[v, d]| (d, _mm256_mul_ps(d, _mm256_sub_ps(v, m))),
+                |[v, d]| (d, d * (v - mean)),
+            ),
+        }
+    }
+
+    #[target_feature(enable = "avx2")]
+    pub unsafe fn grad(
+        (x, dy, dx): (&[f32], &[f32], &mut [MaybeUninit<f32>]),
+        (a, b, c): (f32, f32, f32),
+        mean: f32,
+        mask: Option<(f32, f32)>,
+    ) {
+        let (av, bv, cv, m) = (
+            _mm256_set1_ps(a),
+            _mm256_set1_ps(b),
+            _mm256_set1_ps(c),
+            _mm256_set1_ps(mean),
+        );
+        let affine = mask.map(|(s, h)| (_mm256_set1_ps(s), _mm256_set1_ps(h)));
+        let whole = x.len() / LANES * LANES;
+        let (xp, dp, op) = (x.as_ptr(), dy.as_ptr(), dx.as_mut_ptr() as *mut f32);
+        for i in (0..whole).step_by(LANES) {
+            let v = _mm256_loadu_ps(xp.add(i));
+            let mut d = _mm256_loadu_ps(dp.add(i));
+            if let Some(affine) = affine {
+                d = _mm256_and_ps(positive(v, affine), d);
+            }
+            let t = _mm256_add_ps(_mm256_mul_ps(av, d), _mm256_mul_ps(bv, _mm256_sub_ps(v, m)));
+            _mm256_storeu_ps(op.add(i), _mm256_add_ps(t, cv));
+        }
+        let rest = (&x[whole..], &dy[whole..], &mut dx[whole..]);
+        super::pass::plain::grad(rest, (a, b, c), mean, mask);
+    }
 }
 
 /// Mean and 1/sqrt(var + eps) of one block (biased variance, as the composed reference), in one
@@ -62,10 +343,7 @@ fn stats(block: &[f32], eps: f64) -> (f64, f64) {
     let m = block.len() as f64;
     let head = &block[..block.len().min(SHIFT_FROM)];
     let shift = (head.iter().map(|&v| v as f64).sum::<f64>() / head.len().max(1) as f64) as f32;
-    let (dev, sq) = lane_sums([block], |[v]| {
-        let d = v - shift;
-        (d, d * d)
-    });
+    let (dev, sq) = pass::shifted_sums(block, shift);
     let mean = shift as f64 + dev / m;
     let var = (sq - dev * dev / m) / m;
     (mean, 1.0 / (var.max(0.0) + eps).sqrt())
@@ -74,10 +352,23 @@ fn stats(block: &[f32], eps: f64) -> (f64, f64) {
 /// Values whose mean is the shift of `stats`.
 const SHIFT_FROM: usize = 64;
 
-fn check(x_dims: &[usize], groups: usize, gamma: &[f32], beta: &[f32]) -> Result<(usize, usize)> {
-    let &[_, c, h, w] = x_dims else {
+/// `(channels per group, pixels per channel)` after checking the shapes against `x`'s length.
+fn check(
+    x: &[f32],
+    x_dims: &[usize],
+    groups: usize,
+    gamma: &[f32],
+    beta: &[f32],
+) -> Result<(usize, usize)> {
+    let &[n, c, h, w] = x_dims else {
         bail!("group_norm: expected a 4-d input, got {x_dims:?}")
     };
+    if n * c * h * w != x.len() {
+        bail!(
+            "group_norm: {} values for an input of shape {x_dims:?}",
+            x.len()
+        );
+    }
     if groups == 0 || c % groups != 0 {
         bail!("group_norm: {c} channels are not divisible into {groups} groups");
     }
@@ -101,125 +392,102 @@ pub fn forward(
     eps: f64,
     relu: bool,
 ) -> Result<(Vec<f32>, Stats)> {
-    let (cg, hw) = check(x_dims, groups, gamma, beta)?;
-    let mut y = vec![0f32; x.len()];
-    if y.is_empty() {
+    let (cg, hw) = check(x, x_dims, groups, gamma, beta)?;
+    let len = x.len();
+    let mut y = Vec::with_capacity(len);
+    if len == 0 {
         return Ok((y, Vec::new()));
     }
-    let stats = y
+    // Written block by block below, so the output needs no zero fill first.
+    let stats = y.spare_capacity_mut()[..len]
         .par_chunks_mut(cg * hw)
         .zip(x.par_chunks(cg * hw))
         .enumerate()
         .map(|(ng, (yb, xb))| {
-            let (mean, rstd) = stats(xb, eps);
-            let c0 = (ng % groups) * cg;
-            for (j, (yc, xc)) in yb.chunks_mut(hw).zip(xb.chunks(hw)).enumerate() {
-                // y = x * scale + shift, folded per channel.
-                let scale = rstd * gamma[c0 + j] as f64;
-                let shift = beta[c0 + j] as f64 - mean * scale;
-                let (scale, shift) = (scale as f32, shift as f32);
-                if relu {
-                    for (o, &v) in yc.iter_mut().zip(xc) {
-                        *o = (v * scale + shift).max(0.0);
-                    }
-                } else {
-                    for (o, &v) in yc.iter_mut().zip(xc) {
-                        *o = v * scale + shift;
-                    }
-                }
-            }
-            (mean, rstd)
+            let ch = (ng % groups) * cg..(ng % groups + 1) * cg;
+            let (gamma, beta) = (&gamma[ch.clone()], &beta[ch]);
+            forward_block(xb, yb, (gamma, beta), hw, eps, relu)
         })
         .collect();
+    // SAFETY: the blocks of `cg * hw` values cover all `len` (a multiple of it, by `check`),
+    // and each block wrote every value of each of its `cg` channels.
+    unsafe { y.set_len(len) };
     Ok((y, stats))
 }
 
+/// One (image, group) block of [`forward`]: `x` and `y` hold its channels of `hw` values, `gamma`
+/// and `beta` its channels' parameters. Returns its statistics.
+fn forward_block(
+    x: &[f32],
+    y: &mut [MaybeUninit<f32>],
+    (gamma, beta): (&[f32], &[f32]),
+    hw: usize,
+    eps: f64,
+    relu: bool,
+) -> (f64, f64) {
+    let (mean, rstd) = stats(x, eps);
+    for (j, (yc, xc)) in y.chunks_mut(hw).zip(x.chunks(hw)).enumerate() {
+        pass::affine(xc, yc, affine((mean, rstd), gamma[j], beta[j]), relu);
+    }
+    (mean, rstd)
+}
+
+/// The norm and its affine transform folded per channel: `y = x * scale + shift`. The backward
+/// pass recomputes a fused ReLU's mask with the same arithmetic, so it matches the forward's.
+fn affine((mean, rstd): (f64, f64), gamma: f32, beta: f32) -> (f32, f32) {
+    let scale = rstd * gamma as f64;
+    let shift = beta as f64 - mean * scale;
+    (scale as f32, shift as f32)
+}
+
 /// Gradients `(dx [N, C, H, W], dgamma [C], dbeta [C])` from the output gradient `dy`. With
-/// `relu_out` (the forward output of a fused ReLU) `dy` counts only where that output is positive.
-/// `saved` are the forward pass's statistics of `x`, recomputed when absent.
-#[allow(clippy::too_many_arguments)] // the norm's inputs, its output and gradient, and settings
+/// `relu_beta` (`Some(beta)`: a ReLU followed the norm) `dy` counts only where the forward output
+/// was positive, a mask recomputed from `x`, the statistics, `gamma` and `beta` rather than read
+/// from the output (one pass less over memory each way). `saved` are the forward pass's statistics
+/// of `x`, recomputed when absent.
+#[allow(clippy::too_many_arguments)] // the norm's input, parameters and gradient, and settings
 pub fn backward(
     x: &[f32],
     x_dims: &[usize],
     groups: usize,
     gamma: &[f32],
+    relu_beta: Option<&[f32]>,
     dy: &[f32],
-    relu_out: Option<&[f32]>,
     eps: f64,
     saved: Option<&[(f64, f64)]>,
 ) -> Result<(Vec<f32>, Vec<f32>, Vec<f32>)> {
-    let (cg, hw) = check(x_dims, groups, gamma, gamma)?;
-    if dy.len() != x.len() || relu_out.is_some_and(|r| r.len() != x.len()) {
+    let (cg, hw) = check(x, x_dims, groups, gamma, relu_beta.unwrap_or(gamma))?;
+    if dy.len() != x.len() {
         bail!("group_norm backward: output gradient has the wrong size");
     }
     if saved.is_some_and(|s| s.len() * cg * hw != x.len()) {
         bail!("group_norm backward: saved statistics do not match the input");
     }
     let c = cg * groups;
-    let n = x.len().checked_div(c * hw).unwrap_or(0);
-    let mut dx = vec![0f32; x.len()];
+    let len = x.len();
+    let n = len.checked_div(c * hw).unwrap_or(0);
+    let mut dx = Vec::with_capacity(len);
     // Per (image, channel) sums of dy * xhat and dy, reduced over images afterwards.
     let mut dgamma_nc = vec![0f64; n * c];
     let mut dbeta_nc = vec![0f64; n * c];
-    if !dx.is_empty() {
-        dx.par_chunks_mut(cg * hw)
+    if len > 0 {
+        dx.spare_capacity_mut()[..len]
+            .par_chunks_mut(cg * hw)
             .zip(dgamma_nc.par_chunks_mut(cg))
             .zip(dbeta_nc.par_chunks_mut(cg))
             .enumerate()
             .for_each(|(ng, ((dxb, dgb), dbb))| {
                 let block = ng * cg * hw..(ng + 1) * cg * hw;
-                let (xb, dyb) = (&x[block.clone()], &dy[block.clone()]);
-                let rb = relu_out.map(|r| &r[block]);
-                let (mean, rstd) = match saved {
-                    Some(saved) => saved[ng],
-                    None => stats(xb, eps),
-                };
-                let (mf, c0) = (mean as f32, (ng % groups) * cg);
-                // With xhat = (x - mean) * rstd and g = dy * gamma:
-                // dx = rstd * (g - mean(g) - xhat * mean(g * xhat)).
-                let (mut sum_g, mut sum_gx) = (0f64, 0f64);
-                for j in 0..cg {
-                    let ch = j * hw..(j + 1) * hw;
-                    let (xc, dc) = (&xb[ch.clone()], &dyb[ch.clone()]);
-                    let (s_dy, s_dxc) = match rb {
-                        Some(r) => lane_sums([xc, dc, &r[ch]], |[v, d, y]| {
-                            let d = if y > 0.0 { d } else { 0.0 };
-                            (d, d * (v - mf))
-                        }),
-                        None => lane_sums([xc, dc], |[v, d]| (d, d * (v - mf))),
-                    };
-                    let s_dyx = s_dxc * rstd;
-                    dbb[j] = s_dy;
-                    dgb[j] = s_dyx;
-                    let gm = gamma[c0 + j] as f64;
-                    sum_g += gm * s_dy;
-                    sum_gx += gm * s_dyx;
-                }
-                let m = (cg * hw) as f64;
-                let (mean_g, mean_gx) = (sum_g / m, sum_gx / m);
-                for j in 0..cg {
-                    // dx = a * dy + b * (x - mean) + c per channel.
-                    let gm = gamma[c0 + j] as f64;
-                    let a = (rstd * gm) as f32;
-                    let b = (-rstd * rstd * mean_gx) as f32;
-                    let c = (-rstd * mean_g) as f32;
-                    let ch = j * hw..(j + 1) * hw;
-                    let (xc, dc, out) = (&xb[ch.clone()], &dyb[ch.clone()], &mut dxb[ch.clone()]);
-                    match rb {
-                        Some(r) => {
-                            for (((o, &v), &d), &y) in out.iter_mut().zip(xc).zip(dc).zip(&r[ch]) {
-                                let d = if y > 0.0 { d } else { 0.0 };
-                                *o = a * d + b * (v - mf) + c;
-                            }
-                        }
-                        None => {
-                            for ((o, &v), &d) in out.iter_mut().zip(xc).zip(dc) {
-                                *o = a * d + b * (v - mf) + c;
-                            }
-                        }
-                    }
-                }
+                let (xb, dyb) = (&x[block.clone()], &dy[block]);
+                let stats = saved.map(|saved| saved[ng]);
+                let ch = (ng % groups) * cg..(ng % groups + 1) * cg;
+                let (gamma, beta) = (&gamma[ch.clone()], relu_beta.map(|b| &b[ch]));
+                let sums = (dgb, dbb);
+                backward_block((xb, dyb, dxb), (gamma, beta), sums, hw, eps, stats);
             });
+        // SAFETY: the blocks of `cg * hw` values cover all `len` (a multiple of it, by `check`),
+        // and each block wrote every value of each of its `cg` channels.
+        unsafe { dx.set_len(len) };
     }
     let reduce = |nc: &[f64]| -> Vec<f32> {
         (0..c)
@@ -227,6 +495,47 @@ pub fn backward(
             .collect()
     };
     Ok((dx, reduce(&dgamma_nc), reduce(&dbeta_nc)))
+}
+
+/// One (image, group) block of [`backward`]: `x`, `dy` and `dx` hold its channels of `hw` values,
+/// `gamma` (and `relu_beta`) its channels' parameters; writes `dx` and each channel's sums of
+/// `dy * xhat` and `dy` into `dgamma` and `dbeta`.
+fn backward_block(
+    (x, dy, dx): (&[f32], &[f32], &mut [MaybeUninit<f32>]),
+    (gamma, relu_beta): (&[f32], Option<&[f32]>),
+    (dgamma, dbeta): (&mut [f64], &mut [f64]),
+    hw: usize,
+    eps: f64,
+    saved: Option<(f64, f64)>,
+) {
+    let (mean, rstd) = saved.unwrap_or_else(|| stats(x, eps));
+    let mf = mean as f32;
+    // The fused ReLU's folded affine transform per channel: dy counts where
+    // `x * scale + shift > 0`, as the forward pass computed it.
+    let mask = |j: usize| relu_beta.map(|b| affine((mean, rstd), gamma[j], b[j]));
+    // With xhat = (x - mean) * rstd and g = dy * gamma:
+    // dx = rstd * (g - mean(g) - xhat * mean(g * xhat)).
+    let (mut sum_g, mut sum_gx) = (0f64, 0f64);
+    for (j, (xc, dc)) in x.chunks(hw).zip(dy.chunks(hw)).enumerate() {
+        let (s_dy, s_dxc) = pass::grad_sums(xc, dc, mf, mask(j));
+        let s_dyx = s_dxc * rstd;
+        dbeta[j] = s_dy;
+        dgamma[j] = s_dyx;
+        let gm = gamma[j] as f64;
+        sum_g += gm * s_dy;
+        sum_gx += gm * s_dyx;
+    }
+    let m = x.len() as f64;
+    let (mean_g, mean_gx) = (sum_g / m, sum_gx / m);
+    let channels = x.chunks(hw).zip(dy.chunks(hw)).zip(dx.chunks_mut(hw));
+    for (j, ((xc, dc), out)) in channels.enumerate() {
+        // dx = a * dy + b * (x - mean) + c per channel.
+        let gm = gamma[j] as f64;
+        let a = (rstd * gm) as f32;
+        let b = (-rstd * rstd * mean_gx) as f32;
+        let c = (-rstd * mean_g) as f32;
+        pass::grad((xc, dc, out), (a, b, c), mf, mask(j));
+    }
 }
 
 /// The custom op over `(x, gamma, beta)`, optionally followed by ReLU. The graph keeps this very
@@ -271,22 +580,19 @@ impl CustomOp3 for GroupNormOp {
         x: &Tensor,
         gamma: &Tensor,
         beta: &Tensor,
-        res: &Tensor,
+        _res: &Tensor,
         grad: &Tensor,
     ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
         let saved = self.saved.lock().unwrap_or_else(|e| e.into_inner());
         let saved = saved.as_deref();
         let (dx, dg, db) = with_f32(x, "group_norm input", |xv| {
             with_f32(gamma, "group_norm gamma", |gv| {
-                with_f32(grad, "group_norm output gradient", |dy| {
-                    let (groups, eps) = (self.groups, self.eps);
-                    if self.relu {
-                        with_f32(res, "group_norm output", |r| {
-                            backward(xv, x.dims(), groups, gv, dy, Some(r), eps, saved)
-                        })
-                    } else {
-                        backward(xv, x.dims(), groups, gv, dy, None, eps, saved)
-                    }
+                with_f32(beta, "group_norm beta", |bv| {
+                    with_f32(grad, "group_norm output gradient", |dy| {
+                        let relu_beta = self.relu.then_some(bv);
+                        let (groups, eps) = (self.groups, self.eps);
+                        backward(xv, x.dims(), groups, gv, relu_beta, dy, eps, saved)
+                    })
                 })
             })
         })?;
@@ -416,9 +722,68 @@ mod tests {
         let (gamma, beta) = (vec![0.7f32; 8], vec![0.1f32; 8]);
         let (y, stats) = forward(&x, &dims, 4, &gamma, &beta, 1e-5, true).unwrap();
         assert_eq!(stats.len(), 3 * 4);
-        let bwd = |saved| backward(&x, &dims, 4, &gamma, &dy, Some(&y), 1e-5, saved).unwrap();
+        let bwd = |saved| backward(&x, &dims, 4, &gamma, Some(&beta), &dy, 1e-5, saved).unwrap();
         assert_eq!(bwd(Some(&stats)), bwd(None));
-        assert!(backward(&x, &dims, 4, &gamma, &dy, None, 1e-5, Some(&stats[1..])).is_err());
+        assert!(backward(&x, &dims, 4, &gamma, None, &dy, 1e-5, Some(&stats[1..])).is_err());
+        // The fused ReLU's mask, recomputed from the input, is the forward output's: the
+        // gradient equals, bit for bit, the plain norm's of the output gradient masked by it.
+        let masked: Vec<f32> = dy
+            .iter()
+            .zip(&y)
+            .map(|(&d, &v)| if v > 0.0 { d } else { 0.0 })
+            .collect();
+        let plain = backward(&x, &dims, 4, &gamma, None, &masked, 1e-5, Some(&stats)).unwrap();
+        assert!(y.contains(&0.0) && y.iter().any(|&v| v > 0.0));
+        assert_eq!(bwd(Some(&stats)), plain);
+    }
+
+    /// The AVX2 passes against the plain loops, bit for bit: lengths with and without a tail past
+    /// the last vector, within one block and over several, with and without the ReLU mask.
+    #[cfg(target_arch = "x86_64")]
+    #[test]
+    fn vector_passes_give_the_plain_loops_bits() {
+        use std::mem::MaybeUninit;
+        if !crate::util::wide::has_avx2() {
+            return;
+        }
+        let val = |i: usize, s: usize| ((i * 2654435761 + s) % 1000) as f32 / 250.0 - 2.0;
+        let written = |f: &dyn Fn(&mut [MaybeUninit<f32>]), n: usize| -> Vec<u32> {
+            let mut out = vec![MaybeUninit::new(f32::NAN); n];
+            f(&mut out);
+            // SAFETY: initialized above (and overwritten by `f`).
+            out.iter()
+                .map(|v| unsafe { v.assume_init() }.to_bits())
+                .collect()
+        };
+        for n in [1, 7, 8, 13, 256, 300, 1027] {
+            let x: Vec<f32> = (0..n).map(|i| val(i, 1)).collect();
+            let dy: Vec<f32> = (0..n).map(|i| val(i, 2) * 0.1).collect();
+            let sums = |p: (f64, f64)| (p.0.to_bits(), p.1.to_bits());
+            // SAFETY (all `avx2` calls): the CPU has AVX2 (checked above); lengths match.
+            unsafe {
+                let (shifted, plain_shifted) = (
+                    sums(avx2::shifted_sums(&x, 0.3)),
+                    sums(pass::plain::shifted_sums(&x, 0.3)),
+                );
+                assert_eq!(shifted, plain_shifted, "n {n}: shifted sums");
+                for relu in [false, true] {
+                    let ours = written(&|y| avx2::affine(&x, y, (0.7, -0.2), relu), n);
+                    let plain = written(&|y| pass::plain::affine(&x, y, (0.7, -0.2), relu), n);
+                    assert_eq!(ours, plain, "n {n} relu {relu}: affine");
+                }
+                for mask in [None, Some((0.7f32, -0.2f32))] {
+                    let (got, want) = (
+                        sums(avx2::grad_sums(&x, &dy, 0.1, mask)),
+                        sums(pass::plain::grad_sums(&x, &dy, 0.1, mask)),
+                    );
+                    assert_eq!(got, want, "n {n} mask {mask:?}: gradient sums");
+                    let abc = (0.9, -0.05, 0.01);
+                    let ours = written(&|o| avx2::grad((&x, &dy, o), abc, 0.1, mask), n);
+                    let plain = written(&|o| pass::plain::grad((&x, &dy, o), abc, 0.1, mask), n);
+                    assert_eq!(ours, plain, "n {n} mask {mask:?}: gradient");
+                }
+            }
+        }
     }
 
     #[test]

@@ -3,6 +3,7 @@
 
 pub mod progress;
 pub mod stat;
+pub mod wide;
 
 use anyhow::{Context, Result};
 use std::io::Write;
