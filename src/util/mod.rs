@@ -1,5 +1,5 @@
 //! Small helpers every layer may use (a leaf: it imports no other module of the crate): atomic file
-//! writes, the git revision, and progress bars.
+//! writes, the git revision, progress bars and the CPU's vector width (`wide`).
 
 pub mod progress;
 pub mod stat;

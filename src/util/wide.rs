@@ -1,9 +1,7 @@
-//! Loops compiled for wider vectors where the CPU has them. The crate is built for baseline x86-64
-//! (SSE2), so a plain loop vectorizes 4 floats wide. A function that puts an `#[inline(always)]`
-//! loop inside an `#[target_feature(enable = "avx2,fma")]` copy gets it compiled 8 wide, and
-//! callers take that copy when [`has_avx2`] says the CPU can run it. Only the instructions
-//! change: without fast-math flags LLVM fuses no multiply and add into an FMA and keeps every
-//! operation's order, so results are bit-identical on either path.
+//! Whether the CPU has AVX2 and FMA. The crate builds for baseline x86-64 (SSE2), where the
+//! compiler's own vector loops are 4 lanes wide; the loops that pay for wider ones (group norm's
+//! passes, the fused classification loss) are written for AVX2 as well and check here at run time,
+//! keeping their plain loops for other CPUs.
 
 /// Whether the CPU has AVX2 and FMA (detected once, then a cached load); false off x86-64.
 pub fn has_avx2() -> bool {
