@@ -62,11 +62,32 @@ fn total(lanes: &[f32; LANES]) -> f64 {
     lanes.iter().map(|&v| v as f64).sum()
 }
 
-/// `d` when `keep`, else +0.0 (as `if keep { d } else { 0.0 }`), by the bit mask that the
-/// vector path uses too.
+/// The output gradient `d` of the value `v` through a fused ReLU: with `mask = Some((scale,
+/// shift))`, `d` where the forward output `v * scale + shift` was positive, else +0.0, by the bit
+/// mask that the vector path uses too (as a branch it was compiled to one per vector lane).
 #[inline(always)]
-fn kept(d: f32, keep: bool) -> f32 {
-    f32::from_bits(d.to_bits() & (keep as u32).wrapping_neg())
+fn masked(d: f32, v: f32, mask: Option<(f32, f32)>) -> f32 {
+    match mask {
+        Some((scale, shift)) => {
+            let keep = v * scale + shift > 0.0;
+            f32::from_bits(d.to_bits() & (keep as u32).wrapping_neg())
+        }
+        None => d,
+    }
+}
+
+/// One value's terms of the statistics' sums: `(v - shift, (v - shift)²)`.
+#[inline(always)]
+fn shifted_terms(v: f32, shift: f32) -> (f32, f32) {
+    let d = v - shift;
+    (d, d * d)
+}
+
+/// One value's terms of the gradient sums: `(d, d * (v - mean))` with `d` masked.
+#[inline(always)]
+fn grad_terms(v: f32, d: f32, mean: f32, mask: Option<(f32, f32)>) -> (f32, f32) {
+    let d = masked(d, v, mask);
+    (d, d * (v - mean))
 }
 
 /// The passes of a block over memory: on AVX2 vectors where the CPU has them (the crate is built
@@ -74,12 +95,8 @@ fn kept(d: f32, keep: bool) -> f32 {
 /// mask), else as plain loops. Both give the same bits: the same operations in the same order,
 /// no fused multiply-adds.
 mod pass {
+    use crate::util::wide::has_avx2 as wide;
     use std::mem::MaybeUninit;
-
-    /// Whether the AVX2 versions run.
-    fn wide() -> bool {
-        crate::util::wide::has_avx2()
-    }
 
     /// `(Σ (v - shift), Σ (v - shift)²)`.
     pub fn shifted_sums(x: &[f32], shift: f32) -> (f64, f64) {
@@ -135,14 +152,11 @@ mod pass {
 
     /// The passes as plain loops (the path without AVX2, and the reference for the vectors).
     pub(super) mod plain {
-        use super::super::{kept, lane_sums};
+        use super::super::{grad_terms, lane_sums, masked, shifted_terms};
         use std::mem::MaybeUninit;
 
         pub fn shifted_sums(x: &[f32], shift: f32) -> (f64, f64) {
-            lane_sums([x], |[v]| {
-                let d = v - shift;
-                (d, d * d)
-            })
+            lane_sums([x], |[v]| shifted_terms(v, shift))
         }
 
         pub fn affine(
@@ -158,13 +172,7 @@ mod pass {
         }
 
         pub fn grad_sums(x: &[f32], dy: &[f32], mean: f32, mask: Option<(f32, f32)>) -> (f64, f64) {
-            match mask {
-                Some((scale, shift)) => lane_sums([x, dy], |[v, d]| {
-                    let d = kept(d, v * scale + shift > 0.0);
-                    (d, d * (v - mean))
-                }),
-                None => lane_sums([x, dy], |[v, d]| (d, d * (v - mean))),
-            }
+            lane_sums([x, dy], |[v, d]| grad_terms(v, d, mean, mask))
         }
 
         pub fn grad(
@@ -174,10 +182,7 @@ mod pass {
             mask: Option<(f32, f32)>,
         ) {
             for ((o, &v), &d) in dx.iter_mut().zip(x).zip(dy) {
-                let d = match mask {
-                    Some((scale, shift)) => kept(d, v * scale + shift > 0.0),
-                    None => d,
-                };
+                let d = masked(d, v, mask);
                 o.write(a * d + b * (v - mean) + c);
             }
         }
@@ -187,7 +192,7 @@ mod pass {
 /// [`pass`] on AVX2 vectors of `LANES` floats. Callers check the CPU and the lengths.
 #[cfg(target_arch = "x86_64")]
 mod avx2 {
-    use super::{kept, total, BLOCK, LANES};
+    use super::{grad_terms, shifted_terms, total, BLOCK, LANES};
     use std::arch::x86_64::*;
     use std::mem::MaybeUninit;
 
@@ -242,10 +247,7 @@ mod avx2 {
                 let d = _mm256_sub_ps(v, s);
                 (d, _mm256_mul_ps(d, d))
             },
-            |[v]| {
-                let d = v - shift;
-                (d, d * d)
-            },
+            |[v]| shifted_terms(v, shift),
         )
     }
 
@@ -282,26 +284,20 @@ mod avx2 {
         mask: Option<(f32, f32)>,
     ) -> (f64, f64) {
         let m = _mm256_set1_ps(mean);
+        let tail = |[v, d]: [f32; 2]| grad_terms(v, d, mean, mask);
         match mask {
             Some((scale, shift)) => {
                 let affine = (_mm256_set1_ps(scale), _mm256_set1_ps(shift));
-                lane_sums(
-                    [x, dy],
-                    |[v, d]| {
-                        let d = _mm256_and_ps(positive(v, affine), d);
-                        (d, _mm256_mul_ps(d, _mm256_sub_ps(v, m)))
-                    },
-                    |[v, d]| {
-                        let d = kept(d, v * scale + shift > 0.0);
-                        (d, d * (v - mean))
-                    },
-                )
+                let terms = |[v, d]: [__m256; 2]| {
+                    let d = _mm256_and_ps(positive(v, affine), d);
+                    (d, _mm256_mul_ps(d, _mm256_sub_ps(v, m)))
+                };
+                lane_sums([x, dy], terms, tail)
             }
-            None => lane_sums(
-                [x, dy],
-                |[v, d]| (d, _mm256_mul_ps(d, _mm256_sub_ps(v, m))),
-                |[v, d]| (d, d * (v - mean)),
-            ),
+            None => {
+                let terms = |[v, d]: [__m256; 2]| (d, _mm256_mul_ps(d, _mm256_sub_ps(v, m)));
+                lane_sums([x, dy], terms, tail)
+            }
         }
     }
 
