@@ -50,6 +50,9 @@ pub enum What {
         /// F(4x4, 3x3) (to measure what it gains).
         #[arg(long)]
         no_winograd: bool,
+        /// Products in bf16 on AMX tiles, accumulated in f32 (as `train.products = "bf16"`).
+        #[arg(long)]
+        bf16: bool,
     },
     /// A training step of a config, part by part (forward, backward, optimizer), with its
     /// convolution GFLOP/s as a fraction of the measured sgemm peak. Random images and boxes.
@@ -163,8 +166,11 @@ pub fn run(args: Args, _quiet: bool) -> Result<()> {
             reps,
             only,
             no_winograd,
+            bf16,
         } => {
             crate::ops::conv::skip_winograd_convs(no_winograd);
+            let _products = crate::ops::conv::hold_products(bf16)
+                .map_err(|e| anyhow::anyhow!("--bf16: {e}"))?;
             with_pool(threads, || conv_table(batch, reps, only.as_deref()))
         }
         What::Train {
@@ -184,6 +190,7 @@ pub fn run(args: Args, _quiet: bool) -> Result<()> {
             let cfg = crate::config::Config::from_toml_str(&text, &set)
                 .with_context(|| format!("invalid config {origin}"))?;
             let device = crate::device::parse_device(&cfg.device)?;
+            let _products = crate::model::hold_conv_products(&cfg)?;
             crate::ops::use_candle_kernels_only(candle_kernels);
             crate::ops::conv::use_gemm_for_shifted_convs(gemm_convs);
             crate::ops::conv::skip_winograd_convs(no_winograd);

@@ -41,6 +41,7 @@ pub fn run(args: Args, quiet: bool) -> Result<()> {
         (None, None) => bail!("give --run or --model"),
     };
     let pixels = crate::data::image_io::decode_rgb(&args.image)?;
+    let _products = crate::model::hold_conv_products(model.config())?;
     let dets = detect_picture(&model, &pixels, &InferConfig::default())?;
     let names = class_names(&model, quiet);
     let name = |k: usize| {

@@ -107,6 +107,7 @@ fn evaluate_run(
         cfg.data.images = images.map(|p| p.display().to_string()).unwrap_or_default();
     }
     let val = crate::train::dataset_source::open_dataset(&cfg, crate::data::Split::Val, quiet)?;
+    let _products = crate::model::hold_conv_products(&cfg)?;
     let dets = crate::infer::model::detect_dataset(
         &model,
         &val,

@@ -95,6 +95,25 @@ impl StemKind {
     }
 }
 
+/// What the convolutions' multiplications run in on the CPU.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ConvProducts {
+    /// f32 throughout (the default).
+    #[default]
+    F32,
+    /// Each operand of the shifted-product convolutions (3x3 layers on maps 8 wide and more)
+    /// rounded to bfloat16, the products summed in f32 on AMX tiles, as PyTorch's CPU autocast
+    /// runs convolutions; everything else stays f32. Needs a CPU with AMX-BF16.
+    Bf16,
+}
+
+impl ConvProducts {
+    fn is_default(&self) -> bool {
+        *self == ConvProducts::default()
+    }
+}
+
 fn is_zero(v: &usize) -> bool {
     *v == 0
 }
@@ -149,6 +168,10 @@ pub struct ModelConfig {
     pub prior_init: bool,
     /// The prior pi.
     pub prior_prob: f64,
+    /// `f32` (the default) or `bf16`: see `ConvProducts`. Not written to the resolved config when
+    /// default, so that the hashes of configs written before it existed do not change.
+    #[serde(skip_serializing_if = "ConvProducts::is_default")]
+    pub conv_products: ConvProducts,
 }
 
 impl Default for ModelConfig {
@@ -170,6 +193,7 @@ impl Default for ModelConfig {
             num_classes: 10,
             prior_init: true,
             prior_prob: 0.01,
+            conv_products: ConvProducts::F32,
         }
     }
 }
@@ -495,6 +519,7 @@ impl Config {
         c.model.stem = StemKind::Resnet;
         c.model.pretrained = "resnet50.safetensors".into();
         c.model.freeze_at = 2;
+        c.model.conv_products = ConvProducts::Bf16;
         c.data.min_size = 600;
         c.data.max_size = 1000;
         toml::Table::try_from(c).context("serializing the schema")
@@ -502,8 +527,9 @@ impl Config {
 
     /// The fields left out of the resolved TOML while they hold their default, as `(key, default
     /// value as TOML text)`: what tables of many configs show for a config that does not set them.
-    pub const OMITTED_AT_DEFAULT: [(&'static str, &'static str); 5] = [
+    pub const OMITTED_AT_DEFAULT: [(&'static str, &'static str); 6] = [
         ("model.stem", "conv3x3"),
+        ("model.conv_products", "f32"),
         ("model.pretrained", ""),
         ("model.freeze_at", "0"),
         ("data.min_size", "0"),
@@ -512,7 +538,7 @@ impl Config {
 
     /// The resolved configuration as TOML (every field, declaration order, except the ones that
     /// are left out while they hold their default: `model.stem`, `model.pretrained`,
-    /// `model.freeze_at`, `data.min_size`, `data.max_size`).
+    /// `model.freeze_at`, `model.conv_products`, `data.min_size`, `data.max_size`).
     pub fn to_toml(&self) -> Result<String> {
         toml::to_string(self).context("serializing config")
     }
@@ -545,6 +571,12 @@ impl Config {
         }
         if self.device.trim().is_empty() {
             bail!("device must be cpu, cuda or cuda:N");
+        }
+        if self.model.conv_products == ConvProducts::Bf16 && !crate::device::is_cpu(&self.device) {
+            bail!(
+                "model.conv_products = \"bf16\" runs on the CPU's AMX tiles; device is {:?}",
+                self.device
+            );
         }
         Ok(())
     }
@@ -711,7 +743,14 @@ mod tests {
         let c = Config::from_toml_str(cpu, &sets).unwrap();
         assert_eq!(c.hash().unwrap(), "9d4ffc78155a5f2c");
         let text = Config::default().to_toml().unwrap();
-        for key in ["stem", "pretrained", "freeze_at", "min_size", "max_size"] {
+        for key in [
+            "stem",
+            "pretrained",
+            "freeze_at",
+            "conv_products",
+            "min_size",
+            "max_size",
+        ] {
             assert!(!text.contains(key), "{key} written at its default:\n{text}");
         }
         // OMITTED_AT_DEFAULT lists exactly the schema's keys that the defaults leave out.
@@ -742,6 +781,7 @@ mod tests {
             vec!["model.stem=resnet"],
             vec!["data.min_size=600"],
             vec!["data.min_size=600", "data.max_size=1000"],
+            vec!["model.conv_products=bf16"],
             vec![
                 "model.backbone=r50",
                 "model.width=1",

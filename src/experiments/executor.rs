@@ -38,6 +38,8 @@ impl Executor for TrainAndEvaluate {
             return Ok(record);
         };
         let val = crate::train::dataset_source::open_dataset(cfg, Split::Val, quiet)?;
+        // Evaluated as trained: with the products the model was trained with.
+        let _products = crate::model::hold_conv_products(cfg)?;
         let dets =
             crate::infer::model::detect_dataset(&model, &val, &InferConfig::default(), 16, quiet)?;
         crate::eval::results::save_results(&run_dir.join("detections.json"), &dets)?;

@@ -273,6 +273,18 @@ pub fn save_tensors(
     crate::util::commit_temp(&tmp, path)
 }
 
+/// Holds the products setting of `model.conv_products` while the guard lives (training or
+/// evaluating a model); an error names the key where this CPU or this process cannot give it.
+pub fn hold_conv_products(cfg: &Config) -> Result<crate::ops::conv::ProductsGuard> {
+    let bf16 = cfg.model.conv_products == crate::config::ConvProducts::Bf16;
+    crate::ops::conv::hold_products(bf16).map_err(|e| {
+        anyhow::anyhow!(
+            "model.conv_products = {:?}: {e}",
+            if bf16 { "bf16" } else { "f32" }
+        )
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

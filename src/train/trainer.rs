@@ -207,6 +207,7 @@ pub fn train(
     if device.is_cpu() {
         crate::model::memory::check_fits(cfg, crate::model::memory::available_bytes())?;
     }
+    let _products = crate::model::hold_conv_products(cfg)?;
     let paths = RunPaths {
         dir: opts.run_dir.clone(),
     };

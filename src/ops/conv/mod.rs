@@ -25,11 +25,13 @@ use candle_core::{
 use gemm::Parallelism;
 use rayon::prelude::*;
 
+mod amx;
 mod direct;
 mod grouped;
 mod shifted;
 mod winograd;
 
+pub use amx::{hold_products, ProductsGuard};
 pub use direct::set_switched_off as use_gemm_for_shifted_convs;
 pub use winograd::set_switched_off as skip_winograd_convs;
 
@@ -415,6 +417,7 @@ pub fn forward(
     let group = grouped::group_len(g, per);
     let table = image_table(g, group);
     let direct = shifted::applies(g) && direct::enabled();
+    let bf16 = (shifted::applies(g) && amx::enabled()).then(|| shifted::forward_weights_bf16(w, g));
     let lens = if shifted::applies(g) {
         [shifted::padded_len(g), g.c_out * shifted::wide_len(g)]
     } else if group > 1 {
@@ -442,7 +445,9 @@ pub fn forward(
                     let img = t * per + i;
                     let xn = &x[img * g.in_len()..(img + 1) * g.in_len()];
                     if shifted::applies(g) {
-                        if direct {
+                        if let Some(w) = &bf16 {
+                            shifted::forward_image_bf16(xn, w, g, col, wide);
+                        } else if direct {
                             shifted::forward_image_direct(xn, w, g, col, wide);
                         } else {
                             shifted::forward_image(xn, w, g, col, wide, par);
@@ -556,6 +561,9 @@ struct BackwardPlan {
     /// The shifted scheme's weight gradient through the direct kernel (needs the transposed phase
     /// planes; sums tap-major partial gradients).
     direct_dw: bool,
+    /// The direct kernels' products in bf16 on AMX tiles (`amx`), with the weights packed for the
+    /// input gradient when it is needed.
+    bf16: Option<Option<amx::Packed>>,
     /// The Winograd scheme, with the transformed weights (empty unless the input gradient is
     /// needed); its tasks sum transformed partial weight gradients.
     winograd: Option<Vec<f32>>,
@@ -576,8 +584,12 @@ impl BackwardPlan {
         };
         let group = grouped::group_len(g, per);
         let shifted = shifted::applies(g) && winograd.is_none();
-        let direct_dx = shifted && needs.input && direct::enabled();
-        let direct_dw = shifted && needs.weight && direct::enabled();
+        let bf16 = (shifted && amx::enabled())
+            .then(|| needs.input.then(|| shifted::input_grad_weights_bf16(w, g)));
+        // The bf16 products read the direct kernels' layouts.
+        let direct_ok = direct::enabled() || bf16.is_some();
+        let direct_dx = shifted && needs.input && direct_ok;
+        let direct_dw = shifted && needs.weight && direct_ok;
         let lens = if winograd.is_some() {
             winograd::scratch_lens(g, per)
         } else if shifted {
@@ -600,6 +612,7 @@ impl BackwardPlan {
             shifted,
             direct_dx,
             direct_dw,
+            bf16,
             winograd,
             lens,
         }
@@ -771,13 +784,18 @@ fn shifted_image_grads(
         add_row_sums(out.db, wide, shifted::wide_len(g));
     }
     let accumulate = !out.first;
-    if plan.direct_dw {
+    if plan.direct_dw && plan.bf16.is_some() {
+        shifted::weight_grad_image_bf16(x, wide, g, xq, out.dw, accumulate);
+    } else if plan.direct_dw {
         shifted::weight_grad_image_direct(x, wide, g, (&mut *xq, xt), out.dw, accumulate);
     } else if plan.needs.weight {
         shifted::weight_grad_image(x, wide, g, xq, out.dw, accumulate, plan.par);
     }
     match out.dx {
-        Some(dx) if plan.direct_dx => shifted::input_grad_image_direct(w, dyl, g, xq, dx),
+        Some(dx) if plan.direct_dx => match &plan.bf16 {
+            Some(Some(wp)) => shifted::input_grad_image_bf16(wp, dyl, g, xq, dx),
+            _ => shifted::input_grad_image_direct(w, dyl, g, xq, dx),
+        },
         Some(dx) => shifted::input_grad_image(w, wide, g, xq, dx, plan.par),
         None => {}
     }
@@ -1045,11 +1063,16 @@ mod tests {
     }
 
     fn check(c: &Case, seed: u64) {
+        check_values(c, seed, &|t| t)
+    }
+
+    /// `check` with every random tensor passed through `values` first.
+    fn check_values(c: &Case, seed: u64, values: &dyn Fn(Tensor) -> Tensor) {
         let dev = Device::Cpu;
-        let x = Var::from_tensor(&rand_tensor(&[c.n, c.c_in, c.h, c.w], seed, &dev)).unwrap();
-        let w =
-            Var::from_tensor(&rand_tensor(&[c.c_out, c.c_in, c.k, c.k], seed + 1, &dev)).unwrap();
-        let b = Var::from_tensor(&rand_tensor(&[c.c_out], seed + 2, &dev)).unwrap();
+        let rand = |dims: &[usize], seed: u64| values(rand_tensor(dims, seed, &dev));
+        let x = Var::from_tensor(&rand(&[c.n, c.c_in, c.h, c.w], seed)).unwrap();
+        let w = Var::from_tensor(&rand(&[c.c_out, c.c_in, c.k, c.k], seed + 1)).unwrap();
+        let b = Var::from_tensor(&rand(&[c.c_out], seed + 2)).unwrap();
         let b_opt = c.bias.then_some(b.as_tensor());
 
         let ours = conv2d_cpu(&x, &w, b_opt, c.stride, c.pad, c.relu).unwrap();
@@ -1064,7 +1087,7 @@ mod tests {
         assert_eq!(ours.dims(), theirs.dims(), "{what}: shape");
         assert_close(&ours, &theirs, &format!("{what}: value"));
 
-        let r = rand_tensor(theirs.dims(), seed + 3, &dev);
+        let r = rand(theirs.dims(), seed + 3);
         let g_ours = (ours * &r).unwrap().sum_all().unwrap().backward().unwrap();
         let mut vars = vec![("input", &x), ("weight", &w)];
         if c.bias {
@@ -1215,6 +1238,73 @@ mod tests {
                 }
             }
         });
+    }
+
+    /// The bf16 products on inputs that are bf16 values already: each product is then exact and
+    /// only the order of the f32 sums differs, so candle's convolution and the direct sums must
+    /// agree as closely as with the f32 kernels. (Rounding itself is tested in `amx`.)
+    #[test]
+    fn bf16_products_on_bf16_values_match_candle_and_the_direct_sums() {
+        if !amx::available() {
+            eprintln!("no AMX: skipped");
+            return;
+        }
+        let to_bf16 = |t: Tensor| {
+            let v: Vec<f32> = t.flatten_all().unwrap().to_vec1().unwrap();
+            let v: Vec<f32> = v
+                .into_iter()
+                .map(|x| f32::from_bits((amx::bf16(x) as u32) << 16))
+                .collect();
+            Tensor::from_vec(v, t.shape(), t.device()).unwrap()
+        };
+        #[rustfmt::skip]
+        let cases = [
+            // n, c_in, h, w, c_out, k, stride, pad: the model's layers (Winograd's and the strided
+            // ones), odd channels and sides, strides 2 and 3, a 5x5 kernel.
+            (2, 64, 16, 16, 64, 3, 1, 1), (1, 64, 8, 8, 90, 3, 1, 1), (2, 32, 16, 16, 64, 3, 2, 1),
+            (1, 64, 12, 10, 36, 3, 1, 1), (2, 13, 16, 17, 6, 3, 2, 1), (1, 9, 9, 21, 7, 5, 2, 2),
+            (2, 11, 17, 26, 4, 3, 3, 1), (1, 9, 9, 11, 7, 3, 1, 1), (3, 10, 10, 12, 5, 3, 1, 0),
+            (1, 40, 9, 33, 33, 3, 1, 1),
+            // Maps under 8 wide, which take the shifted products only in bf16.
+            (2, 64, 4, 4, 64, 3, 1, 1), (1, 9, 3, 3, 4, 3, 1, 1), (2, 16, 2, 2, 8, 3, 2, 1),
+            (1, 64, 1, 1, 36, 3, 1, 1),
+        ];
+        on_one_and_two_threads(|pool, _| {
+            for (i, &shape) in cases.iter().enumerate() {
+                let applies = amx::with_bf16(|| shifted::applies(&geom(shape)));
+                assert!(applies, "case {i} takes the shifted path");
+                for (bias, relu) in [(true, true), (false, false)] {
+                    let case = Case::new(shape, bias, relu);
+                    let seed = 7000 + 10 * i as u64 + relu as u64;
+                    pool.install(|| amx::with_bf16(|| check_values(&case, seed, &to_bf16)));
+                }
+            }
+        });
+    }
+
+    /// With bf16 products on, inputs that are not bf16 values give results within bf16's
+    /// rounding of the f32 ones, and not the f32 results themselves (the products did run in
+    /// bf16).
+    #[test]
+    fn bf16_products_stay_within_their_rounding() {
+        if !amx::available() {
+            return;
+        }
+        let dev = Device::Cpu;
+        let x = rand_tensor(&[2, 64, 16, 16], 1, &dev);
+        let w = rand_tensor(&[64, 64, 3, 3], 2, &dev);
+        let f32_y = conv2d_cpu(&x, &w, None, 1, 1, false).unwrap();
+        let bf16_y = amx::with_bf16(|| conv2d_cpu(&x, &w, None, 1, 1, false)).unwrap();
+        let diff = (&bf16_y - &f32_y).unwrap().abs().unwrap();
+        let max_diff: f32 = diff.max_all().unwrap().to_scalar().unwrap();
+        let scale: f32 = f32_y.abs().unwrap().max_all().unwrap().to_scalar().unwrap();
+        // Each operand rounded by at most 2^-9 relative: a sum of 576 products moves by well
+        // under 1% of the largest output, but it does move.
+        assert!(max_diff > 0.0, "bf16 products gave the f32 results");
+        assert!(
+            max_diff < 1e-2 * scale,
+            "{max_diff} against outputs up to {scale}"
+        );
     }
 
     /// Runs `f(pool, threads)` with a rayon pool of one thread, then of two.

@@ -12,17 +12,21 @@
 //! thrown away (or, in the backward products, carry a zero gradient). Compared with im2col this
 //! writes the image once instead of `kh * kw` times, and the planes stay in cache across taps.
 
+use super::amx;
 use super::direct::{self, Depth};
 use super::{matmul_into, ConvGeom, Mat, MatMut};
 use gemm::Parallelism;
 
 /// Worth it when the thrown-away columns are a small share of the work (at `W_out >= 8` the
 /// whole training step measured faster than with im2col; at 4 and 16, no faster) and each tap's
-/// product is deep enough (`k = C_in`) to amortize a `gemm` call: not for an RGB stem. A 1x1
-/// stride-1 unpadded convolution needs neither scheme.
+/// product is deep enough (`k = C_in`) to amortize a `gemm` call: not for an RGB stem. With bf16
+/// products on AMX tiles the maps under 8 wide take it too: next to the tiles' multiply rate the
+/// thrown-away columns cost little, and the im2col products would stay f32 (the stem stays on
+/// im2col: its 3 channels padded to a tile's 32 ran 1.5x slower). A 1x1 stride-1 unpadded
+/// convolution needs neither scheme.
 pub(super) fn applies(g: &ConvGeom) -> bool {
     let pointwise = g.kh == 1 && g.kw == 1 && g.stride == 1 && g.pad == 0;
-    !pointwise && g.w_out >= 8 && g.c_in >= 8
+    !pointwise && g.c_in >= 8 && (g.w_out >= 8 || amx::enabled())
 }
 
 /// Row width of a phase plane and of the wide output.
@@ -402,6 +406,38 @@ fn lead_padded_len(g: &ConvGeom) -> usize {
     max_shift(g) + hq(g) * wq(g)
 }
 
+/// One phase plane of the input gradient: the plane rows that hold image pixels, and its taps
+/// with where each reads the lead-padded output gradient.
+struct PhaseReads {
+    phase: usize,
+    rows: (usize, usize),
+    taps: Vec<usize>,
+    offs: Vec<usize>,
+}
+
+/// The phases some tap reads and that hold image pixels.
+fn input_grad_phases(g: &ConvGeom) -> Vec<PhaseReads> {
+    let (s, lead, wq) = (g.stride, max_shift(g), wq(g));
+    (0..s * s)
+        .filter_map(|phase| {
+            let rows = inside(g.h, hq(g), s, phase / s, g.pad);
+            let taps: Vec<usize> = (0..g.kh * g.kw)
+                .filter(|&t| tap_phase_shift(g, t).0 == phase)
+                .collect();
+            let offs = taps
+                .iter()
+                .map(|&t| lead - tap_phase_shift(g, t).1 + rows.0 * wq)
+                .collect();
+            (!taps.is_empty() && rows.0 < rows.1).then_some(PhaseReads {
+                phase,
+                rows,
+                taps,
+                offs,
+            })
+        })
+        .collect()
+}
+
 /// Input gradient of one image through the direct kernel, any stride and padding. The forward
 /// pass added `W_t · dY` read at `q + shift_t` of tap `t`'s phase plane, so the gradient of phase
 /// plane position `q` is `Σ_t W_tᵀ · dY[q - shift_t]` over the taps of that phase: a shifted sum
@@ -415,27 +451,16 @@ pub(super) fn input_grad_image_direct(
     dxq: &mut [f32],
     dx: &mut [f32],
 ) {
-    let (lead, len, wq, s, plane) = (
-        max_shift(g),
-        lead_padded_len(g),
-        wq(g),
-        g.stride,
-        plane_len(g),
-    );
+    let (len, wq, plane) = (lead_padded_len(g), wq(g), plane_len(g));
     debug_assert_eq!(dyl.len(), g.c_out * len, "lead-padded gradient");
     let taps = g.kh * g.kw;
-    for phase in 0..s * s {
-        let (r_lo, r_hi) = inside(g.h, hq(g), s, phase / s, g.pad);
-        let phase_taps: Vec<usize> = (0..taps)
-            .filter(|&t| tap_phase_shift(g, t).0 == phase)
-            .collect();
-        if phase_taps.is_empty() || r_lo == r_hi {
-            continue;
-        }
-        let offs: Vec<usize> = phase_taps
-            .iter()
-            .map(|&t| lead - tap_phase_shift(g, t).1 + r_lo * wq)
-            .collect();
+    for PhaseReads {
+        phase,
+        rows: (r_lo, r_hi),
+        taps: phase_taps,
+        offs,
+    } in input_grad_phases(g)
+    {
         // Output row `ci`, tap `t`, depth `co` reads `w[co, ci, t]`.
         let weights = direct::Weights {
             data: w,
@@ -567,6 +592,26 @@ mod avx {
     }
 }
 
+/// The padded phase planes of one image, transposed: `xt [phase, plane, C_in]` (phases no tap
+/// reads are left alone). Stride 1 writes them straight from the image; otherwise `xq` holds the
+/// planes on the way.
+fn transposed_planes(x: &[f32], g: &ConvGeom, (xq, xt): (&mut [f32], &mut [f32])) {
+    let plane = plane_len(g);
+    if g.stride == 1 {
+        pad_transposed(x, g, xt);
+    } else {
+        pad_image(x, g, xq);
+        let phases = xq
+            .chunks_exact(g.c_in * plane)
+            .zip(xt.chunks_exact_mut(g.c_in * plane));
+        for (ph, (src, dst)) in phases.enumerate() {
+            if phase_used(g, ph / g.stride, ph % g.stride) {
+                transpose(src, g.c_in, plane, dst);
+            }
+        }
+    }
+}
+
 /// Weight gradient of one image through the direct kernel, written (or added, with
 /// `accumulate`) tap-major into `dwt [kh * kw, C_out, C_in]`: tap `t` is `dY · shifted(X)ᵀ`, a
 /// product whose depth is the wide output's columns, read from the transposed phase planes so
@@ -579,21 +624,8 @@ pub(super) fn weight_grad_image_direct(
     dwt: &mut [f32],
     accumulate: bool,
 ) {
+    transposed_planes(x, g, (xq, xt));
     let (plane, wide) = (plane_len(g), wide_len(g));
-    if g.stride == 1 {
-        pad_transposed(x, g, xt);
-    } else {
-        pad_image(x, g, xq);
-        // Phase by phase: `xt [phase, plane, C_in]`; phases no tap reads are left alone.
-        let phases = xq
-            .chunks_exact(g.c_in * plane)
-            .zip(xt.chunks_exact_mut(g.c_in * plane));
-        for (ph, (src, dst)) in phases.enumerate() {
-            if phase_used(g, ph / g.stride, ph % g.stride) {
-                transpose(src, g.c_in, plane, dst);
-            }
-        }
-    }
     let weights = direct::Weights {
         data: dywide,
         rs: ld,
@@ -611,6 +643,141 @@ pub(super) fn weight_grad_image_direct(
         };
         let dims = (g.c_out, wide, g.c_in);
         direct::shifted_sum(&weights, xt, g.c_in, &offs, dst, dims, Depth::Pixels);
+    }
+}
+
+/// The weights `w [C_out, C_in, kh, kw]` packed for `forward_image_bf16` (depth `C_in`, columns
+/// `C_out`, per tap); once per call, shared by every image.
+pub(super) fn forward_weights_bf16(w: &[f32], g: &ConvGeom) -> amx::Packed {
+    amx::pack_weights(w, (g.c_out, g.c_in, g.kh * g.kw), true)
+}
+
+/// The weights packed for `input_grad_image_bf16`: depth `C_out`, columns `C_in`, per tap.
+pub(super) fn input_grad_weights_bf16(w: &[f32], g: &ConvGeom) -> amx::Packed {
+    amx::pack_weights(w, (g.c_out, g.c_in, g.kh * g.kw), false)
+}
+
+/// `forward_image_direct` with bf16 products on AMX tiles: the padded phase planes channels last
+/// (row = position), each tap a shift by whole rows; the wide output comes out transposed.
+pub(super) fn forward_image_bf16(
+    x: &[f32],
+    w: &amx::Packed,
+    g: &ConvGeom,
+    xq: &mut [f32],
+    ywide: &mut [f32],
+) {
+    let (plane, wide, taps) = (plane_len(g), wide_len(g), g.kh * g.kw);
+    pad_image(x, g, xq);
+    let offs: Vec<usize> = (0..taps)
+        .map(|t| {
+            let (phase, shift) = tap_phase_shift(g, t);
+            phase * plane + shift
+        })
+        .collect();
+    let rows = offs.iter().max().copied().unwrap_or(0) + amx::blocks(wide);
+    let phases = g.stride * g.stride;
+    let act = amx::pack_channels_last(xq, plane, (g.c_in, plane), phases, rows);
+    let depth = act.row();
+    let reads: Vec<amx::Read> = offs
+        .iter()
+        .enumerate()
+        .map(|(t, &off)| amx::Read {
+            a: off * act.row(),
+            b: t * depth * w.row(),
+        })
+        .collect();
+    let dst = direct::Dst {
+        data: ywide,
+        ld: wide,
+        accumulate: false,
+    };
+    amx::tile_sum((&act, w), &reads, depth, dst, (wide, g.c_out), true);
+}
+
+/// `input_grad_image_direct` with bf16 products on AMX tiles; `w` from `input_grad_weights_bf16`.
+/// The lead-padded output gradient is turned channels last, and each phase plane's rows come out
+/// transposed.
+pub(super) fn input_grad_image_bf16(
+    w: &amx::Packed,
+    dyl: &[f32],
+    g: &ConvGeom,
+    dxq: &mut [f32],
+    dx: &mut [f32],
+) {
+    let (len, wq, plane) = (lead_padded_len(g), wq(g), plane_len(g));
+    debug_assert_eq!(dyl.len(), g.c_out * len, "lead-padded gradient");
+    let phases = input_grad_phases(g);
+    // Gradient rows any tile reads: the farthest offset plus a phase's rows in whole blocks.
+    let rows = phases
+        .iter()
+        .flat_map(|p| {
+            let span = amx::blocks((p.rows.1 - p.rows.0) * wq);
+            p.offs.iter().map(move |&off| off + span)
+        })
+        .max()
+        .unwrap_or(0);
+    let act = amx::pack_channels_last(dyl, len, (g.c_out, len), 1, rows);
+    let depth = act.row();
+    for p in phases {
+        let reads: Vec<amx::Read> = p
+            .taps
+            .iter()
+            .zip(&p.offs)
+            .map(|(&t, &off)| amx::Read {
+                a: off * act.row(),
+                b: t * depth * w.row(),
+            })
+            .collect();
+        let (r_lo, r_hi) = p.rows;
+        let dst = direct::Dst {
+            data: &mut dxq[p.phase * g.c_in * plane + r_lo * wq..],
+            ld: plane,
+            accumulate: false,
+        };
+        let dims = ((r_hi - r_lo) * wq, g.c_in);
+        amx::tile_sum((&act, w), &reads, depth, dst, dims, true);
+    }
+    image_from_planes(dxq, g, dx);
+}
+
+/// `weight_grad_image_direct` with bf16 products on AMX tiles: the wide output gradient as the
+/// first operand (depth along its pixels), the padded phase planes as the second, packed by pairs
+/// of positions once per parity; tap `t` reads the copy of its shift's parity.
+pub(super) fn weight_grad_image_bf16(
+    x: &[f32],
+    (dywide, ld): (&[f32], usize),
+    g: &ConvGeom,
+    xq: &mut [f32],
+    dwt: &mut [f32],
+    accumulate: bool,
+) {
+    let (plane, wide, taps) = (plane_len(g), wide_len(g), g.kh * g.kw);
+    pad_image(x, g, xq);
+    let dy = amx::pack_rows(dywide, ld, g.c_out, wide);
+    let depth = dy.row();
+    let pairs = depth + max_shift(g) / 2 + 1;
+    let phases = g.stride * g.stride;
+    let copies = [0, 1].map(|parity| {
+        let shifts = (0..taps).map(|t| tap_phase_shift(g, t).1);
+        let used = shifts.clone().any(|sh| sh % 2 == parity);
+        used.then(|| amx::pack_position_pairs(xq, plane, (g.c_in, plane), phases, parity, pairs))
+    });
+    let per_tap = g.c_out * g.c_in;
+    for (t, dst) in dwt.chunks_exact_mut(per_tap).enumerate() {
+        let (phase, shift) = tap_phase_shift(g, t);
+        let b = copies[shift % 2]
+            .as_ref()
+            .expect("packed for every used parity");
+        let read = amx::Read {
+            a: 0,
+            b: (phase * pairs + shift / 2) * b.row(),
+        };
+        let dst = direct::Dst {
+            data: dst,
+            ld: g.c_in,
+            accumulate,
+        };
+        amx::tile_sum((&dy, b), &[read], depth, dst, (g.c_out, g.c_in), false);
     }
 }
 

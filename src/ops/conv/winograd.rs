@@ -90,6 +90,9 @@ pub(super) fn applies(g: &ConvGeom) -> bool {
         && lanes
         && simd::available()
         && !SWITCHED_OFF.load(Ordering::Relaxed)
+        // bf16 products run the direct sums: with AMX's cheap multiplies the transforms would
+        // cost more than the products they save.
+        && !super::amx::enabled()
         && !OFF_HERE.with(|c| c.get())
 }
 
