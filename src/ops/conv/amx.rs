@@ -420,39 +420,28 @@ fn store_block(
     (m, n): (usize, usize),
 ) {
     let (rows, cols) = ((m - i0).min(2 * T), (n - j0).min(2 * T));
-    let put = |d: &mut f32, v: f32| {
-        if accumulate {
-            *d += v
+    let (at, last) = if transposed {
+        (j0 * ld + i0, (j0 + cols - 1) * ld + i0 + rows)
+    } else {
+        (i0 * ld + j0, (i0 + rows - 1) * ld + j0 + cols)
+    };
+    assert!(
+        last <= out.len() && buf.len() >= 4 * T * T,
+        "block outside the output"
+    );
+    let out = &mut out[at..last];
+    #[cfg(target_arch = "x86_64")]
+    // SAFETY: AVX-512F comes with AMX; the writes go to the block's `rows x cols` values only
+    // (inside `out`, asserted above).
+    unsafe {
+        if transposed {
+            avx512::store_transposed(buf, out, ld, accumulate, (rows, cols))
         } else {
-            *d = v
+            avx512::store(buf, out, ld, accumulate, (rows, cols))
         }
     };
-    if transposed {
-        let last = (j0 + cols - 1) * ld + i0 + rows;
-        assert!(
-            last <= out.len() && buf.len() >= 4 * T * T,
-            "block outside the output"
-        );
-        #[cfg(target_arch = "x86_64")]
-        // SAFETY: AVX-512F comes with AMX; writes go to `out[(j0 + j) * ld + i0 + i]` for
-        // `j < cols`, `i < rows` only (asserted inside `out` above).
-        unsafe {
-            avx512::store_transposed(
-                buf,
-                &mut out[j0 * ld + i0..last],
-                ld,
-                accumulate,
-                (rows, cols),
-            )
-        };
-    } else {
-        for i in 0..rows {
-            let dst = &mut out[(i0 + i) * ld + j0..][..cols];
-            for (d, v) in dst.iter_mut().zip(&buf[i * 2 * T..]) {
-                put(d, *v);
-            }
-        }
-    }
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = (out, accumulate);
 }
 
 thread_local! {
@@ -629,6 +618,29 @@ mod avx512 {
                     };
                     _mm512_mask_storeu_ps(d, m, v);
                 }
+            }
+        }
+    }
+
+    /// `out[i * ld + j] (+)= buf[i * 32 + j]` for `i < rows`, `j < cols` of a 32 x 32 block.
+    #[target_feature(enable = "avx512f")]
+    pub(super) unsafe fn store(
+        buf: &[f32],
+        out: &mut [f32],
+        ld: usize,
+        accumulate: bool,
+        (rows, cols): (usize, usize),
+    ) {
+        let (b, o) = (buf.as_ptr(), out.as_mut_ptr());
+        for i in 0..rows {
+            for jb in (0..cols).step_by(16) {
+                let m = mask(cols - jb);
+                let d = o.add(i * ld + jb);
+                let mut v = _mm512_loadu_ps(b.add(i * 32 + jb));
+                if accumulate {
+                    v = _mm512_add_ps(v, _mm512_maskz_loadu_ps(m, d));
+                }
+                _mm512_mask_storeu_ps(d, m, v);
             }
         }
     }
