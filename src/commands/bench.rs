@@ -194,11 +194,13 @@ pub fn run(args: Args, _quiet: bool) -> Result<()> {
             crate::ops::use_candle_kernels_only(candle_kernels);
             crate::ops::conv::use_gemm_for_shifted_convs(gemm_convs);
             crate::ops::conv::skip_winograd_convs(no_winograd);
-            let kernels = match (candle_kernels, gemm_convs, no_winograd) {
+            let bf16 = cfg.model.conv_products == crate::config::ConvProducts::Bf16;
+            let kernels = match (candle_kernels, bf16, gemm_convs, no_winograd) {
                 (true, ..) => "candle",
-                (_, true, true) => "fl-lab (gemm convs, no Winograd)",
-                (_, true, false) => "fl-lab (gemm convs)",
-                (_, false, true) => "fl-lab (no Winograd)",
+                (_, true, ..) => "fl-lab (bf16 products on AMX)",
+                (_, _, true, true) => "fl-lab (gemm convs, no Winograd)",
+                (_, _, true, false) => "fl-lab (gemm convs)",
+                (_, _, false, true) => "fl-lab (no Winograd)",
                 _ => "fl-lab",
             };
             let t = with_pool(threads, || {
