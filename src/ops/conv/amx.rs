@@ -1,5 +1,6 @@
 //! The shifted products in bf16 on Intel's AMX tiles, accumulated in f32: the opt-in
-//! `train.products = "bf16"` setting (PyTorch's CPU autocast computes convolutions the same way).
+//! `model.conv_products = "bf16"` setting (PyTorch's CPU autocast computes convolutions the same
+//! way).
 //!
 //! An AMX tile multiply (`tdpbf16ps`) adds the product of a 16 x 32 bf16 tile and a 32 x 16 one
 //! to a 16 x 16 f32 tile: 16,384 flops per instruction, about 16 times what the AVX-512 f32
@@ -7,16 +8,18 @@
 //! the products and their sums stay f32), so the results differ from the f32 kernels by about
 //! 2^-9 of the operands' magnitudes; training's AP is measured against the f32 runs' seed spread.
 //!
-//! The tiles read their operands from packed copies: the broadcast operand (`direct::Weights`)
-//! as `[tap, row, depth]` rows of bf16, and the shifted operand as pairs of depth rows
-//! interleaved value by value (`b(2j, q), b(2j + 1, q)` side by side), the layout the instruction
-//! reads its second operand in. A tap's shift `off = s * ldb + c` then moves the start of a tile
-//! by `s / 2` pair rows and `c` columns, so every tap reads the one packed copy in place; taps
-//! with an odd `s` read a second copy whose pairs start one depth row later.
+//! Both operands are packed as pairs of bf16 along the depth (one `u32` per pair), the layout the
+//! instruction reads: the first operand's rows hold a row's depth (`tile_sum`'s `A`), the second's
+//! rows hold pairs of depth rows side by side (`B`). For the forward pass and the input gradient
+//! the first operand is the activations (or output gradient) channels last, one row per position,
+//! so that a tap's shift moves a tile by whole rows and every tile row starts on a cache line; the
+//! weights are the second. For the weight gradient the output gradient is the first operand (depth
+//! along its pixels) and the padded image the second, packed by pairs of positions once for even
+//! and once for odd shifts.
 //!
-//! Rows, columns and depth are computed in whole tiles: the packed weights are zero past the
-//! last row and depth, so the extra products add zeros, and the extra output rows and columns are
-//! not stored. (A NaN or infinity in the shifted operand past the depth would still poison them.)
+//! Rows, columns and depth are computed in whole tiles: the packed operands are zero past the
+//! depth, and the output rows and columns past the valid ones are computed and not stored (each
+//! output row reads only its own row of the first operand).
 
 use std::cell::RefCell;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -142,9 +145,9 @@ thread_local! {
 macro_rules! vector_or_plain {
     ($f:ident($($arg:expr),* $(,)?)) => {{
         #[cfg(target_arch = "x86_64")]
-        // SAFETY: only reached where `available` found AMX, whose CPUs have AVX-512F; the
-        // packers check their bounds.
+        // SAFETY: `available` checked AVX-512F (asserted here); the packers check their bounds.
         unsafe {
+            assert!(available(), "the packers run where the tiles do");
             avx512::$f($($arg),*)
         }
         #[cfg(not(target_arch = "x86_64"))]
@@ -801,10 +804,15 @@ mod tiles {
     use std::arch::asm;
 
     /// Asks Linux for the AMX tile data state (`arch_prctl(ARCH_REQ_XCOMP_PERM,
-    /// XFEATURE_XTILEDATA)`), after checking that the CPU has AMX-TILE and AMX-BF16.
+    /// XFEATURE_XTILEDATA)`), after checking that the CPU has AVX-512F (the packers' vectors),
+    /// AMX-TILE and AMX-BF16.
     #[cfg(target_os = "linux")]
     pub(super) fn request() -> bool {
-        let leaf7 = std::arch::x86_64::__cpuid_count(7, 0);
+        use std::arch::x86_64::{__cpuid, __cpuid_count};
+        if !std::arch::is_x86_feature_detected!("avx512f") || __cpuid(0).eax < 7 {
+            return false;
+        }
+        let leaf7 = __cpuid_count(7, 0);
         let (bf16, tile) = (leaf7.edx >> 22 & 1 == 1, leaf7.edx >> 24 & 1 == 1);
         if !(bf16 && tile) {
             return false;
