@@ -561,9 +561,10 @@ struct BackwardPlan {
     /// The shifted scheme's weight gradient through the direct kernel (needs the transposed phase
     /// planes; sums tap-major partial gradients).
     direct_dw: bool,
-    /// The direct kernels' products in bf16 on AMX tiles (`amx`), with the weights packed for the
-    /// input gradient when it is needed.
-    bf16: Option<Option<amx::Packed>>,
+    /// The direct kernels' products in bf16 on AMX tiles (`amx`).
+    bf16: bool,
+    /// With `bf16`, the weights packed for the input gradient (when it is needed).
+    bf16_input_weights: Option<amx::Packed>,
     /// The Winograd scheme, with the transformed weights (empty unless the input gradient is
     /// needed); its tasks sum transformed partial weight gradients.
     winograd: Option<Vec<f32>>,
@@ -584,10 +585,11 @@ impl BackwardPlan {
         };
         let group = grouped::group_len(g, per);
         let shifted = shifted::applies(g) && winograd.is_none();
-        let bf16 = (shifted && amx::enabled())
-            .then(|| needs.input.then(|| shifted::input_grad_weights_bf16(w, g)));
+        let bf16 = shifted && amx::enabled();
+        let bf16_input_weights =
+            (bf16 && needs.input).then(|| shifted::input_grad_weights_bf16(w, g));
         // The bf16 products read the direct kernels' layouts.
-        let direct_ok = direct::enabled() || bf16.is_some();
+        let direct_ok = direct::enabled() || bf16;
         let direct_dx = shifted && needs.input && direct_ok;
         let direct_dw = shifted && needs.weight && direct_ok;
         let lens = if winograd.is_some() {
@@ -613,6 +615,7 @@ impl BackwardPlan {
             direct_dx,
             direct_dw,
             bf16,
+            bf16_input_weights,
             winograd,
             lens,
         }
@@ -784,7 +787,7 @@ fn shifted_image_grads(
         add_row_sums(out.db, wide, shifted::wide_len(g));
     }
     let accumulate = !out.first;
-    if plan.direct_dw && plan.bf16.is_some() {
+    if plan.direct_dw && plan.bf16 {
         shifted::weight_grad_image_bf16(x, wide, g, xq, out.dw, accumulate);
     } else if plan.direct_dw {
         shifted::weight_grad_image_direct(x, wide, g, (&mut *xq, xt), out.dw, accumulate);
@@ -792,9 +795,9 @@ fn shifted_image_grads(
         shifted::weight_grad_image(x, wide, g, xq, out.dw, accumulate, plan.par);
     }
     match out.dx {
-        Some(dx) if plan.direct_dx => match &plan.bf16 {
-            Some(Some(wp)) => shifted::input_grad_image_bf16(wp, dyl, g, xq, dx),
-            _ => shifted::input_grad_image_direct(w, dyl, g, xq, dx),
+        Some(dx) if plan.direct_dx => match &plan.bf16_input_weights {
+            Some(wp) => shifted::input_grad_image_bf16(wp, dyl, g, xq, dx),
+            None => shifted::input_grad_image_direct(w, dyl, g, xq, dx),
         },
         Some(dx) => shifted::input_grad_image(w, wide, g, xq, dx, plan.par),
         None => {}
@@ -1284,27 +1287,41 @@ mod tests {
 
     /// With bf16 products on, inputs that are not bf16 values give results within bf16's
     /// rounding of the f32 ones, and not the f32 results themselves (the products did run in
-    /// bf16).
+    /// bf16): the output and all three gradients.
     #[test]
     fn bf16_products_stay_within_their_rounding() {
         if !amx::available() {
             return;
         }
         let dev = Device::Cpu;
-        let x = rand_tensor(&[2, 64, 16, 16], 1, &dev);
-        let w = rand_tensor(&[64, 64, 3, 3], 2, &dev);
-        let f32_y = conv2d_cpu(&x, &w, None, 1, 1, false).unwrap();
-        let bf16_y = amx::with_bf16(|| conv2d_cpu(&x, &w, None, 1, 1, false)).unwrap();
-        let diff = (&bf16_y - &f32_y).unwrap().abs().unwrap();
-        let max_diff: f32 = diff.max_all().unwrap().to_scalar().unwrap();
-        let scale: f32 = f32_y.abs().unwrap().max_all().unwrap().to_scalar().unwrap();
-        // Each operand rounded by at most 2^-9 relative: a sum of 576 products moves by well
-        // under 1% of the largest output, but it does move.
-        assert!(max_diff > 0.0, "bf16 products gave the f32 results");
-        assert!(
-            max_diff < 1e-2 * scale,
-            "{max_diff} against outputs up to {scale}"
-        );
+        let x = Var::from_tensor(&rand_tensor(&[2, 64, 16, 16], 1, &dev)).unwrap();
+        let w = Var::from_tensor(&rand_tensor(&[64, 64, 3, 3], 2, &dev)).unwrap();
+        let r = rand_tensor(&[2, 64, 16, 16], 3, &dev);
+        let run = || {
+            let y = conv2d_cpu(&x, &w, None, 1, 1, false).unwrap();
+            let grads = (&y * &r).unwrap().sum_all().unwrap().backward().unwrap();
+            let dx = grads.get(&x).unwrap().clone();
+            let dw = grads.get(&w).unwrap().clone();
+            [y, dx, dw]
+        };
+        let f32_out = run();
+        let bf16_out = amx::with_bf16(run);
+        for ((name, a), b) in ["output", "input gradient", "weight gradient"]
+            .iter()
+            .zip(&bf16_out)
+            .zip(&f32_out)
+        {
+            let max =
+                |t: &Tensor| -> f32 { t.abs().unwrap().max_all().unwrap().to_scalar().unwrap() };
+            let (diff, scale) = (max(&(a - b).unwrap()), max(b));
+            // Each operand rounded by at most 2^-9 relative: a sum of hundreds of products moves
+            // by well under 1% of the largest value, but it does move.
+            assert!(diff > 0.0, "{name}: bf16 products gave the f32 results");
+            assert!(
+                diff < 1e-2 * scale,
+                "{name}: {diff} against values up to {scale}"
+            );
+        }
     }
 
     /// Runs `f(pool, threads)` with a rayon pool of one thread, then of two.
