@@ -596,6 +596,17 @@ mod avx512 {
         ((1u32 << n.min(16)) - 1) as __mmask16
     }
 
+    /// `d[..] (+)= v` in the lanes of `m`.
+    #[inline(always)]
+    unsafe fn put(d: *mut f32, m: __mmask16, v: __m512, accumulate: bool) {
+        let v = if accumulate {
+            _mm512_add_ps(v, _mm512_maskz_loadu_ps(m, d))
+        } else {
+            v
+        };
+        _mm512_mask_storeu_ps(d, m, v);
+    }
+
     /// `out[j * ld + i] (+)= buf[i * 32 + j]` for `i < rows`, `j < cols` of a 32 x 32 block.
     #[target_feature(enable = "avx512f")]
     pub(super) unsafe fn store_transposed(
@@ -613,13 +624,7 @@ mod avx512 {
                     std::array::from_fn(|i| _mm512_loadu_ps(b.add((ib + i) * 32 + jb)));
                 let c = transpose16(r);
                 for (j, v) in c.iter().enumerate().take(cols - jb) {
-                    let d = o.add((jb + j) * ld + ib);
-                    let v = if accumulate {
-                        _mm512_add_ps(*v, _mm512_maskz_loadu_ps(m, d))
-                    } else {
-                        *v
-                    };
-                    _mm512_mask_storeu_ps(d, m, v);
+                    put(o.add((jb + j) * ld + ib), m, *v, accumulate);
                 }
             }
         }
@@ -637,13 +642,8 @@ mod avx512 {
         let (b, o) = (buf.as_ptr(), out.as_mut_ptr());
         for i in 0..rows {
             for jb in (0..cols).step_by(16) {
-                let m = mask(cols - jb);
-                let d = o.add(i * ld + jb);
-                let mut v = _mm512_loadu_ps(b.add(i * 32 + jb));
-                if accumulate {
-                    v = _mm512_add_ps(v, _mm512_maskz_loadu_ps(m, d));
-                }
-                _mm512_mask_storeu_ps(d, m, v);
+                let v = _mm512_loadu_ps(b.add(i * 32 + jb));
+                put(o.add(i * ld + jb), mask(cols - jb), v, accumulate);
             }
         }
     }

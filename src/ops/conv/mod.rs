@@ -595,7 +595,12 @@ impl BackwardPlan {
         let lens = if winograd.is_some() {
             winograd::scratch_lens(g, per)
         } else if shifted {
-            let xt_len = if direct_dw { shifted::padded_len(g) } else { 0 };
+            // The f32 direct weight gradient's transposed planes (bf16 packs its own operands).
+            let xt_len = if direct_dw && !bf16 {
+                shifted::padded_len(g)
+            } else {
+                0
+            };
             let grad_len = shifted::GradLayout::new(g, direct_dx).len(g);
             [shifted::padded_len(g), grad_len + xt_len]
         } else if group > 1 {
