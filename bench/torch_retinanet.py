@@ -13,7 +13,10 @@ Anchor matching is not timed on either side (fl-lab matches in plain Rust in wel
 the PyTorch targets are fixed random labels with ~1% positives.
 
 Usage (from the repository root, after `cargo build --release`; bench/compare_torch.sh does both):
-    python3 bench/torch_retinanet.py [--steps 20] [--rounds 3] [--threads 2] [--fl-lab target/release/fl-lab]
+    python3 bench/torch_retinanet.py [--steps 20] [--rounds 3] [--threads 2] [--bf16] [--fl-lab target/release/fl-lab]
+With --bf16 both sides multiply in bf16: PyTorch's forward under CPU autocast
+(`torch.autocast("cpu", dtype=torch.bfloat16)`, convolutions in bf16, the parameters and optimizer
+in f32), fl-lab with `model.conv_products = "bf16"` (needs a CPU with AMX).
 Needs `pip install torch`. Prints the median step time of each side per round (the two alternate, so
 both see the same machine load), the medians over rounds and their ratio, and the median of the
 per-round ratios.
@@ -123,7 +126,7 @@ def smooth_l1_sum(d, beta=0.11):
     return torch.where(d < beta, 0.5 * d * d / beta, d - 0.5 * beta).sum()
 
 
-def torch_steps(steps, threads):
+def torch_steps(steps, threads, bf16):
     torch.set_num_threads(threads)
     torch.manual_seed(0)
     model = RetinaNet()
@@ -142,7 +145,9 @@ def torch_steps(steps, threads):
     times = []
     for i in range(steps + 3):
         t0 = time.perf_counter()
-        cls, box = model(x)
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+            cls, box = model(x)
+        cls, box = cls.float(), box.float()
         loss = (focal_sum(cls, onehot) + smooth_l1_sum(box[pos] - box_t)) / npos
         opt.zero_grad(set_to_none=True)
         loss.backward()
@@ -153,12 +158,14 @@ def torch_steps(steps, threads):
     return statistics.median(times), params
 
 
-def fl_lab_steps(binary, steps, threads):
+def fl_lab_steps(binary, steps, threads, bf16):
     cmd = [
         binary, "bench", "train", "--json", "--no-peak", "--config", "experiments/cpu.toml",
         "--set", f"model.num_classes={K}", "--set", f"schedule.batch_size={BATCH}",
         "--set", f"data.input_size={SIZE}", "--steps", str(steps), "--threads", str(threads),
     ]
+    if bf16:
+        cmd += ["--set", "model.conv_products=bf16"]
     out = json.loads(subprocess.run(cmd, check=True, capture_output=True, text=True).stdout)
     return out["times"]["total_ms"] * 1e-3, None
 
@@ -168,17 +175,19 @@ def main():
     ap.add_argument("--steps", type=int, default=20)
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--bf16", action="store_true", help="bf16 products on both sides (see above)")
     ap.add_argument("--fl-lab", default="target/release/fl-lab")
     a = ap.parse_args()
     if not os.path.exists(a.fl_lab):
         sys.exit(f"{a.fl_lab} not found: run `cargo build --release` first (or pass --fl-lab)")
+    products = "bf16 products (PyTorch CPU autocast; fl-lab model.conv_products = bf16)" if a.bf16 else "f32"
     print(f"training step, batch {BATCH} x 3 x {SIZE} x {SIZE}, K = {K}, {a.threads} threads, "
-          f"median of {a.steps} steps")
+          f"median of {a.steps} steps, {products}")
     print("round  pytorch_ms  fl_lab_ms  ratio (fl-lab / pytorch)")
     torch_ms, fl_ms = [], []
     for r in range(a.rounds):
-        tt, tp = torch_steps(a.steps, a.threads)
-        ft, _ = fl_lab_steps(a.fl_lab, a.steps, a.threads)
+        tt, tp = torch_steps(a.steps, a.threads, a.bf16)
+        ft, _ = fl_lab_steps(a.fl_lab, a.steps, a.threads, a.bf16)
         torch_ms.append(tt * 1e3)
         fl_ms.append(ft * 1e3)
         print(f"{r:5d}  {tt * 1e3:10.1f}  {ft * 1e3:9.1f}  {ft / tt:5.2f}", flush=True)

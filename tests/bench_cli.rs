@@ -145,8 +145,8 @@ fn device_check_compares_cpu_with_itself() {
 #[test]
 fn conv_times_the_layers_one_by_one_and_as_a_training_step_runs_them() {
     let t = tempfile::tempdir().unwrap();
-    let run = |threads: &str| {
-        let args = [
+    let run = |threads: &str, peak: bool| {
+        let mut args = vec![
             "bench",
             "conv",
             "--only",
@@ -158,6 +158,9 @@ fn conv_times_the_layers_one_by_one_and_as_a_training_step_runs_them() {
             "--threads",
             threads,
         ];
+        if !peak {
+            args.push("--no-peak");
+        }
         let o = fl_lab(&args, t.path());
         let out = String::from_utf8_lossy(&o.stdout).into_owned();
         assert!(
@@ -167,7 +170,7 @@ fn conv_times_the_layers_one_by_one_and_as_a_training_step_runs_them() {
         );
         out
     };
-    let two = run("2");
+    let two = run("2", true);
     assert!(two.contains("\nc5b 3x3 128->128 @4"), "{two}");
     assert!(
         two.contains("all convolutions of one training step: fl-lab"),
@@ -178,6 +181,11 @@ fn conv_times_the_layers_one_by_one_and_as_a_training_step_runs_them() {
         two.contains("as a training step runs them (the batch in 2 parts"),
         "{two}"
     );
-    // On one thread there is nothing to split.
-    assert!(!run("1").contains("as a training step runs them"));
+    // The sgemm peak measured before and after the table, and both totals as shares of it.
+    assert!(two.contains("sgemm peak 2048, 2 threads: "), "{two}");
+    assert_eq!(two.matches("% of the sgemm peak)").count(), 2, "{two}");
+    // On one thread there is nothing to split; without the peak, no shares.
+    let one = run("1", false);
+    assert!(!one.contains("as a training step runs them"), "{one}");
+    assert!(!one.contains("sgemm"), "{one}");
 }

@@ -50,9 +50,12 @@ pub enum What {
         /// F(4x4, 3x3) (to measure what it gains).
         #[arg(long)]
         no_winograd: bool,
-        /// Products in bf16 on AMX tiles, accumulated in f32 (as `train.products = "bf16"`).
+        /// Products in bf16 on AMX tiles, accumulated in f32 (as `model.conv_products = "bf16"`).
         #[arg(long)]
         bf16: bool,
+        /// Skip the sgemm peak measurements (before and after the table).
+        #[arg(long)]
+        no_peak: bool,
     },
     /// A training step of a config, part by part (forward, backward, optimizer), with its
     /// convolution GFLOP/s as a fraction of the measured sgemm peak. Random images and boxes.
@@ -167,11 +170,14 @@ pub fn run(args: Args, _quiet: bool) -> Result<()> {
             only,
             no_winograd,
             bf16,
+            no_peak,
         } => {
             crate::ops::conv::skip_winograd_convs(no_winograd);
             let _products = crate::ops::conv::hold_products(bf16)
                 .map_err(|e| anyhow::anyhow!("--bf16: {e}"))?;
-            with_pool(threads, || conv_table(batch, reps, only.as_deref()))
+            with_pool(threads, || {
+                conv_table(batch, reps, only.as_deref(), (!no_peak).then_some(threads))
+            })
         }
         What::Train {
             config,
@@ -209,7 +215,9 @@ pub fn run(args: Args, _quiet: bool) -> Result<()> {
             let peak = if no_peak || !device.is_cpu() {
                 None
             } else {
-                Some(with_pool(threads, || measure_peak(2048, threads, 5))?)
+                Some(with_pool(threads, || {
+                    measure_peak(PEAK_SIZE, threads, PEAK_REPS)
+                })?)
             };
             report_train(&origin, &cfg, threads, kernels, &t, peak, json)
         }
@@ -383,7 +391,7 @@ fn report_train(
     );
     if let (Some(p), Some(f)) = (peak, of_peak) {
         println!(
-            "sgemm peak 2048, {threads} threads: {p:.1} GFLOP/s; the step runs at {:.0}% of it",
+            "sgemm peak {PEAK_SIZE}, {threads} threads: {p:.1} GFLOP/s; the step runs at {:.0}% of it",
             100.0 * f
         );
     }
@@ -436,6 +444,10 @@ pub fn simd_level() -> &'static str {
     }
     "baseline"
 }
+
+/// The sgemm that `bench train` and `bench conv` measure the peak with: size and repetitions.
+const PEAK_SIZE: usize = 2048;
+const PEAK_REPS: usize = 5;
 
 /// The largest `bench peak --size`: three 8192 x 8192 f32 matrices take 768 MiB.
 const MAX_PEAK_SIZE: usize = 8192;
@@ -637,7 +649,14 @@ pub fn time_layer(l: &Layer, batch: usize, reps: usize) -> Result<(PassTimes, Pa
     Ok((ours, theirs))
 }
 
-fn conv_table(batch: usize, reps: usize, only: Option<&str>) -> Result<()> {
+/// The per-layer table; with `peak_threads`, the sgemm peak on that many threads is measured just
+/// before and just after it (the machine's speed drifts) and the totals given as fractions of both.
+fn conv_table(
+    batch: usize,
+    reps: usize,
+    only: Option<&str>,
+    peak_threads: Option<usize>,
+) -> Result<()> {
     reps_ok(reps).context("--reps must be between 1 and 256")?;
     if batch == 0 || batch > 256 {
         bail!("--batch must be between 1 and 256, got {batch}");
@@ -649,6 +668,8 @@ fn conv_table(batch: usize, reps: usize, only: Option<&str>) -> Result<()> {
             names.join(", ")
         );
     }
+    let measure = |t| measure_peak(PEAK_SIZE, t, PEAK_REPS);
+    let before = peak_threads.map(measure).transpose()?;
     println!(
         "batch {batch}, {} threads, {} kernels, median of {reps}; ms per call",
         rayon::current_num_threads(),
@@ -697,24 +718,48 @@ fn conv_table(batch: usize, reps: usize, only: Option<&str>) -> Result<()> {
             theirs_step / ours_step
         );
     }
-    println!(
-        "all convolutions of one training step: fl-lab {tot_ours:.1} ms ({:.1} GFLOP/s), candle {tot_theirs:.1} ms ({:.1} GFLOP/s), {:.1}x; {:.2} GFLOP",
-        tot_flop / tot_ours,
-        tot_flop / tot_theirs,
-        tot_theirs / tot_ours,
-        tot_flop / 1e3
-    );
     let parts = rayon::current_num_threads().min(batch);
-    if parts > 1 {
+    let split_ms = if parts > 1 {
         let layers: Vec<&Layer> = REFERENCE_LAYERS
             .iter()
             .filter(|l| only.is_none_or(|o| l.name.contains(o)))
             .collect();
-        let ms = split_step_ms(&layers, batch, parts, reps)?;
+        Some(split_step_ms(&layers, batch, parts, reps)?)
+    } else {
+        None
+    };
+    let after = peak_threads.map(measure).transpose()?;
+    let peaks = before.zip(after);
+    // GFLOP/s, and the share of the lower and higher peak when they were measured.
+    let rate = |ms: f64| {
+        let gflops = tot_flop / ms;
+        let share = peaks.map_or(String::new(), |(a, b)| {
+            let (lo, hi) = (a.min(b), a.max(b));
+            format!(
+                ", {:.0}-{:.0}% of the sgemm peak",
+                100.0 * gflops / hi,
+                100.0 * gflops / lo
+            )
+        });
+        format!("{gflops:.1} GFLOP/s{share}")
+    };
+    println!(
+        "all convolutions of one training step: fl-lab {tot_ours:.1} ms ({}), candle {tot_theirs:.1} ms ({:.1} GFLOP/s), {:.1}x; {:.2} GFLOP",
+        rate(tot_ours),
+        tot_flop / tot_theirs,
+        tot_theirs / tot_ours,
+        tot_flop / 1e3
+    );
+    if let Some(ms) = split_ms {
         println!(
             "the same as a training step runs them (the batch in {parts} parts, each on a thread of its own, \
-             one backward call for both gradients): fl-lab {ms:.1} ms ({:.1} GFLOP/s)",
-            tot_flop / ms
+             one backward call for both gradients): fl-lab {ms:.1} ms ({})",
+            rate(ms)
+        );
+    }
+    if let (Some((a, b)), Some(t)) = (peaks, peak_threads) {
+        println!(
+            "sgemm peak {PEAK_SIZE}, {t} threads: {a:.1} GFLOP/s before the table, {b:.1} after"
         );
     }
     Ok(())
