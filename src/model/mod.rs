@@ -131,6 +131,12 @@ impl RetinaNet {
     /// `[N, 3, H, W]` -> class logits `[N, T, K]` and box deltas `[N, T, 4]`. `train` selects
     /// BatchNorm's batch statistics (and running-statistic updates); GroupNorm ignores it.
     pub fn forward(&self, images: &Tensor, train: bool) -> Result<Output> {
+        // No weight changes inside a forward pass: the subnets' weights are prepared for the
+        // convolutions once and shared by the pyramid levels.
+        crate::ops::conv::share_weight_preparations(|| self.forward_levels(images, train))
+    }
+
+    fn forward_levels(&self, images: &Tensor, train: bool) -> Result<Output> {
         let (n, _, _, _) = images.dims4()?;
         let c = self.backbone.forward(images, train)?;
         let p = self.fpn.forward(&c)?;

@@ -8,7 +8,7 @@
 //! The op's third input packs the per-channel parameters `[bias (when present), gamma, beta]`
 //! (candle's custom ops take at most three tensors); its gradient comes back packed the same way.
 
-use candle_core::{bail, CpuStorage, CustomOp3, Device, Layout, Result, Shape, Tensor};
+use candle_core::{bail, CpuStorage, CustomOp3, Device, Layout, Result, Shape, Tensor, TensorId};
 use std::sync::Mutex;
 
 use super::conv::{self, cpu_f32, with_f32, ConvGeom, Needs};
@@ -25,6 +25,8 @@ pub struct ConvNormOp {
     relu: bool,
     /// Whether the packed parameters start with the convolution's bias.
     bias: bool,
+    /// The weight tensor's id (`conv::forward_of`).
+    weights: TensorId,
     /// The convolution's output and the norm's statistics of it, from the forward pass.
     saved: Mutex<Option<(Vec<f32>, Stats)>>,
 }
@@ -50,7 +52,7 @@ impl ConvNormOp {
         g: &ConvGeom,
     ) -> Result<(Vec<f32>, Vec<f32>, Stats)> {
         let (b, gamma, beta) = self.split(p, g.c_out)?;
-        let z = conv::forward(x, w, b, g, false)?;
+        let z = conv::forward_of(x, (w, Some(self.weights)), b, g, false)?;
         let (n, c, h, wd) = g.out_dims();
         let (y, stats) = group_norm::forward(
             &z,
@@ -127,7 +129,8 @@ impl CustomOp3 for ConvNormOp {
                             let (groups, eps, saved) = (self.groups, self.eps, Some(&stats[..]));
                             group_norm::backward(z, &dims, groups, gamma, relu_beta, dy, eps, saved)
                         })?;
-                    let grads = conv::backward(xv, wv, &dz, None, &g, needs)?;
+                    let wv = (wv, Some(self.weights));
+                    let grads = conv::backward_of(xv, wv, &dz, None, &g, needs)?;
                     Ok((grads, dgamma, dbeta))
                 })
             })
@@ -164,6 +167,7 @@ pub fn conv_group_norm_cpu(
         Some(b) => Tensor::cat(&[b, norm.gamma, norm.beta], 0)?,
         None => Tensor::cat(&affine, 0)?,
     };
+    let w = w.contiguous()?;
     let op = ConvNormOp {
         stride,
         pad,
@@ -171,9 +175,10 @@ pub fn conv_group_norm_cpu(
         eps: norm.eps,
         relu: norm.relu,
         bias: b.is_some(),
+        weights: w.id(),
         saved: Mutex::default(),
     };
-    x.contiguous()?.apply_op3(&w.contiguous()?, &params, op)
+    x.contiguous()?.apply_op3(&w, &params, op)
 }
 
 #[cfg(test)]

@@ -93,22 +93,26 @@ impl Stepper {
         let positives = targets.positives.len();
         let targets_time = t0.elapsed();
         let builder = &*builder;
+        // The weights do not change until the optimizer's update, after this pass: their
+        // preparations for the convolutions are made once and shared by the pyramid levels.
         let run = |images: Tensor, targets: Targets| -> Result<PartPass> {
-            let t0 = Instant::now();
-            let out = model.forward(&images, true)?;
-            let terms = objective::compute_normalized(&out, &targets, builder, cfg, norm)?;
-            let loss_cls = scalar(&terms.cls)?;
-            let loss_box = scalar(&terms.boxes)?;
-            let t1 = Instant::now();
-            let grads = terms.total.backward()?;
-            Ok(PartPass {
-                loss_cls,
-                loss_box,
-                split: terms.split,
-                ohem_quota_full: terms.ohem_quota_full,
-                grads,
-                forward: t1 - t0,
-                backward: t1.elapsed(),
+            crate::ops::conv::share_weight_preparations(|| {
+                let t0 = Instant::now();
+                let out = model.forward(&images, true)?;
+                let terms = objective::compute_normalized(&out, &targets, builder, cfg, norm)?;
+                let loss_cls = scalar(&terms.cls)?;
+                let loss_box = scalar(&terms.boxes)?;
+                let t1 = Instant::now();
+                let grads = terms.total.backward()?;
+                Ok(PartPass {
+                    loss_cls,
+                    loss_box,
+                    split: terms.split,
+                    ohem_quota_full: terms.ohem_quota_full,
+                    grads,
+                    forward: t1 - t0,
+                    backward: t1.elapsed(),
+                })
             })
         };
         let parts: Vec<PartPass> = if self.pools.len() <= 1 {
@@ -198,6 +202,54 @@ mod tests {
         };
         let batch = data.batch(0, n, &Device::Cpu).unwrap();
         (cfg, model, batch)
+    }
+
+    /// The convolutions' weight preparations are shared inside a pass only (keyed by tensor id,
+    /// while SGD rewrites the weights in place under the same ids): a pass after an in-place
+    /// update gives exactly what a model holding the updated values in new tensors gives.
+    #[test]
+    fn a_pass_after_weights_change_in_place_uses_the_new_weights() {
+        let (cfg, model, batch) = setup(2);
+        let pass = |model: &RetinaNet| {
+            let mut builder = TargetBuilder::new(&cfg.anchors, &cfg.matcher);
+            let mut norm = Normalizer::new(cfg.loss.normalizer, cfg.loss.ema_momentum);
+            let stepper = Stepper::with_parts(1, 1).unwrap();
+            let p = stepper
+                .forward_backward(
+                    model,
+                    &batch.images,
+                    &batch.gt,
+                    &mut builder,
+                    &cfg,
+                    &mut norm,
+                )
+                .unwrap();
+            let grads: Vec<Vec<f32>> = model
+                .store
+                .named_vars()
+                .iter()
+                .filter_map(|(_, v)| p.grads[0].get(v.as_tensor()))
+                .map(|g| g.flatten_all().unwrap().to_vec1().unwrap())
+                .collect();
+            (p.loss_cls, p.loss_box, grads)
+        };
+        let before = pass(&model);
+        let fresh = RetinaNet::new(&cfg, &Device::Cpu).unwrap();
+        for ((name, var), (fresh_name, fresh_var)) in model
+            .store
+            .named_vars()
+            .iter()
+            .zip(fresh.store.named_vars())
+        {
+            assert_eq!(name, &fresh_name);
+            let changed = ((var.as_tensor() * 0.9).unwrap() + 0.01).unwrap();
+            var.set(&changed).unwrap();
+            fresh_var.set(&changed).unwrap();
+        }
+        let (after, want) = (pass(&model), pass(&fresh));
+        assert_ne!(after.0, before.0, "the update changes the loss");
+        assert_eq!((after.0, after.1), (want.0, want.1));
+        assert!(after.2.len() > 10 && after.2 == want.2, "gradients differ");
     }
 
     #[test]

@@ -18,21 +18,26 @@
 //! all contiguous NCHW.
 
 use std::cell::RefCell;
+use std::sync::Arc;
 
 use candle_core::{
     bail, CpuStorage, CustomOp2, CustomOp3, Device, Layout, Result, Shape, Storage, Tensor,
+    TensorId,
 };
 use gemm::Parallelism;
 use rayon::prelude::*;
+use shared_weights::{prepared, Prepared};
 
 mod amx;
 mod direct;
 mod grouped;
+mod shared_weights;
 mod shifted;
 mod winograd;
 
 pub use amx::{hold_products, ProductsGuard};
 pub use direct::set_switched_off as use_gemm_for_shifted_convs;
+pub use shared_weights::within_pass as share_weight_preparations;
 pub use winograd::set_switched_off as skip_winograd_convs;
 
 /// The geometry of one convolution; everything else is derived from it.
@@ -384,6 +389,18 @@ pub fn forward(
     g: &ConvGeom,
     relu: bool,
 ) -> Result<Vec<f32>> {
+    forward_of(x, (w, None), b, g, relu)
+}
+
+/// `forward` with the weights' tensor id, under which their preparation (Winograd transform, bf16
+/// packing) is shared by the calls of one pass (`share_weight_preparations`).
+pub(crate) fn forward_of(
+    x: &[f32],
+    (w, w_id): (&[f32], Option<TensorId>),
+    b: Option<&[f32]>,
+    g: &ConvGeom,
+    relu: bool,
+) -> Result<Vec<f32>> {
     check_lens(x, w, b, g)?;
     let (k, p) = (g.k(), g.p());
     let mut y = vec![0f32; g.n * g.out_len()];
@@ -401,7 +418,9 @@ pub fn forward(
     };
     if winograd::applies(g) {
         let per = winograd::task_images(g, per);
-        let u = winograd::transform_weights(w, g);
+        let u = prepared(w_id, Prepared::Winograd, || {
+            winograd::transform_weights(w, g)
+        });
         let lens = winograd::scratch_lens(g, per);
         y.par_chunks_mut(per * g.out_len())
             .enumerate()
@@ -417,7 +436,11 @@ pub fn forward(
     let group = grouped::group_len(g, per);
     let table = image_table(g, group);
     let direct = shifted::applies(g) && direct::enabled();
-    let bf16 = (shifted::applies(g) && amx::enabled()).then(|| shifted::forward_weights_bf16(w, g));
+    let bf16 = (shifted::applies(g) && amx::enabled()).then(|| {
+        prepared(w_id, Prepared::Bf16Forward, || {
+            shifted::forward_weights_bf16(w, g)
+        })
+    });
     let lens = if shifted::applies(g) {
         [shifted::padded_len(g), g.c_out * shifted::wide_len(g)]
     } else if group > 1 {
@@ -564,20 +587,27 @@ struct BackwardPlan {
     /// The direct kernels' products in bf16 on AMX tiles (`amx`).
     bf16: bool,
     /// With `bf16`, the weights packed for the input gradient (when it is needed).
-    bf16_input_weights: Option<amx::Packed>,
+    bf16_input_weights: Option<Arc<amx::Packed>>,
     /// The Winograd scheme, with the transformed weights (empty unless the input gradient is
     /// needed); its tasks sum transformed partial weight gradients.
-    winograd: Option<Vec<f32>>,
+    winograd: Option<Arc<Vec<f32>>>,
     /// Lengths of the two per-thread scratch buffers.
     lens: [usize; 2],
 }
 
 impl BackwardPlan {
-    fn new(g: &ConvGeom, w: &[f32], needs: Needs, masked: bool) -> Self {
+    fn new(
+        g: &ConvGeom,
+        (w, w_id): (&[f32], Option<TensorId>),
+        needs: Needs,
+        masked: bool,
+    ) -> Self {
         let (per, par) = plan(g.n);
         let winograd = winograd::applies(g).then(|| match needs.input {
-            true => winograd::transform_weights(w, g),
-            false => Vec::new(),
+            true => prepared(w_id, Prepared::Winograd, || {
+                winograd::transform_weights(w, g)
+            }),
+            false => Arc::new(Vec::new()),
         });
         let per = match winograd {
             Some(_) => winograd::task_images(g, per),
@@ -586,8 +616,11 @@ impl BackwardPlan {
         let group = grouped::group_len(g, per);
         let shifted = shifted::applies(g) && winograd.is_none();
         let bf16 = shifted && amx::enabled();
-        let bf16_input_weights =
-            (bf16 && needs.input).then(|| shifted::input_grad_weights_bf16(w, g));
+        let bf16_input_weights = (bf16 && needs.input).then(|| {
+            prepared(w_id, Prepared::Bf16InputGrad, || {
+                shifted::input_grad_weights_bf16(w, g)
+            })
+        });
         // The bf16 products read the direct kernels' layouts.
         let direct_ok = direct::enabled() || bf16;
         let direct_dx = shifted && needs.input && direct_ok;
@@ -649,6 +682,18 @@ pub fn backward(
     g: &ConvGeom,
     needs: Needs,
 ) -> Result<Grads> {
+    backward_of(x, (w, None), dy, relu_out, g, needs)
+}
+
+/// `backward` with the weights' tensor id (as in `forward_of`).
+pub(crate) fn backward_of(
+    x: &[f32],
+    (w, w_id): (&[f32], Option<TensorId>),
+    dy: &[f32],
+    relu_out: Option<&[f32]>,
+    g: &ConvGeom,
+    needs: Needs,
+) -> Result<Grads> {
     check_lens(x, w, None, g)?;
     if dy.len() != g.n * g.out_len() || relu_out.is_some_and(|r| r.len() != dy.len()) {
         bail!("conv2d backward: output gradient does not match geometry {g:?}");
@@ -657,7 +702,7 @@ pub fn backward(
     if g.n == 0 || !(needs.input || needs.weight || needs.bias) {
         return Ok(grads);
     }
-    let plan = BackwardPlan::new(g, w, needs, relu_out.is_some());
+    let plan = BackwardPlan::new(g, (w, w_id), needs, relu_out.is_some());
     let inputs = BackwardInputs { x, w, dy, relu_out };
     if needs.input {
         grads.input = vec![0f32; g.n * g.in_len()];
@@ -888,6 +933,8 @@ pub struct Conv2dOp {
     pub stride: usize,
     pub pad: usize,
     pub relu: bool,
+    /// The weight tensor's id (`forward_of`).
+    pub weights: TensorId,
 }
 
 impl Conv2dOp {
@@ -909,7 +956,7 @@ impl Conv2dOp {
         let x = cpu_f32(xs, xl, "conv2d input")?;
         let w = cpu_f32(ws, wl, "conv2d weight")?;
         let b = b.map(|(s, l)| cpu_f32(s, l, "conv2d bias")).transpose()?;
-        let y = forward(x, w, b, &g, self.relu)?;
+        let y = forward_of(x, (w, Some(self.weights)), b, &g, self.relu)?;
         Ok((CpuStorage::F32(y), Shape::from(g.out_dims())))
     }
 
@@ -932,12 +979,13 @@ impl Conv2dOp {
         let mut grads = with_f32(x, "conv2d input", |xv| {
             with_f32(w, "conv2d weight", |wv| {
                 with_f32(grad, "conv2d output gradient", |dy| {
+                    let wv = (wv, Some(self.weights));
                     if self.relu {
                         with_f32(res, "conv2d output", |r| {
-                            backward(xv, wv, dy, Some(r), &g, needs)
+                            backward_of(xv, wv, dy, Some(r), &g, needs)
                         })
                     } else {
-                        backward(xv, wv, dy, None, &g, needs)
+                        backward_of(xv, wv, dy, None, &g, needs)
                     }
                 })
             })
@@ -1016,12 +1064,13 @@ pub fn conv2d_cpu(
     padding: usize,
     relu: bool,
 ) -> Result<Tensor> {
+    let (x, w) = (x.contiguous()?, w.contiguous()?);
     let op = Conv2dOp {
         stride,
         pad: padding,
         relu,
+        weights: w.id(),
     };
-    let (x, w) = (x.contiguous()?, w.contiguous()?);
     match b {
         Some(b) => x.apply_op3(&w, &b.contiguous()?, op),
         None => x.apply_op2(&w, op),
