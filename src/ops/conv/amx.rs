@@ -262,26 +262,125 @@ pub(super) fn pack_weights(
     p
 }
 
-/// Planes `src[(g * channels + c) * ld + pos]` (groups `g < groups`: the phases of a strided
-/// convolution; channels `c`, positions `pos < positions`) turned channels last as the first
-/// operand: row `g * positions + pos` holds the channel pairs `(2d, 2d + 1)`, rows `channels`
-/// rounded up to 32 wide; `rows` rows in all, zero past the planes and channels.
-pub(super) fn pack_channels_last(
-    src: &[f32],
+/// One group of planes as the packers read them: channel `c`'s value at position `pos`, zero at
+/// and past `positions`.
+#[derive(Clone, Copy, Debug)]
+pub(super) struct Planes<'a> {
+    src: &'a [f32],
+    /// From one channel to the next in `src`.
     ld: usize,
-    (channels, positions): (usize, usize),
-    groups: usize,
-    rows: usize,
-) -> Packed {
-    let row = channels.div_ceil(KT) * KT / 2;
-    let mut p = Packed::stale(rows.max(groups * positions), row);
-    let dst = p.data_mut();
-    for gi in 0..groups {
-        let planes = &src[gi * channels * ld..][..(channels - 1) * ld + positions];
-        let dst = &mut dst[gi * positions * row..][..positions * row];
-        vector_or_plain!(channels_last(planes, ld, (channels, positions), dst, row));
+    positions: usize,
+    /// `Some((h, w, pad))`: each channel of `src` an `h x w` image, read as if zero-padded by
+    /// `pad` on every side into rows `w + 2 pad` wide (position `pos` is padded row
+    /// `pos / (w + 2 pad)`, column `pos % (w + 2 pad)`); `None`: `src[c * ld + pos]`.
+    image: Option<(usize, usize, usize)>,
+}
+
+impl<'a> Planes<'a> {
+    /// Stored planes `src[(g * channels + c) * ld + pos]`, one `Planes` per group `g < groups`
+    /// (the phases of a strided convolution).
+    pub(super) fn stored(
+        src: &'a [f32],
+        ld: usize,
+        (channels, positions): (usize, usize),
+        groups: usize,
+    ) -> Vec<Self> {
+        (0..groups)
+            .map(|g| Planes {
+                src: &src[g * channels * ld..][..(channels - 1) * ld + positions],
+                ld,
+                positions,
+                image: None,
+            })
+            .collect()
     }
-    dst[groups * positions * row..].fill(0);
+
+    /// The images `src [channels, h, w]` read zero-padded by `pad`, `positions` long: the planes
+    /// of a stride-1 convolution without the padded copy.
+    pub(super) fn padded_image(
+        src: &'a [f32],
+        channels: usize,
+        (h, w): (usize, usize),
+        pad: usize,
+        positions: usize,
+    ) -> Self {
+        Planes {
+            src: &src[..channels * h * w],
+            ld: h * w,
+            positions,
+            image: Some((h, w, pad)),
+        }
+    }
+
+    /// Whether `src` holds `channels` channels.
+    fn holds(&self, channels: usize) -> bool {
+        let span = match self.image {
+            Some((h, w, _)) => h * w,
+            None => self.positions,
+        };
+        channels == 0 || self.src.len() >= (channels - 1) * self.ld + span
+    }
+
+    /// Channel `c`'s value at `pos`.
+    fn at(&self, c: usize, pos: usize) -> f32 {
+        if pos >= self.positions {
+            return 0.0;
+        }
+        match self.image {
+            None => self.src[c * self.ld + pos],
+            Some((h, w, pad)) => {
+                let (r, q) = (pos / (w + 2 * pad), pos % (w + 2 * pad));
+                let inside = (pad..pad + h).contains(&r) && (pad..pad + w).contains(&q);
+                match inside {
+                    true => self.src[c * self.ld + (r - pad) * w + q - pad],
+                    false => 0.0,
+                }
+            }
+        }
+    }
+
+    /// Positions `start..start + 16` as vector lanes: the mask of those with values in `src`,
+    /// and the offset in channel 0 of the first of them. Their values are consecutive in `src`
+    /// (an image's row ends where the next begins), so one expanding load reads them.
+    fn lanes(&self, start: usize) -> (u16, usize) {
+        let Some((h, w, pad)) = self.image else {
+            let n = self.positions.saturating_sub(start).min(16);
+            return (((1u32 << n) - 1) as u16, start);
+        };
+        let wq = w + 2 * pad;
+        let (mut r, mut q) = (start / wq, start % wq);
+        let (mut mask, mut first) = (0u16, None);
+        for i in 0..16 {
+            let inside = (pad..pad + h).contains(&r) && (pad..pad + w).contains(&q);
+            if start + i < self.positions && inside {
+                mask |= 1 << i;
+                let at = (r - pad) * w + q - pad;
+                let first = *first.get_or_insert(at);
+                debug_assert_eq!(at, first + mask.count_ones() as usize - 1, "consecutive");
+            }
+            q += 1;
+            if q == wq {
+                (q, r) = (0, r + 1);
+            }
+        }
+        (mask, first.unwrap_or(0))
+    }
+}
+
+/// Groups of planes turned channels last as the first operand: row `g * positions + pos`
+/// (positions of group `g`) holds the channel pairs `(2d, 2d + 1)`, rows `channels` rounded up to
+/// 32 wide; `rows` rows in all, zero past the planes and channels. The groups are equally long.
+pub(super) fn pack_channels_last(groups: &[Planes], channels: usize, rows: usize) -> Packed {
+    let row = channels.div_ceil(KT) * KT / 2;
+    let positions = groups.first().map_or(0, |p| p.positions);
+    let mut p = Packed::stale(rows.max(groups.len() * positions), row);
+    let dst = p.data_mut();
+    for (gi, planes) in groups.iter().enumerate() {
+        assert!(planes.positions == positions && planes.holds(channels));
+        let dst = &mut dst[gi * positions * row..][..positions * row];
+        vector_or_plain!(channels_last(planes, channels, dst, row));
+    }
+    dst[groups.len() * positions * row..].fill(0);
     p
 }
 
@@ -299,32 +398,23 @@ pub(super) fn pack_rows(src: &[f32], ld: usize, rows: usize, len: usize) -> Pack
     p
 }
 
-/// Planes `src[(g * channels + c) * ld + pos]` as the second operand with the depth along
-/// positions, `pairs` pair rows per group: pair row `g * pairs + j` holds `(src[.. + 2j + parity],
-/// src[.. + 2j + parity + 1])` of channel `c` at column `c`; rows `blocks(channels)` wide, zero
-/// past `positions` and `channels`.
+/// Groups of planes as the second operand with the depth along positions, `pairs` pair rows per
+/// group: pair row `g * pairs + j` holds the values at positions `2j + parity` and `2j + parity +
+/// 1` of channel `c` at column `c`; rows `blocks(channels)` wide, zero past the positions and
+/// channels.
 pub(super) fn pack_position_pairs(
-    src: &[f32],
-    ld: usize,
-    (channels, positions): (usize, usize),
-    groups: usize,
+    groups: &[Planes],
+    channels: usize,
     parity: usize,
     pairs: usize,
 ) -> Packed {
     let row = blocks(channels);
-    let mut p = Packed::stale(groups * pairs, row);
+    let mut p = Packed::stale(groups.len() * pairs, row);
     let dst = p.data_mut();
-    for gi in 0..groups {
-        let planes = &src[gi * channels * ld..][..(channels - 1) * ld + positions];
+    for (gi, planes) in groups.iter().enumerate() {
+        assert!(planes.holds(channels));
         let dst = &mut dst[gi * pairs * row..][..pairs * row];
-        vector_or_plain!(position_pairs(
-            planes,
-            ld,
-            (channels, positions),
-            parity,
-            dst,
-            row
-        ));
+        vector_or_plain!(position_pairs(planes, channels, parity, dst, row));
     }
     p
 }
@@ -456,7 +546,7 @@ thread_local! {
 /// packers off x86-64.
 #[cfg_attr(target_arch = "x86_64", allow(dead_code))]
 mod plain {
-    use super::pair;
+    use super::{pair, Planes};
 
     /// The value at `x` of a plane of `len` values, zero past it.
     fn at(plane: &[f32], len: usize, x: usize) -> f32 {
@@ -507,16 +597,13 @@ mod plain {
         }
     }
 
-    /// `pack_channels_last`'s rows `..positions` of one group.
-    pub(super) fn channels_last(
-        src: &[f32],
-        ld: usize,
-        (channels, positions): (usize, usize),
-        dst: &mut [u32],
-        row: usize,
-    ) {
-        let ch = |c: usize, pos: usize| if c < channels { src[c * ld + pos] } else { 0.0 };
-        for pos in 0..positions {
+    /// `pack_channels_last`'s rows of one group.
+    pub(super) fn channels_last(planes: &Planes, channels: usize, dst: &mut [u32], row: usize) {
+        let ch = |c: usize, pos: usize| match c < channels {
+            true => planes.at(c, pos),
+            false => 0.0,
+        };
+        for pos in 0..planes.positions {
             for (d, v) in dst[pos * row..(pos + 1) * row].iter_mut().enumerate() {
                 *v = pair(ch(2 * d, pos), ch(2 * d + 1, pos));
             }
@@ -525,23 +612,18 @@ mod plain {
 
     /// `pack_position_pairs`' pair rows of one group (`dst.len() / row` of them).
     pub(super) fn position_pairs(
-        src: &[f32],
-        ld: usize,
-        (channels, positions): (usize, usize),
+        planes: &Planes,
+        channels: usize,
         parity: usize,
         dst: &mut [u32],
         row: usize,
     ) {
         for (j, r) in dst.chunks_exact_mut(row).enumerate() {
             for (c, v) in r.iter_mut().enumerate() {
-                *v = if c < channels {
-                    let plane = &src[c * ld..];
-                    pair(
-                        at(plane, positions, 2 * j + parity),
-                        at(plane, positions, 2 * j + parity + 1),
-                    )
-                } else {
-                    0
+                let q = 2 * j + parity;
+                *v = match c < channels {
+                    true => pair(planes.at(c, q), planes.at(c, q + 1)),
+                    false => 0,
                 };
             }
         }
@@ -550,6 +632,7 @@ mod plain {
 
 #[cfg(target_arch = "x86_64")]
 mod avx512 {
+    use super::Planes;
     use std::arch::x86_64::*;
 
     /// The 16 x 16 transpose of 16 rows of 16 values.
@@ -666,6 +749,12 @@ mod avx512 {
     unsafe fn pairs32(p: *const f32, count: usize) -> __m512i {
         let lo = _mm512_maskz_loadu_ps(mask(count), p);
         let hi = _mm512_maskz_loadu_ps(mask(count.saturating_sub(16)), p.wrapping_add(16));
+        pairs_of(lo, hi)
+    }
+
+    /// The 32 values of `lo` then `hi` as 16 bf16 pairs, in order.
+    #[inline(always)]
+    unsafe fn pairs_of(lo: __m512, hi: __m512) -> __m512i {
         let lo = _mm512_cvtepi32_epi16(bf16x16(lo));
         let hi = _mm512_cvtepi32_epi16(bf16x16(hi));
         _mm512_inserti64x4::<1>(_mm512_castsi256_si512(lo), hi)
@@ -733,24 +822,35 @@ mod avx512 {
         }
     }
 
+    /// 16 values from `p` on into the lanes of `m`: consecutive lanes, or with `expand` the lanes
+    /// of `m` from consecutive values (`Planes::lanes`); zero in the other lanes.
+    #[inline(always)]
+    unsafe fn load16(p: *const f32, m: __mmask16, expand: bool) -> __m512 {
+        if expand {
+            _mm512_maskz_expandloadu_ps(m, p)
+        } else {
+            _mm512_maskz_loadu_ps(m, p)
+        }
+    }
+
     /// `plain::channels_last` on vectors.
     #[target_feature(enable = "avx512f")]
     pub(super) unsafe fn channels_last(
-        src: &[f32],
-        ld: usize,
-        (channels, positions): (usize, usize),
+        planes: &Planes,
+        channels: usize,
         dst: &mut [u32],
         row: usize,
     ) {
-        assert!(src.len() >= (channels - 1) * ld + positions && dst.len() >= positions * row);
-        let (s, d) = (src.as_ptr(), dst.as_mut_ptr() as *mut f32);
+        let (positions, ld, expand) = (planes.positions, planes.ld, planes.image.is_some());
+        assert!(planes.holds(channels) && dst.len() >= positions * row);
+        let (s, d) = (planes.src.as_ptr(), dst.as_mut_ptr() as *mut f32);
         for p0 in (0..positions).step_by(16) {
-            let m = mask(positions - p0);
+            let (m, off) = planes.lanes(p0);
             for d0 in (0..row).step_by(16) {
                 let r: [__m512; 16] = std::array::from_fn(|i| {
                     let load = |c: usize| {
                         if c < channels {
-                            bf16x16(_mm512_maskz_loadu_ps(m, s.add(c * ld + p0)))
+                            bf16x16(load16(s.wrapping_add(c * ld + off), m, expand))
                         } else {
                             _mm512_setzero_si512()
                         }
@@ -769,23 +869,26 @@ mod avx512 {
     /// `plain::position_pairs` on vectors.
     #[target_feature(enable = "avx512f")]
     pub(super) unsafe fn position_pairs(
-        src: &[f32],
-        ld: usize,
-        (channels, positions): (usize, usize),
+        planes: &Planes,
+        channels: usize,
         parity: usize,
         dst: &mut [u32],
         row: usize,
     ) {
-        assert!(src.len() >= (channels - 1) * ld + positions && row >= channels);
+        assert!(planes.holds(channels) && row >= channels);
+        let (ld, expand) = (planes.ld, planes.image.is_some());
         let pairs = dst.len() / row;
-        let (s, d) = (src.as_ptr(), dst.as_mut_ptr() as *mut f32);
-        for c0 in (0..row).step_by(16) {
-            for j0 in (0..pairs).step_by(16) {
-                let first = 2 * j0 + parity;
-                let left = positions.saturating_sub(first);
+        let (s, d) = (planes.src.as_ptr(), dst.as_mut_ptr() as *mut f32);
+        for j0 in (0..pairs).step_by(16) {
+            let first = 2 * j0 + parity;
+            let ((m_lo, lo), (m_hi, hi)) = (planes.lanes(first), planes.lanes(first + 16));
+            for c0 in (0..row).step_by(16) {
                 let r: [__m512; 16] = std::array::from_fn(|i| {
                     if c0 + i < channels {
-                        _mm512_castsi512_ps(pairs32(s.wrapping_add((c0 + i) * ld + first), left))
+                        let p = s.wrapping_add((c0 + i) * ld);
+                        let lo = load16(p.wrapping_add(lo), m_lo, expand);
+                        let hi = load16(p.wrapping_add(hi), m_hi, expand);
+                        _mm512_castsi512_ps(pairs_of(lo, hi))
                     } else {
                         _mm512_setzero_ps()
                     }
@@ -932,7 +1035,7 @@ mod tests {
         // 21 positions, planes 25 apart.
         let (ch, pos, ld, groups) = (37usize, 21usize, 25usize, 2usize);
         let src: Vec<f32> = (0..groups * ch * ld).map(|i| val(i, 1)).collect();
-        let p = pack_channels_last(&src, ld, (ch, pos), groups, 50);
+        let p = pack_channels_last(&Planes::stored(&src, ld, (ch, pos), groups), ch, 50);
         assert_eq!(p.row(), 32);
         assert_eq!(p.data().len(), 50 * 32);
         assert_eq!(p.data().as_ptr() as usize % 64, 0, "aligned");
@@ -964,11 +1067,54 @@ mod tests {
                 assert_eq!(got, want, "rows: row {r} x {x}");
             }
         }
+        // An image read zero-padded: 35 channels of 5 x 7, padded by 2 into rows 11 wide, 9 rows
+        // and a slack of 3 positions; channels last and position pairs.
+        let (ch, h, w, pad) = (35usize, 5usize, 7usize, 2usize);
+        let (wq, pos) = (w + 2 * pad, (h + 2 * pad) * (w + 2 * pad) + 3);
+        let src: Vec<f32> = (0..ch * h * w).map(|i| val(i, 4)).collect();
+        let padded = |c: usize, q: usize| {
+            let (r, x) = (q / wq, q % wq);
+            let inside = q < pos && (pad..pad + h).contains(&r) && (pad..pad + w).contains(&x);
+            match c < ch && inside {
+                true => r16(src[(c * h + r - pad) * w + x - pad]),
+                false => 0.0,
+            }
+        };
+        let image = [Planes::padded_image(&src, ch, (h, w), pad, pos)];
+        let p = pack_channels_last(&image, ch, pos + 20);
+        for q in 0..pos + 20 {
+            for c in 0..64 {
+                let got = half(p.data()[q * 32 + c / 2], c % 2 == 1);
+                assert_eq!(
+                    got,
+                    padded(c, q),
+                    "padded channels last: position {q} channel {c}"
+                );
+            }
+        }
+        for parity in [0, 1] {
+            let pairs = pos / 2 + 5;
+            let p = pack_position_pairs(&image, ch, parity, pairs);
+            for j in 0..pairs {
+                for c in 0..64 {
+                    let v = p.data()[j * 64 + c];
+                    for (e, hi) in [(0, false), (1, true)] {
+                        let q = 2 * j + parity + e;
+                        assert_eq!(
+                            half(v, hi),
+                            padded(c, q),
+                            "padded pairs: {parity} j{j} c{c}"
+                        );
+                    }
+                }
+            }
+        }
         // Position pairs, both parities, 2 groups.
         let (ch, pos, ld, groups, pairs) = (19usize, 13usize, 15usize, 2usize, 9usize);
         let src: Vec<f32> = (0..groups * ch * ld).map(|i| val(i, 3)).collect();
         for parity in [0, 1] {
-            let p = pack_position_pairs(&src, ld, (ch, pos), groups, parity, pairs);
+            let planes = Planes::stored(&src, ld, (ch, pos), groups);
+            let p = pack_position_pairs(&planes, ch, parity, pairs);
             assert_eq!(p.row(), 32);
             for gi in 0..groups {
                 for j in 0..pairs {
@@ -1035,22 +1181,35 @@ mod tests {
         ] {
             let src: Vec<f32> = (0..channels * ld).map(|i| val(i, 8) * 3.0).collect();
             let src = &src[..(channels - 1) * ld + positions];
-            let row = channels.div_ceil(32) * 16;
-            let (mut a, mut b) = (vec![7u32; positions * row], vec![9u32; positions * row]);
-            unsafe { avx512::channels_last(src, ld, (channels, positions), &mut a, row) };
-            plain::channels_last(src, ld, (channels, positions), &mut b, row);
-            assert_eq!(a, b, "channels last {channels} x {positions}");
-            let row = blocks(channels);
-            for (parity, pairs) in [(0, positions / 2 + 3), (1, positions.div_ceil(2) + 17)] {
-                let (mut a, mut b) = (vec![7u32; pairs * row], vec![9u32; pairs * row]);
-                unsafe {
-                    avx512::position_pairs(src, ld, (channels, positions), parity, &mut a, row)
-                };
-                plain::position_pairs(src, ld, (channels, positions), parity, &mut b, row);
-                assert_eq!(
-                    a, b,
-                    "position pairs {channels} x {positions} parity {parity}"
-                );
+            // The planes as stored, and the first channels' values as images (h x w, padded by
+            // `pad`, read as long as the stored planes): rows wider and narrower than a vector.
+            let (h, w) = (positions % 7 + 1, positions % 23 + 1);
+            let image_channels = src.len() / (h * w);
+            let pad = positions % 3;
+            let sources = [
+                (
+                    channels,
+                    Planes::stored(src, ld, (channels, positions), 1)[0],
+                ),
+                (
+                    image_channels,
+                    Planes::padded_image(src, image_channels, (h, w), pad, positions),
+                ),
+            ];
+            for (channels, planes) in sources.into_iter().filter(|&(c, _)| c > 0) {
+                let what = format!("{channels} x {positions} {planes:?}");
+                let row = channels.div_ceil(32) * 16;
+                let (mut a, mut b) = (vec![7u32; positions * row], vec![9u32; positions * row]);
+                unsafe { avx512::channels_last(&planes, channels, &mut a, row) };
+                plain::channels_last(&planes, channels, &mut b, row);
+                assert_eq!(a, b, "channels last {what}");
+                let row = blocks(channels);
+                for (parity, pairs) in [(0, positions / 2 + 3), (1, positions.div_ceil(2) + 17)] {
+                    let (mut a, mut b) = (vec![7u32; pairs * row], vec![9u32; pairs * row]);
+                    unsafe { avx512::position_pairs(&planes, channels, parity, &mut a, row) };
+                    plain::position_pairs(&planes, channels, parity, &mut b, row);
+                    assert_eq!(a, b, "position pairs parity {parity} {what}");
+                }
             }
             // Weights [C_out = channels, C_in = positions % 40 + 1, 3 taps], both ways round.
             let (co, ci, taps) = (channels, positions % 40 + 1, 3);
@@ -1101,7 +1260,8 @@ mod tests {
                     bt[j * 2 * b_rows + d] = b_src[d * nb + j];
                 }
             }
-            let b = pack_position_pairs(&bt, 2 * b_rows, (nb, 2 * b_rows), 1, 0, b_rows);
+            let planes = Planes::stored(&bt, 2 * b_rows, (nb, 2 * b_rows), 1);
+            let b = pack_position_pairs(&planes, nb, 0, b_rows);
             assert_eq!(b.row(), nb);
             let reads: Vec<Read> = shifts
                 .iter()
@@ -1204,7 +1364,8 @@ mod tests {
             .copied()
             .chain((0..20).map(|i| val(i, 9) * 1e3))
             .collect();
-        let p = pack_channels_last(&src, src.len(), (1, src.len()), 1, src.len());
+        let planes = Planes::stored(&src, src.len(), (1, src.len()), 1);
+        let p = pack_channels_last(&planes, 1, src.len());
         for (i, v) in src.iter().enumerate() {
             let got = p.data()[i * p.row()] as u16;
             let want = bf16(*v);

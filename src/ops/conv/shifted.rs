@@ -646,6 +646,24 @@ pub(super) fn weight_grad_image_direct(
     }
 }
 
+/// The phase planes of one image `x` as the bf16 packers read them: for stride 1 the image
+/// itself, read zero-padded (the padded copy would be one more pass over it); otherwise the
+/// phases written to `xq` by `pad_image`.
+fn image_planes<'a>(x: &'a [f32], g: &ConvGeom, xq: &'a mut [f32]) -> Vec<amx::Planes<'a>> {
+    let plane = plane_len(g);
+    if g.stride == 1 {
+        return vec![amx::Planes::padded_image(
+            x,
+            g.c_in,
+            (g.h, g.w),
+            g.pad,
+            plane,
+        )];
+    }
+    pad_image(x, g, xq);
+    amx::Planes::stored(xq, plane, (g.c_in, plane), g.stride * g.stride)
+}
+
 /// The weights `w [C_out, C_in, kh, kw]` packed for `forward_image_bf16` (depth `C_in`, columns
 /// `C_out`, per tap); once per call, shared by every image.
 pub(super) fn forward_weights_bf16(w: &[f32], g: &ConvGeom) -> amx::Packed {
@@ -667,7 +685,7 @@ pub(super) fn forward_image_bf16(
     ywide: &mut [f32],
 ) {
     let (plane, wide, taps) = (plane_len(g), wide_len(g), g.kh * g.kw);
-    pad_image(x, g, xq);
+    let planes = image_planes(x, g, xq);
     let offs: Vec<usize> = (0..taps)
         .map(|t| {
             let (phase, shift) = tap_phase_shift(g, t);
@@ -675,8 +693,7 @@ pub(super) fn forward_image_bf16(
         })
         .collect();
     let rows = offs.iter().max().copied().unwrap_or(0) + amx::blocks(wide);
-    let phases = g.stride * g.stride;
-    let act = amx::pack_channels_last(xq, plane, (g.c_in, plane), phases, rows);
+    let act = amx::pack_channels_last(&planes, g.c_in, rows);
     let depth = act.row();
     let reads: Vec<amx::Read> = offs
         .iter()
@@ -716,7 +733,11 @@ pub(super) fn input_grad_image_bf16(
         })
         .max()
         .unwrap_or(0);
-    let act = amx::pack_channels_last(dyl, len, (g.c_out, len), 1, rows);
+    let act = amx::pack_channels_last(
+        &amx::Planes::stored(dyl, len, (g.c_out, len), 1),
+        g.c_out,
+        rows,
+    );
     let depth = act.row();
     for p in phases {
         let reads: Vec<amx::Read> = p
@@ -751,16 +772,15 @@ pub(super) fn weight_grad_image_bf16(
     dwt: &mut [f32],
     accumulate: bool,
 ) {
-    let (plane, wide, taps) = (plane_len(g), wide_len(g), g.kh * g.kw);
-    pad_image(x, g, xq);
+    let (wide, taps) = (wide_len(g), g.kh * g.kw);
+    let planes = image_planes(x, g, xq);
     let dy = amx::pack_rows(dywide, ld, g.c_out, wide);
     let depth = dy.row();
     let pairs = depth + max_shift(g) / 2 + 1;
-    let phases = g.stride * g.stride;
     let copies = [0, 1].map(|parity| {
         let shifts = (0..taps).map(|t| tap_phase_shift(g, t).1);
         let used = shifts.clone().any(|sh| sh % 2 == parity);
-        used.then(|| amx::pack_position_pairs(xq, plane, (g.c_in, plane), phases, parity, pairs))
+        used.then(|| amx::pack_position_pairs(&planes, g.c_in, parity, pairs))
     });
     let per_tap = g.c_out * g.c_in;
     for (t, dst) in dwt.chunks_exact_mut(per_tap).enumerate() {
