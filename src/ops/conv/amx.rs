@@ -136,6 +136,9 @@ fn pair(lo: f32, hi: f32) -> u32 {
 /// Values (bf16 pairs) per tile row: 64 bytes, one cache line.
 const ROW: usize = 16;
 
+/// The most packing buffers a thread keeps for reuse.
+const MAX_POOLED: usize = 64;
+
 thread_local! {
     /// Buffers of dropped `Packed`s, reused: fresh ones cost page faults on every call.
     static POOL: RefCell<Vec<Vec<u32>>> = const { RefCell::new(Vec::new()) };
@@ -213,7 +216,10 @@ impl Drop for Packed {
         POOL.with(|p| {
             let mut p = p.borrow_mut();
             p.push(std::mem::take(&mut self.buf));
-            if p.len() > 8 {
+            // A pass keeps every weight tensor's packing until it ends (`shared_weights`): room
+            // for all of them, so that the next pass reuses their buffers instead of allocating
+            // and zero-filling new ones (with 8 this cost what the sharing saved).
+            if p.len() > MAX_POOLED {
                 // Keep the larger ones.
                 let smallest = (0..p.len()).min_by_key(|&i| p[i].capacity());
                 smallest.map(|i| p.swap_remove(i));
