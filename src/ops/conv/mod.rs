@@ -435,13 +435,16 @@ pub(crate) fn forward_of(
     }
     let group = grouped::group_len(g, per);
     let table = image_table(g, group);
-    let direct = shifted::applies(g) && direct::enabled();
-    let bf16 = (shifted::applies(g) && amx::enabled()).then(|| {
+    // Chosen here, on the calling thread, once: the tasks may run on other threads, where a
+    // test's per-thread bf16 switch (`amx::with_bf16`) is off.
+    let use_shifted = shifted::applies(g);
+    let direct = use_shifted && direct::enabled();
+    let bf16 = (use_shifted && amx::enabled()).then(|| {
         prepared(w_id, Prepared::Bf16Forward, || {
             shifted::forward_weights_bf16(w, g)
         })
     });
-    let lens = if shifted::applies(g) {
+    let lens = if use_shifted {
         [shifted::padded_len(g), g.c_out * shifted::wide_len(g)]
     } else if group > 1 {
         grouped::scratch_lens(g, group)
@@ -467,7 +470,7 @@ pub(crate) fn forward_of(
                 for (i, yn) in ys.chunks_mut(g.out_len()).enumerate() {
                     let img = t * per + i;
                     let xn = &x[img * g.in_len()..(img + 1) * g.in_len()];
-                    if shifted::applies(g) {
+                    if use_shifted {
                         if let Some(w) = &bf16 {
                             shifted::forward_image_bf16(xn, w, g, col, wide);
                         } else if direct {
