@@ -96,6 +96,38 @@ fn gen_stats_show_on_a_tiny_dataset() {
     let classes = std::fs::read_to_string(t.path().join("st/classes.csv")).unwrap();
     assert_eq!(classes.lines().count(), 13, "{classes}");
 
+    // The paper's resize: the 64 px images scale to 96, padded to 128 (the divisor with P7), so
+    // each has the anchors of a 128 x 128 input, as the square path at 128 gives.
+    let stats = |extra: &[&str], out: &str| {
+        let mut args = vec!["data", "stats", "--data", "tiny/train.json", "--out", out];
+        args.extend_from_slice(extra);
+        let o = fl_lab(&args, t.path());
+        let (text_out, err) = text(&o);
+        assert!(o.status.success(), "{text_out}{err}");
+        let csv =
+            std::fs::read_to_string(t.path().join(out).join("anchors_per_image.csv")).unwrap();
+        (text_out, csv)
+    };
+    let (paper, paper_csv) = stats(&["--set", "data.min_size=96"], "st96");
+    assert!(
+        paper.contains("resized to shorter side 96, each image alone padded to a multiple of 128"),
+        "{paper}"
+    );
+    let (square, square_csv) = stats(&["--set", "data.input_size=128"], "st128");
+    assert!(square.contains("(input 128x128)"), "{square}");
+    assert!(
+        paper_csv.starts_with("image_id,anchors,objects,"),
+        "{paper_csv}"
+    );
+    let anchors = |csv: &str| -> Vec<String> {
+        csv.lines()
+            .skip(1)
+            .map(|l| l.split(',').nth(1).unwrap().to_string())
+            .collect()
+    };
+    assert_eq!(anchors(&paper_csv), anchors(&square_csv));
+    assert_eq!(anchors(&paper_csv).len(), 5);
+
     let o = fl_lab(
         &[
             "data", "show", "--data", "tiny", "--split", "val", "--image", "2", "--out", "x.png",

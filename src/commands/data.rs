@@ -5,7 +5,7 @@ use crate::data::anchor_counts::AnchorStats;
 use crate::data::coco::CocoDataset;
 use crate::data::fashion::{self, FashionConfig};
 use crate::data::generate::{self, Split};
-use crate::data::loader::{CachePolicy, Dataset, LoaderConfig};
+use crate::data::loader::{CachePolicy, Dataset, LoaderConfig, ShorterSide};
 use crate::data::shapes::ShapesConfig;
 use crate::data::stats::box_stats;
 use crate::geometry::{AnchorConfig, Matcher};
@@ -258,7 +258,12 @@ fn run_gen(a: GenArgs, quiet: bool) -> Result<()> {
     Ok(())
 }
 
-fn open(sel: &DataSel, input_size: usize, quiet: bool) -> Result<Dataset> {
+fn open(
+    sel: &DataSel,
+    input_size: usize,
+    shorter_side: Option<ShorterSide>,
+    quiet: bool,
+) -> Result<Dataset> {
     let src = crate::data::resolve(
         sel.data.as_deref(),
         sel.images.as_deref(),
@@ -269,7 +274,7 @@ fn open(sel: &DataSel, input_size: usize, quiet: bool) -> Result<Dataset> {
         &src,
         LoaderConfig {
             input_size,
-            shorter_side: None,
+            shorter_side,
             hflip: false,
             cache: CachePolicy::Never,
         },
@@ -305,22 +310,15 @@ fn run_stats(a: StatsArgs, quiet: bool) -> Result<()> {
     acfg.validate().context("anchor settings")?;
     let matcher = Matcher::from(&cfg.matcher);
     matcher.validate().context("matcher settings")?;
-    if cfg.data.min_size > 0 {
-        bail!(
-            "data stats measures the square data.input_size path; data.min_size = {} (the paper's resize, \
-             one input size per batch) is not supported here",
-            cfg.data.min_size
-        );
-    }
     let input_size = cfg.data.input_size;
-    let ds = open(&a.sel, input_size, quiet)?;
-    let gts: Vec<_> = (0..ds.len()).map(|i| ds.ground_truth(i, false)).collect();
+    let resize = ShorterSide::from_config(&cfg);
+    let ds = open(&a.sel, input_size, resize, quiet)?;
     let k = ds.num_classes();
-    let anchors = acfg.generate(input_size, input_size);
-    let boxes: Vec<&[[f32; 4]]> = gts.iter().map(|g| g.boxes.as_slice()).collect();
+    let (gts, anchors) = AnchorStats::measure_dataset(&ds, ds.len(), &acfg, &matcher, k);
     let stats = DatasetStats {
         source: &ds.source.json,
         input_size,
+        resize,
         category_ids: (0..k)
             .map(|c| ds.categories.category_id(c).unwrap_or(-1))
             .collect(),
@@ -329,9 +327,8 @@ fn run_stats(a: StatsArgs, quiet: bool) -> Result<()> {
         boxes: box_stats(&gts, k),
         anchor_config: &acfg,
         matcher: &matcher,
-        anchors_per_image: anchors.len(),
-        anchors_per_location: anchors.anchors_per_location(),
-        anchors: AnchorStats::measure(&anchors.boxes, &matcher, &boxes, k),
+        anchors_per_location: acfg.anchors_per_location(),
+        anchors,
     };
     print!("{}", data_stats::format_text(&stats));
     data_stats::write_all(&a.out, &stats)?;

@@ -8,6 +8,7 @@ use std::path::Path;
 use anyhow::Result;
 
 use crate::data::anchor_counts::AnchorStats;
+use crate::data::loader::ShorterSide;
 use crate::data::stats::{BoxStats, ASPECT_EDGES, SIZE_EDGES};
 use crate::geometry::{AnchorConfig, Matcher};
 
@@ -15,7 +16,10 @@ use crate::geometry::{AnchorConfig, Matcher};
 pub struct DatasetStats<'a> {
     /// The annotation file.
     pub source: &'a Path,
+    /// The square input side (`data.input_size`), used when `resize` is None.
     pub input_size: usize,
+    /// The paper's resize (`data.min_size` > 0): each image measured as a batch of its own.
+    pub resize: Option<ShorterSide>,
     /// Per class index: its COCO category id and name.
     pub category_ids: Vec<i64>,
     pub class_names: Vec<String>,
@@ -24,20 +28,13 @@ pub struct DatasetStats<'a> {
     pub boxes: BoxStats,
     pub anchor_config: &'a AnchorConfig,
     pub matcher: &'a Matcher,
-    /// Anchors per image and per location.
-    pub anchors_per_image: usize,
     pub anchors_per_location: usize,
     pub anchors: AnchorStats,
 }
 
 /// The text report: box statistics, then the anchors' matching statistics.
 pub fn format_text(d: &DatasetStats) -> String {
-    let s = format!(
-        "{} (input {}x{})\n",
-        d.source.display(),
-        d.input_size,
-        d.input_size
-    );
+    let s = format!("{} (input {})\n", d.source.display(), input_text(d));
     s + &format_box_stats(&d.boxes, &d.class_names) + &format_anchor_stats(d)
 }
 
@@ -116,6 +113,31 @@ fn largest_anchor(a: &AnchorConfig) -> f32 {
     a.anchor_scale * (1u32 << a.max_level) as f32 * 2f32.powf((per_octave - 1.0) / per_octave)
 }
 
+/// The model input the statistics assume, in words.
+fn input_text(d: &DatasetStats) -> String {
+    match d.resize {
+        None => format!("{0}x{0}", d.input_size),
+        Some(r) => {
+            let cap = match r.max_size {
+                0 => String::new(),
+                m => format!(", longer side at most {m}"),
+            };
+            format!(
+                "resized to shorter side {}{cap}, each image alone padded to a multiple of {}",
+                r.min_size, r.divisor
+            )
+        }
+    }
+}
+
+/// Anchors per image: one number, or the mean and range when image sizes differ.
+fn anchors_per_image_text(st: &AnchorStats) -> String {
+    match st.anchors_range() {
+        (lo, hi) if lo == hi => lo.to_string(),
+        (lo, hi) => format!("{:.0} ({lo}-{hi})", st.per_image_mean(st.total.anchors)),
+    }
+}
+
 fn format_anchor_stats(d: &DatasetStats) -> String {
     let (a, m, st) = (d.anchor_config, d.matcher, &d.anchors);
     let total = &st.total;
@@ -123,7 +145,7 @@ fn format_anchor_stats(d: &DatasetStats) -> String {
     let _ = writeln!(
         t,
         "anchors: {} per image ({} per location; sizes {:.0}..{:.0} px on P{}-P{}), matcher IoU {} / {} ({:?} low-quality rule), K = {}",
-        d.anchors_per_image,
+        anchors_per_image_text(st),
         d.anchors_per_location,
         a.anchor_scale * (1u32 << a.min_level) as f32,
         largest_anchor(a),
@@ -209,6 +231,7 @@ pub fn write_all(out: &Path, d: &DatasetStats) -> Result<()> {
 fn write_anchors_per_image(out: &Path, d: &DatasetStats) -> Result<()> {
     let header = [
         "image_id",
+        "anchors",
         "objects",
         "positives",
         "ignored",
@@ -219,6 +242,7 @@ fn write_anchors_per_image(out: &Path, d: &DatasetStats) -> Result<()> {
     ];
     let rows = d.image_ids.iter().zip(&d.anchors.per_image).map(|(id, c)| {
         let counts = [
+            c.anchors,
             c.objects,
             c.positives,
             c.ignored,
@@ -245,7 +269,9 @@ fn write_summary(out: &Path, d: &DatasetStats) -> Result<()> {
         ("objects_per_image", f(d.boxes.mean_per_image())),
         ("classes", d.class_names.len().to_string()),
         ("input_size", d.input_size.to_string()),
-        ("anchors_per_image", d.anchors_per_image.to_string()),
+        ("min_size", d.resize.map_or(0, |r| r.min_size).to_string()),
+        ("max_size", d.resize.map_or(0, |r| r.max_size).to_string()),
+        ("anchors_per_image", f(st.per_image_mean(total.anchors))),
         ("anchor_scale", a.anchor_scale.to_string()),
         ("min_level", a.min_level.to_string()),
         ("max_level", a.max_level.to_string()),

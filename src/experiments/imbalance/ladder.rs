@@ -7,7 +7,7 @@ use crate::config::Config;
 use crate::data::anchor_counts::{AnchorCounts, AnchorStats};
 use crate::data::coco::CocoDataset;
 use crate::data::generate::{self, Manifest};
-use crate::data::loader::{CachePolicy, Dataset, LoaderConfig};
+use crate::data::loader::{CachePolicy, Dataset, LoaderConfig, ShorterSide};
 use crate::data::shapes::ShapesConfig;
 use crate::data::Split;
 use anyhow::{Context, Result};
@@ -157,15 +157,15 @@ impl Imbalance {
 }
 
 /// Measures the imbalance of the training images a config uses (the first `data.max_images` of the
-/// COCO file `json`, or all), with the config's input size, anchors and matcher: the same counts
-/// `fl-lab data stats` reports. Flips do not change them: the anchor grid is symmetric.
+/// COCO file `json`, or all), with the config's resize, anchors and matcher: the same counts
+/// `fl-lab data stats` reports (`AnchorStats::measure_dataset`).
 pub fn measure(cfg: &Config, json: &Path) -> Result<Imbalance> {
     let source = crate::data::resolve(Some(json), None, Split::Train, true)?;
     let ds = Dataset::open(
         &source,
         LoaderConfig {
             input_size: cfg.data.input_size,
-            shorter_side: None,
+            shorter_side: ShorterSide::from_config(cfg),
             hflip: false,
             cache: CachePolicy::Never,
         },
@@ -175,16 +175,14 @@ pub fn measure(cfg: &Config, json: &Path) -> Result<Imbalance> {
         0 => ds.len(),
         m => m.min(ds.len()),
     };
-    let anchors = crate::geometry::AnchorConfig::from(&cfg.anchors)
-        .generate(cfg.data.input_size, cfg.data.input_size);
+    let layout = crate::geometry::AnchorConfig::from(&cfg.anchors);
     let matcher = crate::geometry::Matcher::from(&cfg.matcher);
     let k = cfg.model.num_classes;
-    let gts: Vec<_> = (0..n).map(|i| ds.ground_truth(i, false)).collect();
-    let boxes: Vec<&[crate::geometry::Box4]> = gts.iter().map(|g| g.boxes.as_slice()).collect();
-    let stats = AnchorStats::measure(&anchors.boxes, &matcher, &boxes, k);
+    let (_, stats) = AnchorStats::measure_dataset(&ds, n, &layout, &matcher, k);
     Ok(Imbalance {
         images: n,
-        anchors_per_image: anchors.len(),
+        // The ladder's images share one canvas size, so every image has the same anchors.
+        anchors_per_image: stats.anchors_range().1,
         classes: k,
         counts: stats.total,
     })
@@ -200,53 +198,10 @@ mod tests {
     #[test]
     fn imbalance_ratio_equals_a_hand_count() {
         let dir = tempfile::tempdir().unwrap();
-        std::fs::create_dir_all(dir.path().join("images")).unwrap();
-        for f in ["a.png", "b.png"] {
-            crate::data::image_io::write_png(
-                &dir.path().join("images").join(f),
-                &image::RgbImage::new(96, 96),
-            )
-            .unwrap();
-        }
-        let ann = |id, bbox| CocoAnnotation {
-            id,
-            image_id: 1,
-            category_id: 1,
-            bbox,
-            area: bbox[2] * bbox[3],
-            iscrowd: 0,
-        };
-        let ds = CocoDataset {
-            info: None,
-            images: ["a.png", "b.png"]
-                .iter()
-                .enumerate()
-                .map(|(i, f)| CocoImage {
-                    id: i as i64 + 1,
-                    file_name: f.to_string(),
-                    width: 96,
-                    height: 96,
-                })
-                .collect(),
-            annotations: vec![
-                // exactly anchor (x 0, y 0): IoU 1, positive
-                ann(1, [0.0, 0.0, 32.0, 32.0]),
-                // column x 2, rows 0-1: IoU 1024 / 2048 = .5 with both anchors, two positives
-                ann(2, [64.0, 0.0, 32.0, 64.0]),
-                // row y 2, x 0..72: IoU 1024 / 2304 = .44 with anchors x 0 and x 1 (ignored), and
-                // 256 / 3072 = .08 with anchor x 2 (negative)
-                ann(3, [0.0, 64.0, 72.0, 32.0]),
-            ],
-            categories: (1..=3)
-                .map(|id| CocoCategory {
-                    id,
-                    name: format!("c{id}"),
-                    supercategory: None,
-                })
-                .collect(),
-        };
-        let json = dir.path().join("train.json");
-        ds.save(&json).unwrap();
+        let json = crate::data::anchor_counts::fixture::three_boxes_and_an_empty_image(
+            dir.path(),
+            (96, 96),
+        );
         let cfg = Config::from_toml_str(
             "[model]\nnum_classes = 3\n[data]\ninput_size = 96\n[anchors]\nmin_level = 5\nmax_level = 5\n\
              anchor_scale = 1.0\nscales_per_octave = 1\naspect_ratios = [1.0]\n[matcher]\nlow_quality = \"none\"",
