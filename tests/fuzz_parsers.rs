@@ -1732,10 +1732,17 @@ fn data_stats_writes_negative_image_ids() {
         .map(|l| l.split(',').next().unwrap())
         .collect();
     assert_eq!(ids, ["-1", "-9223372036854775808"], "{csv}");
+    let column = csv
+        .lines()
+        .next()
+        .unwrap()
+        .split(',')
+        .position(|h| h == "objects")
+        .unwrap();
     let objects: Vec<&str> = csv
         .lines()
         .skip(1)
-        .map(|l| l.split(',').nth(1).unwrap())
+        .map(|l| l.split(',').nth(column).unwrap())
         .collect();
     assert_eq!(objects, ["2", "0"], "{csv}");
 }
