@@ -17,4 +17,7 @@ esac
 cargo build --release --quiet
 python3 bench/torch_retinanet.py --rounds "$rounds" --steps "$steps" --threads 2 "${torch_args[@]}"
 echo
+# Timed after the rounds, not alternating with PyTorch: compare its step with the rounds' medians
+# only roughly (the machine's speed drifts).
+echo "fl-lab alone, part by part (after the rounds, not alternating):"
 target/release/fl-lab bench train --set model.num_classes=10 --steps "$steps" --threads 2 "${fl_args[@]}"
