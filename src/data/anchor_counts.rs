@@ -73,13 +73,8 @@ pub struct AnchorStats {
 }
 
 impl AnchorStats {
-    /// Matches every image's boxes (`images[i]`, in input pixels) to `anchors`, in parallel.
-    pub fn measure(anchors: &[Box4], matcher: &Matcher, images: &[&[Box4]], k: usize) -> Self {
-        let pairs: Vec<_> = images.iter().map(|&boxes| (anchors, boxes)).collect();
-        Self::measure_each(&pairs, matcher, k)
-    }
-
-    /// Matches each image's boxes to its own anchors (`images[i] = (anchors, boxes)`), in parallel.
+    /// Matches each image's boxes to its own anchors (`images[i] = (anchors, boxes)`, in input
+    /// pixels), in parallel.
     pub fn measure_each(images: &[(&[Box4], &[Box4])], matcher: &Matcher, k: usize) -> Self {
         use rayon::prelude::*;
         let per_image: Vec<AnchorCounts> = images
