@@ -327,7 +327,6 @@ fn run_stats(a: StatsArgs, quiet: bool) -> Result<()> {
         boxes: box_stats(&gts, k),
         anchor_config: &acfg,
         matcher: &matcher,
-        anchors_per_location: acfg.anchors_per_location(),
         anchors,
     };
     print!("{}", data_stats::format_text(&stats));

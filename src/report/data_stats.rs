@@ -28,7 +28,6 @@ pub struct DatasetStats<'a> {
     pub boxes: BoxStats,
     pub anchor_config: &'a AnchorConfig,
     pub matcher: &'a Matcher,
-    pub anchors_per_location: usize,
     pub anchors: AnchorStats,
 }
 
@@ -146,7 +145,7 @@ fn format_anchor_stats(d: &DatasetStats) -> String {
         t,
         "anchors: {} per image ({} per location; sizes {:.0}..{:.0} px on P{}-P{}), matcher IoU {} / {} ({:?} low-quality rule), K = {}",
         anchors_per_image_text(st),
-        d.anchors_per_location,
+        a.anchors_per_location(),
         a.anchor_scale * (1u32 << a.min_level) as f32,
         largest_anchor(a),
         a.min_level,

@@ -128,13 +128,17 @@ pub fn split_off_last(ds: &CocoDataset, n: usize) -> Result<(CocoDataset, CocoDa
 #[derive(Debug, Clone, Copy, PartialEq, Default)]
 pub struct Imbalance {
     pub images: usize,
-    pub anchors_per_image: usize,
     pub classes: usize,
     /// Summed over the images.
     pub counts: AnchorCounts,
 }
 
 impl Imbalance {
+    /// Anchors per image: the ladder's images share one canvas size, so each has this many.
+    pub fn anchors_per_image(&self) -> usize {
+        self.counts.anchors / self.images.max(1)
+    }
+
     /// Binary (anchor, class) negatives per positive, pooled over images (ignored anchors excluded).
     pub fn ratio(&self) -> f64 {
         if self.counts.binary_positives == 0 {
@@ -181,8 +185,6 @@ pub fn measure(cfg: &Config, json: &Path) -> Result<Imbalance> {
     let (_, stats) = AnchorStats::measure_dataset(&ds, n, &layout, &matcher, k);
     Ok(Imbalance {
         images: n,
-        // The ladder's images share one canvas size, so every image has the same anchors.
-        anchors_per_image: stats.anchors_range().1,
         classes: k,
         counts: stats.total,
     })
@@ -209,7 +211,7 @@ mod tests {
         )
         .unwrap();
         let m = measure(&cfg, &json).unwrap();
-        assert_eq!((m.images, m.anchors_per_image, m.classes), (2, 9, 3));
+        assert_eq!((m.images, m.anchors_per_image(), m.classes), (2, 9, 3));
         // image 1: positives (0,0), (2,0), (2,1); ignored (0,2), (1,2); negatives (1,0), (0,1), (1,1),
         // (2,2). Image 2: nine negatives.
         let c = m.counts;

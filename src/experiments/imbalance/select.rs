@@ -221,9 +221,9 @@ mod tests {
             shapes: ShapesConfig::default(),
             imbalance: Imbalance {
                 images: 1,
-                anchors_per_image: 10,
                 classes: 1,
                 counts: AnchorCounts {
+                    anchors: 10,
                     binary_positives: 1,
                     binary_negatives: ratio,
                     ..Default::default()
